@@ -1,0 +1,1 @@
+"""chatbridge: HiOrg-Server staffing → event-sourced facts → desired chat state → the chat backend."""

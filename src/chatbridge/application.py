@@ -1,0 +1,227 @@
+"""The intake use case: validated HiOrg messages → facts on the aggregates, one transaction per batch.
+
+`ChatBridge.ingest` is the single path by which messages enter the store, whatever their source: `chatbridge
+ingest FILE`, the Kafka consumer, and `simulate` (in memory) all call it. One batch is one transaction holding
+the new events, the intake ledger rows (applied / ignored / duplicate / rejected) and the source's tracking
+position, so a batch is applied completely or not at all, and a source re-read from an earlier position changes
+nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, ProcessingEvent
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import ProcessRecorder, Tracking
+from eventsourcing.popo import POPOFactory
+from eventsourcing.projection import EventSourcedProjection
+
+from chatbridge.domain.aggregates import ChatGroup, Organisation, Person
+from chatbridge.domain.messages import (
+    EventCancelled,
+    EventDeleted,
+    EventUpserted,
+    Message,
+    OrganisationChatDisabled,
+    OrganisationChatEnabled,
+    PersonStatusChanged,
+    Rejection,
+    StaffingChanged,
+)
+from chatbridge.persistence import APPLIED, DUPLICATE, IGNORED, REJECTED, IntakeLedger, IntakeRecord, POPOIntakeRecorder
+
+# The process recorder that also writes the intake ledger, per persistence module.
+INTAKE_RECORDERS = {
+    "eventsourcing.sqlite": "chatbridge.persistence:SQLiteIntakeRecorder",
+}
+
+
+@dataclass(frozen=True)
+class Received:
+    """One record read from a source, already validated."""
+
+    position: int
+    parsed: Message | Rejection
+
+
+class _UnitOfWork:
+    """The aggregates one batch touches, loaded once and saved together."""
+
+    def __init__(self, app: ChatBridge):
+        self._app = app
+        self._loaded: dict[UUID, Aggregate | None] = {}
+
+    def get(self, aggregate_id: UUID) -> Any:
+        if aggregate_id not in self._loaded:
+            try:
+                self._loaded[aggregate_id] = self._app.repository.get(aggregate_id)
+            except AggregateNotFoundError:
+                self._loaded[aggregate_id] = None
+        return self._loaded[aggregate_id]
+
+    def add(self, aggregate: Aggregate) -> None:
+        self._loaded[aggregate.id] = aggregate
+
+    def aggregates(self) -> list[Aggregate]:
+        return [a for a in self._loaded.values() if a is not None]
+
+
+@dataclass
+class _Batch:
+    source: str
+    records: Sequence[Received]
+    outcomes: list[IntakeRecord] = field(default_factory=list)
+
+
+class ChatBridge(EventSourcedProjection[UUID]):
+    """chatbridge's event-sourced application: the aggregates, the intake ledger, source positions.
+
+    It is the library's `EventSourcedProjection` of the outside world: `process_event` records a batch's new
+    events together with a tracking position of its source, the library's public path for exactly-once effect.
+    """
+
+    name = "ChatBridge"
+    env = {"AGGREGATE_CACHE_MAXSIZE": "5000"}
+
+    def construct_recorder(self) -> ProcessRecorder:
+        if isinstance(self.factory, POPOFactory):  # the in-memory factory takes no recorder topic
+            return POPOIntakeRecorder()
+        module = self.env.get("PERSISTENCE_MODULE") or ""
+        if not self.env.get("PROCESS_RECORDER_TOPIC") and module in INTAKE_RECORDERS:
+            self.env["PROCESS_RECORDER_TOPIC"] = INTAKE_RECORDERS[module]
+        return self.factory.process_recorder()
+
+    @property
+    def ledger(self) -> IntakeLedger:
+        return cast(IntakeLedger, self.recorder)
+
+    def position(self, source: str) -> int:
+        """The last position of `source` stored (0 if none): the next read starts after it."""
+        return cast(ProcessRecorder, self.recorder).max_tracking_id(source) or 0
+
+    def ingest(self, source: str, batch: Sequence[Received]) -> list[IntakeRecord]:
+        """Apply a batch of records from one source in one transaction; returns what became of each."""
+        if not batch:
+            return []
+        processing = _Batch(source, batch)
+        self.process_event(processing, Tracking(source, batch[-1].position))  # type: ignore[arg-type]
+        return processing.outcomes
+
+    def policy(self, domain_event: Any, processing_event: ProcessingEvent[UUID]) -> None:
+        batch = cast(_Batch, domain_event)
+        unit = _UnitOfWork(self)
+        valid_ids = [r.parsed.id for r in batch.records if not isinstance(r.parsed, Rejection)]
+        seen = self.ledger.known_message_ids(valid_ids)
+        outcomes = batch.outcomes
+        for record in batch.records:
+            message = record.parsed
+            if isinstance(message, Rejection):
+                outcomes.append(IntakeRecord(batch.source, record.position, REJECTED, None, message.reason))
+                continue
+            if message.id in seen:
+                outcomes.append(IntakeRecord(batch.source, record.position, DUPLICATE, message.id))
+                continue
+            seen.add(message.id)
+            outcome = _HANDLERS[type(message)](message, unit)
+            outcomes.append(IntakeRecord(batch.source, record.position, outcome, message.id))
+        processing_event.collect_events(*unit.aggregates(), intake=outcomes)
+
+
+# One handler per message type: decide applied or ignored, and record the facts. ---------------------------------
+
+
+def _organisation(message: OrganisationChatEnabled | OrganisationChatDisabled, unit: _UnitOfWork) -> Organisation:
+    organisation = unit.get(Organisation.create_id(message.org))
+    if organisation is None:
+        organisation = Organisation(message.org, message.id, message.occurred_at)
+        unit.add(organisation)
+    return cast(Organisation, organisation)
+
+
+def _chat_enabled(message: OrganisationChatEnabled, unit: _UnitOfWork) -> str:
+    tenant = message.data.model_dump(mode="json")  # exactly the contract's fields: extras were dropped on parsing
+    _organisation(message, unit).enable_chat(message.id, message.occurred_at, tenant)
+    return APPLIED
+
+
+def _chat_disabled(message: OrganisationChatDisabled, unit: _UnitOfWork) -> str:
+    _organisation(message, unit).disable_chat(message.id, message.occurred_at)
+    return APPLIED
+
+
+def _person_status_changed(message: PersonStatusChanged, unit: _UnitOfWork) -> str:
+    person = unit.get(Person.create_id(message.org, message.data.person_id))
+    if person is None:
+        person = Person(message.org, message.data.person_id, message.id, message.occurred_at)
+        unit.add(person)
+    person.change_status(message.id, message.occurred_at, message.data.status)
+    return APPLIED
+
+
+def _live_chat(org: str, event_id: str, unit: _UnitOfWork) -> ChatGroup | None:
+    """The event's chat group, or None when messages about the event are to be ignored."""
+    chat = cast(ChatGroup | None, unit.get(ChatGroup.create_id(org, event_id)))
+    return None if chat is None or chat.is_deleted else chat
+
+
+def _event_upserted(message: EventUpserted, unit: _UnitOfWork) -> str:
+    data = message.data
+    staff = None if data.staff is None else {s.person_id: s.status for s in data.staff if s.status != "removed"}
+    chat_id = ChatGroup.create_id(message.org, data.event_id)
+    if unit.get(chat_id) is None:
+        if not data.chat_enabled:
+            return IGNORED  # never had chat: not stored (data minimisation)
+        unit.add(
+            ChatGroup(
+                message.org, data.event_id, message.id, message.occurred_at,
+                data.title, data.start, data.end, data.responsible, staff,
+            )
+        )  # fmt: skip
+        return APPLIED
+    chat = _live_chat(message.org, data.event_id, unit)
+    if chat is None:
+        return IGNORED
+    chat.record_event(
+        message.id, message.occurred_at, data.title, data.start, data.end, data.responsible, data.chat_enabled, staff
+    )
+    return APPLIED
+
+
+def _event_cancelled(message: EventCancelled, unit: _UnitOfWork) -> str:
+    chat = _live_chat(message.org, message.data.event_id, unit)
+    if chat is None:
+        return IGNORED
+    if chat.cancelled_at is None:  # a second cancellation changes nothing
+        chat.cancel(message.id, message.occurred_at)
+    return APPLIED
+
+
+def _event_deleted(message: EventDeleted, unit: _UnitOfWork) -> str:
+    chat = _live_chat(message.org, message.data.event_id, unit)
+    if chat is None:
+        return IGNORED
+    chat.delete(message.id, message.occurred_at)
+    return APPLIED
+
+
+def _staffing_changed(message: StaffingChanged, unit: _UnitOfWork) -> str:
+    chat = _live_chat(message.org, message.data.event_id, unit)
+    if chat is None:
+        return IGNORED
+    chat.change_staffing(message.id, message.occurred_at, message.data.person_id, message.data.status)
+    return APPLIED
+
+
+_HANDLERS: dict[type, Callable[[Any, _UnitOfWork], str]] = {
+    OrganisationChatEnabled: _chat_enabled,
+    OrganisationChatDisabled: _chat_disabled,
+    PersonStatusChanged: _person_status_changed,
+    EventUpserted: _event_upserted,
+    EventCancelled: _event_cancelled,
+    EventDeleted: _event_deleted,
+    StaffingChanged: _staffing_changed,
+}

@@ -1,0 +1,1 @@
+"""Audit queries, the hash chain and crypto-shredding come with issue 5."""

@@ -1,0 +1,1 @@
+"""Input contract, aggregates and the lifecycle policy: no I/O here."""

@@ -1,0 +1,137 @@
+"""Event-sourced aggregates: the facts HiOrg-Server told us, one stream per organisation, event and person.
+
+They record facts only — what a message said, with the message id and `occurred_at` it came from, because the
+audit must show the source of every fact. Derived state (generations, phases, members) is computed by the
+projection from these facts with `domain.lifecycle`, because it depends on several aggregates at once (a chat's
+deadlines depend on its organisation's feature switch, its members on each person's status), and those
+aggregates arrive on different Kafka partitions.
+
+No names or e-mail addresses of persons are stored; a person appears only by its pseudonymous HiOrg id.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import Aggregate, event
+
+
+class ChatGroup(Aggregate):
+    """One HiOrg event (Dienst or Termin) that has had chat enabled at least once.
+
+    An event whose chat was never enabled is never stored (data minimisation), so the existence of this aggregate
+    is what tells later messages about the event apart from ignored ones.
+    """
+
+    @staticmethod
+    def create_id(org: str, event_id: str) -> UUID:
+        return uuid5(NAMESPACE_URL, f"/chatbridge/chat-group/{org}/{event_id}")
+
+    @event("Registered")
+    def __init__(
+        self,
+        org: str,
+        event_id: str,
+        message_id: str,
+        occurred_at: datetime,
+        title: str,
+        start: datetime,
+        end: datetime,
+        responsible: str | None,
+        staff: dict[str, str] | None,
+    ) -> None:
+        # Registered is the first `event.upserted` with chat enabled; it carries that record in full.
+        self.org = org
+        self.event_id = event_id
+        self.title = title
+        self.start = start
+        self.end = end
+        self.responsible = responsible
+        self.chat_enabled = True
+        self.staff: dict[str, str] = dict(staff or {})
+        self.cancelled_at: datetime | None = None
+        self.deleted_at: datetime | None = None
+
+    @property
+    def is_deleted(self) -> bool:
+        return self.deleted_at is not None
+
+    @event("EventRecorded")
+    def record_event(
+        self,
+        message_id: str,
+        occurred_at: datetime,
+        title: str,
+        start: datetime,
+        end: datetime,
+        responsible: str | None,
+        chat_enabled: bool,
+        staff: dict[str, str] | None,
+    ) -> None:
+        """A full record of the event (CDC style); `staff` None keeps the staffing, a dict replaces it."""
+        self.title = title
+        self.start = start
+        self.end = end
+        self.responsible = responsible
+        self.chat_enabled = chat_enabled
+        if staff is not None:
+            self.staff = dict(staff)
+
+    @event("StaffingChanged")
+    def change_staffing(self, message_id: str, occurred_at: datetime, person_id: str, status: str) -> None:
+        if status == "removed":
+            self.staff.pop(person_id, None)
+        else:
+            self.staff[person_id] = status
+
+    @event("Cancelled")
+    def cancel(self, message_id: str, occurred_at: datetime) -> None:
+        self.cancelled_at = occurred_at
+
+    @event("Deleted")
+    def delete(self, message_id: str, occurred_at: datetime) -> None:
+        self.deleted_at = occurred_at
+
+
+class Organisation(Aggregate):
+    """An organisation's chat feature and the tenant data transferred to the chat operator."""
+
+    @staticmethod
+    def create_id(org: str) -> UUID:
+        return uuid5(NAMESPACE_URL, f"/chatbridge/organisation/{org}")
+
+    @event("Registered")
+    def __init__(self, org: str, message_id: str, occurred_at: datetime) -> None:
+        self.org = org
+        self.chat_enabled = False
+        self.tenant: dict[str, Any] | None = None
+
+    @event("ChatEnabled")
+    def enable_chat(self, message_id: str, occurred_at: datetime, tenant: dict[str, Any]) -> None:
+        """The admin enabled the chat feature; `tenant` is exactly the data to transfer (a transfer to audit)."""
+        self.chat_enabled = True
+        self.tenant = tenant
+
+    @event("ChatDisabled")
+    def disable_chat(self, message_id: str, occurred_at: datetime) -> None:
+        self.chat_enabled = False
+
+
+class Person(Aggregate):
+    """A person's status within one organisation (HiOrg's Personal-Status)."""
+
+    @staticmethod
+    def create_id(org: str, person_id: str) -> UUID:
+        return uuid5(NAMESPACE_URL, f"/chatbridge/person/{org}/{person_id}")
+
+    @event("Registered")
+    def __init__(self, org: str, person_id: str, message_id: str, occurred_at: datetime) -> None:
+        self.org = org
+        self.person_id = person_id
+        self.status = "active"
+
+    @event("StatusChanged")
+    def change_status(self, message_id: str, occurred_at: datetime, status: str) -> None:
+        self.status = status

@@ -1,0 +1,282 @@
+"""The input contract: HiOrg-Server's messages on Kafka, as pydantic models.
+
+This module is the one place that knows the wire format (DESIGN.md, "Input contract"). Everything that reads a
+message — the file ingest, the Kafka consumer, `simulate` — calls `parse_record` and gets either a typed message
+or a `Rejection` whose reason names the offending field. Validation is strict where the contract is strict
+(types are not coerced, datetimes need an offset) and forward compatible where it says so (unknown fields are
+ignored).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Literal, Union
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+ID_MAX_LENGTH = 64
+
+
+def _check_id(value: str) -> str:
+    # Pydantic's own messages for these ("String should match pattern ...") would not tell a producer why.
+    if not value:
+        raise ValueError("must be a non-empty string")
+    if len(value) > ID_MAX_LENGTH:
+        raise ValueError(f"must be at most {ID_MAX_LENGTH} characters (got {len(value)})")
+    if "/" in value:
+        raise ValueError("must not contain '/'")
+    return value
+
+
+Id = Annotated[
+    str,
+    AfterValidator(_check_id),
+    Field(min_length=1, max_length=ID_MAX_LENGTH, pattern=r"^[^/]+$", json_schema_extra={"examples": ["drk-koeln"]}),
+]
+"""`org`, `event_id` and `person_id`: non-empty, at most 64 characters, no `/` (they are joined with `/` in keys)."""
+
+
+def _check_email(value: str) -> str:
+    try:
+        validate_email(value, check_deliverability=False)  # syntax only: never a DNS query from here
+    except EmailNotValidError as error:
+        raise ValueError(f"not a valid e-mail address ({error})") from None
+    return value
+
+
+Email = Annotated[str, AfterValidator(_check_email), Field(json_schema_extra={"format": "email"})]
+
+PersonStatus = Literal["active", "restricted", "external", "blocked", "deleted"]
+StaffingStatus = Literal["registered", "assigned", "declined", "removed"]
+
+
+class _Model(BaseModel):
+    # Unknown extra fields are ignored: producers may add fields before we know them.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Address(_Model):
+    street: str
+    postcode: str
+    city: str
+    country: str
+
+
+class OrganisationChatEnabledData(_Model):
+    """The tenant data transferred to the chat operator: exactly these fields, nothing more."""
+
+    name: str
+    email: Email
+    address: Address
+
+
+class NoData(_Model):
+    pass
+
+
+class StaffEntry(_Model):
+    person_id: Id
+    status: StaffingStatus
+
+
+class EventUpsertedData(_Model):
+    event_id: Id
+    title: str
+    start: AwareDatetime
+    end: AwareDatetime
+    responsible: Id | None
+    chat_enabled: bool
+    staff: list[StaffEntry] | None = None  # absent: keep the event's staffing; present: replace it
+
+    @model_validator(mode="after")
+    def _end_not_before_start(self) -> EventUpsertedData:
+        if self.end < self.start:
+            raise ValueError("end must not be before start")
+        return self
+
+
+class EventRefData(_Model):
+    event_id: Id
+
+
+class StaffingChangedData(_Model):
+    event_id: Id
+    person_id: Id
+    status: StaffingStatus
+
+
+class PersonStatusChangedData(_Model):
+    person_id: Id
+    status: PersonStatus
+
+
+class _Envelope(_Model):
+    id: Annotated[str, Field(min_length=1, max_length=200)]
+    org: Id
+    occurred_at: AwareDatetime
+
+
+class OrganisationChatEnabled(_Envelope):
+    type: Literal["organisation.chat_enabled"]
+    data: OrganisationChatEnabledData
+
+
+class OrganisationChatDisabled(_Envelope):
+    type: Literal["organisation.chat_disabled"]
+    data: NoData = NoData()
+
+
+class EventUpserted(_Envelope):
+    type: Literal["event.upserted"]
+    data: EventUpsertedData
+
+
+class EventCancelled(_Envelope):
+    type: Literal["event.cancelled"]
+    data: EventRefData
+
+
+class EventDeleted(_Envelope):
+    type: Literal["event.deleted"]
+    data: EventRefData
+
+
+class StaffingChanged(_Envelope):
+    type: Literal["staffing.changed"]
+    data: StaffingChangedData
+
+
+class PersonStatusChanged(_Envelope):
+    type: Literal["person.status_changed"]
+    data: PersonStatusChangedData
+
+
+Message = Annotated[
+    Union[
+        OrganisationChatEnabled,
+        OrganisationChatDisabled,
+        EventUpserted,
+        EventCancelled,
+        EventDeleted,
+        StaffingChanged,
+        PersonStatusChanged,
+    ],
+    Field(discriminator="type"),
+]
+MESSAGE_TYPES: tuple[str, ...] = (
+    "organisation.chat_enabled",
+    "organisation.chat_disabled",
+    "event.upserted",
+    "event.cancelled",
+    "event.deleted",
+    "staffing.changed",
+    "person.status_changed",
+)
+EVENT_MESSAGE_TYPES = frozenset(t for t in MESSAGE_TYPES if t.startswith("event.") or t == "staffing.changed")
+
+_message_adapter: TypeAdapter[Message] = TypeAdapter(Message)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a record broke the contract, in words a producer can act on."""
+
+    reason: str
+
+
+def parse_record(raw: bytes | str) -> Message | Rejection:
+    """Validate one record (one Kafka value, one JSONL line). Never raises on bad input."""
+    if isinstance(raw, bytes):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            return Rejection(f"not valid UTF-8 (byte {error.start})")
+    else:
+        text = raw
+    if not text.strip():
+        return Rejection("empty record: expected one JSON object")
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        return Rejection(f"not valid JSON ({error.msg} at column {error.colno})")
+    except RecursionError:
+        return Rejection("not valid JSON (nested too deeply)")
+    if not isinstance(document, dict):
+        return Rejection(f"not a JSON object (got {_json_kind(document)})")
+    kind = document.get("type")
+    if not isinstance(kind, str):
+        return Rejection("type: is required and must be a string" if kind is None else "type: must be a string")
+    if kind not in MESSAGE_TYPES:
+        return Rejection(f"type: unknown message type {kind!r} (expected one of {', '.join(MESSAGE_TYPES)})")
+    try:
+        # strict: no coercion ("4711" stays a string, 1 is not true); JSON strings still parse as datetimes.
+        return _message_adapter.validate_json(text, strict=True)
+    except ValidationError as error:
+        return Rejection(_describe(error))
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+_FRIENDLY = {
+    "missing": "is required",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "list_type": "must be an array",
+    "model_type": "must be an object",
+    "model_attributes_type": "must be an object",
+    "dict_type": "must be an object",
+    "timezone_aware": "must carry a UTC offset (e.g. 2026-11-28T10:00:00+01:00 or ...Z)",
+    "datetime_type": "must be an ISO 8601 date-time string with a UTC offset",
+    "string_too_short": "must not be empty",
+}
+
+
+def _describe(error: ValidationError) -> str:
+    """One line naming each offending field, e.g. `data.end: end must not be before start`."""
+    parts = []
+    for item in error.errors(include_url=False):
+        # the first loc element is the union tag (the message type); drop it
+        loc = [str(p) for p in item["loc"][1:]] if item["loc"] else []
+        field = ".".join(loc) or "message"
+        kind = item["type"]
+        if kind in _FRIENDLY:
+            text = _FRIENDLY[kind]
+        elif kind == "literal_error":
+            text = f"{item['input']!r} is not allowed: {item['msg'].removeprefix('Input should be ')}"
+        elif kind == "datetime_parsing" or kind == "datetime_from_date_parsing":
+            text = f"not a valid ISO 8601 date-time ({item['msg'].split(', ', 1)[-1]})"
+        elif kind == "value_error":
+            text = item["msg"].removeprefix("Value error, ")
+        else:
+            text = item["msg"]
+        parts.append(f"{field}: {text}")
+    return "; ".join(parts)
+
+
+def message_json_schema() -> dict[str, Any]:
+    """The JSON Schema producers validate against (`chatbridge schema`)."""
+    schema = _message_adapter.json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "chatbridge input message (topic hiorg.chat.v1)"
+    schema["description"] = (
+        "One JSON object per Kafka record, UTF-8. Unknown extra fields are ignored. Key: '{org}/{event_id}' for "
+        "event messages, '{org}' for organisation messages, '{org}/person/{person_id}' for person messages."
+    )
+    return schema
+

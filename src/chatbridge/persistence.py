@@ -1,0 +1,144 @@
+"""The intake ledger: what became of every record read, written in the same transaction as its events.
+
+Each record read from a source (a JSONL file, later a Kafka partition) ends as exactly one of `applied`,
+`ignored` (an event without chat), `duplicate` (a message id seen before) or `rejected` (broke the contract).
+The ledger is kept beside the event store's tables and written by the event store's own transaction (the
+recorders below take an `intake=` keyword through `Application.save`), so a crash can never store a message's
+events without its ledger row or the other way round. It answers three questions: has this message id been
+processed (idempotency), the counts `state` prints, and where each rejected record was.
+
+The recorder classes are chosen by `bootstrap` through the library's `PROCESS_RECORDER_TOPIC` setting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from eventsourcing.persistence import IntegrityError, StoredEvent
+from eventsourcing.popo import POPOProcessRecorder
+from eventsourcing.sqlite import SQLiteCursor, SQLiteProcessRecorder
+
+APPLIED, IGNORED, DUPLICATE, REJECTED = "applied", "ignored", "duplicate", "rejected"
+
+
+@dataclass(frozen=True)
+class IntakeRecord:
+    source: str  # e.g. "file:/path/messages.jsonl"
+    position: int  # the line number (from 1) or the Kafka offset
+    outcome: str
+    message_id: str | None = None  # None for rejected records: their id is not remembered
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class IntakeSummary:
+    ignored: int
+    duplicates: int
+    rejected: list[IntakeRecord]
+
+
+class IntakeLedger(Protocol):
+    def known_message_ids(self, message_ids: Iterable[str]) -> set[str]: ...
+    def intake_summary(self) -> IntakeSummary: ...
+
+
+def _remembered(record: IntakeRecord) -> bool:
+    return record.outcome in (APPLIED, IGNORED)
+
+
+class SQLiteIntakeRecorder(SQLiteProcessRecorder):
+    """SQLite process recorder (events + tracking) that also writes the intake ledger."""
+
+    def construct_create_table_statements(self) -> list[str]:
+        return [
+            *super().construct_create_table_statements(),
+            "CREATE TABLE IF NOT EXISTS chatbridge_intake ("
+            "source TEXT NOT NULL, position INTEGER NOT NULL, outcome TEXT NOT NULL, "
+            "message_id TEXT, reason TEXT, PRIMARY KEY (source, position))",
+            # the idempotency rule itself: one applied-or-ignored row per message id
+            "CREATE UNIQUE INDEX IF NOT EXISTS chatbridge_intake_message_id ON chatbridge_intake (message_id) "
+            "WHERE outcome IN ('applied', 'ignored')",
+        ]
+
+    def _insert_events(
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        returning = super()._insert_events(c, stored_events, **kwargs)
+        intake: Sequence[IntakeRecord] = kwargs.get("intake", ())
+        if intake:
+            c.executemany(
+                "INSERT INTO chatbridge_intake (source, position, outcome, message_id, reason) VALUES (?, ?, ?, ?, ?)",
+                [(r.source, r.position, r.outcome, r.message_id, r.reason) for r in intake],
+            )
+        return returning
+
+    def known_message_ids(self, message_ids: Iterable[str]) -> set[str]:
+        ids = list(message_ids)
+        known: set[str] = set()
+        with self.datastore.transaction(commit=False) as c:
+            for start in range(0, len(ids), 500):  # SQLite caps the number of bound parameters
+                chunk = ids[start : start + 500]
+                c.execute(
+                    "SELECT message_id FROM chatbridge_intake WHERE outcome IN ('applied', 'ignored') "
+                    f"AND message_id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+                known.update(row[0] for row in c.fetchall())
+        return known
+
+    def intake_summary(self) -> IntakeSummary:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT outcome, COUNT(*) FROM chatbridge_intake GROUP BY outcome")
+            counts = {row[0]: row[1] for row in c.fetchall()}
+            c.execute(
+                "SELECT source, position, outcome, reason FROM chatbridge_intake WHERE outcome = 'rejected' "
+                "ORDER BY source, position"
+            )
+            rejected = [IntakeRecord(row[0], row[1], row[2], None, row[3]) for row in c.fetchall()]
+        return IntakeSummary(ignored=counts.get(IGNORED, 0), duplicates=counts.get(DUPLICATE, 0), rejected=rejected)
+
+
+class POPOIntakeRecorder(POPOProcessRecorder):
+    """In-memory twin of `SQLiteIntakeRecorder`, for `simulate` and unit tests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._intake: dict[tuple[str, int], IntakeRecord] = {}
+        self._remembered_ids: set[str] = set()
+
+    def _assert_uniqueness(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
+        super()._assert_uniqueness(stored_events, **kwargs)
+        intake: Sequence[IntakeRecord] = kwargs.get("intake", ())
+        new_ids = [r.message_id for r in intake if _remembered(r)]
+        positions = [(r.source, r.position) for r in intake]
+        if (
+            len(set(new_ids)) < len(new_ids)
+            or self._remembered_ids.intersection(new_ids)
+            or len(set(positions)) < len(positions)
+            or any(p in self._intake for p in positions)
+        ):
+            raise IntegrityError("intake record already stored")
+
+    def _update_table(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        notification_ids = super()._update_table(stored_events, **kwargs)
+        for record in kwargs.get("intake", ()):
+            self._intake[(record.source, record.position)] = record
+            if _remembered(record):
+                assert record.message_id is not None
+                self._remembered_ids.add(record.message_id)
+        return notification_ids
+
+    def known_message_ids(self, message_ids: Iterable[str]) -> set[str]:
+        with self._database_lock:
+            return self._remembered_ids.intersection(message_ids)
+
+    def intake_summary(self) -> IntakeSummary:
+        with self._database_lock:
+            records = sorted(self._intake.values(), key=lambda r: (r.source, r.position))
+        return IntakeSummary(
+            ignored=sum(r.outcome == IGNORED for r in records),
+            duplicates=sum(r.outcome == DUPLICATE for r in records),
+            rejected=[r for r in records if r.outcome == REJECTED],
+        )

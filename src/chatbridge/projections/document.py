@@ -1,0 +1,41 @@
+"""The document `simulate` and `state` print (DESIGN.md, "Command-line contract"), rendered in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from chatbridge.domain.lifecycle import MEMBER_PHASES
+from chatbridge.persistence import IntakeSummary
+from chatbridge.projections.desired_state import DesiredChat
+
+
+def utc_z(moment: datetime) -> str:
+    """UTC, second precision, with `Z`: the contract's time format."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def render_document(chats: Iterable[DesiredChat], intake: IntakeSummary, now: datetime) -> dict[str, Any]:
+    entries = []
+    for chat in sorted(chats, key=lambda c: (c.org, c.event_id)):
+        phase = chat.phase(now)
+        with_members = phase in MEMBER_PHASES
+        entries.append(
+            {
+                "org": chat.org,
+                "event_id": chat.event_id,
+                "generation": chat.generation,
+                "phase": phase.value,
+                "members": sorted(chat.members) if with_members else [],
+                "moderators": sorted(chat.moderators) if with_members else [],
+                "read_only_at": utc_z(chat.read_only_at),
+                "delete_at": utc_z(chat.delete_at),
+            }
+        )
+    return {
+        "chats": entries,
+        "rejected": [{"line": r.position, "reason": r.reason} for r in intake.rejected],
+        "ignored": intake.ignored,
+        "duplicates": intake.duplicates,
+    }
