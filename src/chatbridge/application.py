@@ -49,11 +49,17 @@ class Received:
 
 
 class _UnitOfWork:
-    """The aggregates one batch touches, loaded once and saved together."""
+    """The aggregates one batch touches, loaded once, their new events collected message by message.
 
-    def __init__(self, app: ChatBridge):
+    Collecting after each message (not per aggregate at the end) keeps the notification log in message order
+    across aggregates — the projection's settling and generation rules depend on that order.
+    """
+
+    def __init__(self, app: ChatBridge, processing_event: ProcessingEvent[UUID]):
         self._app = app
+        self._processing_event = processing_event
         self._loaded: dict[UUID, Aggregate | None] = {}
+        self._touched: list[Aggregate] = []
 
     def get(self, aggregate_id: UUID) -> Any:
         if aggregate_id not in self._loaded:
@@ -61,13 +67,19 @@ class _UnitOfWork:
                 self._loaded[aggregate_id] = self._app.repository.get(aggregate_id)
             except AggregateNotFoundError:
                 self._loaded[aggregate_id] = None
-        return self._loaded[aggregate_id]
+        aggregate = self._loaded[aggregate_id]
+        if aggregate is not None:
+            self._touched.append(aggregate)
+        return aggregate
 
     def add(self, aggregate: Aggregate) -> None:
         self._loaded[aggregate.id] = aggregate
+        self._touched.append(aggregate)
 
-    def aggregates(self) -> list[Aggregate]:
-        return [a for a in self._loaded.values() if a is not None]
+    def collect(self, **kwargs: Any) -> None:
+        """Move the new events of the aggregates touched since the last call into the batch, in order."""
+        self._processing_event.collect_events(*self._touched, **kwargs)
+        self._touched = []
 
 
 @dataclass
@@ -113,7 +125,7 @@ class ChatBridge(EventSourcedProjection[UUID]):
 
     def policy(self, domain_event: Any, processing_event: ProcessingEvent[UUID]) -> None:
         batch = cast(_Batch, domain_event)
-        unit = _UnitOfWork(self)
+        unit = _UnitOfWork(self, processing_event)
         valid_ids = [r.parsed.id for r in batch.records if not isinstance(r.parsed, Rejection)]
         seen = self.ledger.known_message_ids(valid_ids)
         outcomes = batch.outcomes
@@ -128,7 +140,8 @@ class ChatBridge(EventSourcedProjection[UUID]):
             seen.add(message.id)
             outcome = _HANDLERS[type(message)](message, unit)
             outcomes.append(IntakeRecord(batch.source, record.position, outcome, message.id))
-        processing_event.collect_events(*unit.aggregates(), intake=outcomes)
+            unit.collect()
+        unit.collect(intake=outcomes)
 
 
 # One handler per message type: decide applied or ignored, and record the facts. ---------------------------------

@@ -7,8 +7,9 @@ return or a non-UTF-8 byte is reported for its own line and never shifts the lin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 from chatbridge.application import ChatBridge, Received
@@ -27,6 +28,13 @@ def read_lines(path: Path, after: int = 0) -> Iterator[tuple[int, bytes]]:
             if line.endswith(b"\r"):
                 line = line[:-1]
             yield number, line
+
+
+def batched(items: Iterable[tuple[int, bytes]], size: int) -> Iterator[list[tuple[int, bytes]]]:
+    # itertools.batched arrives with Python 3.12; we support 3.11
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
 
 
 def source_name(path: Path) -> str:
@@ -56,17 +64,22 @@ def ingest_file(
     """Apply a JSONL file in batches; resumes after the last line an earlier run stored."""
     source = source_name(path)
     after = app.position(source)
-    report = IngestReport(source=source, skipped=after)
-    batch: list[Received] = []
-    for number, raw in read_lines(path, after):
-        batch.append(Received(number, parse_record(raw)))
-        if len(batch) >= batch_size:
-            report.add(app.ingest(source, batch))
-            if progress:
-                progress(len(batch))
-            batch = []
-    if batch:
-        report.add(app.ingest(source, batch))
+    report = ingest_lines(app, source, read_lines(path, after), batch_size, progress)
+    report.skipped = after
+    return report
+
+
+def ingest_lines(
+    app: ChatBridge,
+    source: str,
+    lines: Iterable[tuple[int, bytes]],
+    batch_size: int = 500,
+    progress: Callable[[int], None] | None = None,
+) -> IngestReport:
+    """Apply numbered raw lines in batches of `batch_size`, each batch one transaction."""
+    report = IngestReport(source=source)
+    for batch in batched(lines, batch_size):
+        report.add(app.ingest(source, [Received(number, parse_record(raw)) for number, raw in batch]))
         if progress:
             progress(len(batch))
     return report

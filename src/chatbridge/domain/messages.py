@@ -43,7 +43,8 @@ def _check_id(value: str) -> str:
 Id = Annotated[
     str,
     AfterValidator(_check_id),
-    Field(min_length=1, max_length=ID_MAX_LENGTH, pattern=r"^[^/]+$", json_schema_extra={"examples": ["drk-koeln"]}),
+    # the rule is enforced by _check_id (clear messages); the schema states it for producers
+    Field(json_schema_extra={"minLength": 1, "maxLength": ID_MAX_LENGTH, "pattern": "^[^/]+$"}),
 ]
 """`org`, `event_id` and `person_id`: non-empty, at most 64 characters, no `/` (they are joined with `/` in keys)."""
 
