@@ -184,9 +184,10 @@ class DesiredStateFold:
 
     def _person_status_changed(self, event: Person.StatusChanged) -> None:
         key = self.person_keys[event.originator_id]
-        # a person message touches the chats that name the person
+        # a person message touches the chats that name the person now (the index also holds former ones)
         for event_id in sorted(self.person_chats.get(key, ())):
-            self._touch_chat((key[0], event_id), event.occurred_at)
+            if key[1] in self.named((key[0], event_id)):
+                self._touch_chat((key[0], event_id), event.occurred_at)
         self.person_statuses[key] = event.status
         self.dirty_persons.add(key)
 
