@@ -27,11 +27,12 @@ lint: install
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
 
+## Kafka (127.0.0.1:9092), PostgreSQL (127.0.0.1:5432) and Synapse (127.0.0.1:8008) as local processes.
 services:
-	@echo "make services (Kafka, PostgreSQL, Synapse as local processes) comes with issues #3 and #4."
+	scripts/services/all.sh start
 
 services-stop:
-	@echo "make services-stop comes with issues #3 and #4."
+	scripts/services/all.sh stop
 
 demo:
 	@echo "make demo (services, a sample stream, worker, reconciler, report) comes with issue #6."

@@ -47,6 +47,16 @@ class DesiredChat:
         )
 
 
+@dataclass(frozen=True)
+class Changes:
+    """The rows a store must write: chats, organisations, person statuses, new person-index entries."""
+
+    chats: set[ChatKey]
+    organisations: set[str]
+    persons: set[PersonKey]
+    index_entries: set[tuple[str, str, str]]
+
+
 @dataclass
 class ChatRecord:
     """A chat as the fold keeps it: the policy's view plus bookkeeping."""
@@ -72,6 +82,7 @@ class DesiredStateFold:
     dirty_chats: set[ChatKey] = field(default_factory=set)
     dirty_organisations: set[str] = field(default_factory=set)
     dirty_persons: set[PersonKey] = field(default_factory=set)
+    new_index_entries: set[tuple[str, str, str]] = field(default_factory=set)  # (org, person_id, event_id)
 
     # -- loading ---------------------------------------------------------------------------------------------
 
@@ -84,6 +95,9 @@ class DesiredStateFold:
         self.chat_keys[record.aggregate_id] = key
         self.chats_of_organisation.setdefault(key[0], set()).add(key[1])
         self._index_persons(key)
+
+    def load_index_entry(self, org: str, person_id: str, event_id: str) -> None:
+        self.person_chats.setdefault((org, person_id), set()).add(event_id)
 
     def load_person(self, key: PersonKey, status: str) -> None:
         self.person_statuses[key] = status
@@ -116,7 +130,10 @@ class DesiredStateFold:
         # The index keeps every person a chat ever named: a status change still finds chats it once concerned.
         org, event_id = key
         for person_id in self.named(key):
-            self.person_chats.setdefault((org, person_id), set()).add(event_id)
+            chats = self.person_chats.setdefault((org, person_id), set())
+            if event_id not in chats:
+                chats.add(event_id)
+                self.new_index_entries.add((org, person_id, event_id))
 
     def _chat_registered(self, event: ChatGroup.Registered) -> None:
         key = (event.org, event.event_id)
@@ -217,13 +234,20 @@ class DesiredStateFold:
     def all_desired(self) -> list[DesiredChat]:
         return [self.desired(key) for key in sorted(self.chats)]
 
-    def take_dirty(self) -> tuple[set[ChatKey], set[str], set[PersonKey]]:
+    def take_dirty(self) -> Changes:
         """What changed since the last call; person status changes also dirty the chats that name the person."""
         for key in self.dirty_persons:
             self.dirty_chats.update((key[0], e) for e in self.person_chats.get(key, ()))
-        dirty = (self.dirty_chats, self.dirty_organisations, self.dirty_persons)
+        changes = Changes(self.dirty_chats, self.dirty_organisations, self.dirty_persons, self.new_index_entries)
         self.dirty_chats, self.dirty_organisations, self.dirty_persons = set(), set(), set()
-        return dirty
+        self.new_index_entries = set()
+        return changes
+
+    def everything(self) -> Changes:
+        """All of the fold as changes (a rebuild writes it whole)."""
+        self.take_dirty()
+        index = {(org, person, event) for (org, person), events in self.person_chats.items() for event in events}
+        return Changes(set(self.chats), set(self.organisations), set(self.person_statuses), index)
 
 
 _DISPATCH: dict[type, Any] = {

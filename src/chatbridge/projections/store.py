@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
 from eventsourcing.persistence import Tracking
 from eventsourcing.sqlite import SQLiteCursor, SQLiteTrackingRecorder
@@ -23,7 +22,7 @@ from pydantic import TypeAdapter
 
 from chatbridge.application import ChatBridge
 from chatbridge.domain.lifecycle import OrganisationFeature, Policy
-from chatbridge.projections.desired_state import ChatRecord, DesiredChat, DesiredStateFold
+from chatbridge.projections.desired_state import Changes, ChatRecord, DesiredChat, DesiredStateFold
 
 PROJECTION_NAME = "desired_state"
 Progress = Callable[[int, int], None]  # (notifications folded so far, notifications to fold in all)
@@ -81,9 +80,13 @@ class SQLiteDesiredStateView(SQLiteTrackingRecorder):
             c.execute("SELECT org, person_id, status FROM person_status")
             for row in c.fetchall():
                 fold.load_person((row[0], row[1]), row[2])
+            c.execute("SELECT org, person_id, event_id FROM person_chats")
+            for row in c.fetchall():
+                fold.load_index_entry(row[0], row[1], row[2])
             c.execute("SELECT org, event_id, fold_state FROM desired_state")
             for row in c.fetchall():
                 fold.load_chat((row[0], row[1]), _chat_record.validate_json(row[2]))
+        fold.take_dirty()  # what was loaded is stored already
         return fold
 
     def write(self, fold: DesiredStateFold, tracking: Tracking | None, *, replace_all: bool = False) -> None:
@@ -93,11 +96,10 @@ class SQLiteDesiredStateView(SQLiteTrackingRecorder):
                 for table in ("desired_state", "organisation_feature", "person_status", "person_chats"):
                     c.execute(f"DELETE FROM {table}")
                 c.execute("DELETE FROM tracking WHERE application_name = ?", (PROJECTION_NAME,))
-                fold.take_dirty()
-                chats, organisations, persons = set(fold.chats), set(fold.organisations), set(fold.person_statuses)
+                changes = fold.everything()
             else:
-                chats, organisations, persons = fold.take_dirty()
-            self._write_rows(c, fold, chats, organisations, persons)
+                changes = fold.take_dirty()
+            self._write_rows(c, fold, changes)
             c.execute(
                 "INSERT OR REPLACE INTO desired_state_meta (key, value) VALUES ('policy', ?)",
                 (_policy_text(fold.policy),),
@@ -106,19 +108,17 @@ class SQLiteDesiredStateView(SQLiteTrackingRecorder):
                 self._insert_tracking(c, tracking)
 
     @staticmethod
-    def _write_rows(
-        c: SQLiteCursor, fold: DesiredStateFold, chats: set[Any], organisations: set[str], persons: set[Any]
-    ) -> None:
+    def _write_rows(c: SQLiteCursor, fold: DesiredStateFold, changes: Changes) -> None:
         c.executemany(
             "INSERT OR REPLACE INTO organisation_feature (org, fold_state) VALUES (?, ?)",
-            [(org, _feature.dump_json(fold.organisations[org]).decode()) for org in organisations],
+            [(org, _feature.dump_json(fold.organisations[org]).decode()) for org in changes.organisations],
         )
         c.executemany(
             "INSERT OR REPLACE INTO person_status (org, person_id, status) VALUES (?, ?, ?)",
-            [(key[0], key[1], fold.person_statuses[key]) for key in persons if key in fold.person_statuses],
+            [(key[0], key[1], fold.person_statuses[key]) for key in changes.persons if key in fold.person_statuses],
         )
-        rows, index = [], []
-        for key in chats:
+        rows = []
+        for key in changes.chats:
             desired = fold.desired(key)
             rows.append(
                 (
@@ -128,9 +128,10 @@ class SQLiteDesiredStateView(SQLiteTrackingRecorder):
                     _chat_record.dump_json(fold.chats[key]).decode(),
                 )
             )  # fmt: skip
-            index.extend((key[0], person_id, key[1]) for person_id in fold.named(key))
         c.executemany("INSERT OR REPLACE INTO desired_state VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        c.executemany("INSERT OR IGNORE INTO person_chats (org, person_id, event_id) VALUES (?, ?, ?)", index)
+        c.executemany(
+            "INSERT OR IGNORE INTO person_chats (org, person_id, event_id) VALUES (?, ?, ?)", changes.index_entries
+        )
 
     def desired_chats(self) -> list[DesiredChat]:
         with self.datastore.transaction(commit=False) as c:

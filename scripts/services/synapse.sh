@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# Matrix Synapse homeserver (server name "localhost", SQLite) on http://127.0.0.1:8008, client + admin API.
+# Synapse is AGPL-3.0: it lives in its own venv under $CHATBRIDGE_SERVICES_DIR/synapse, never in the
+# project's venv. On start it ensures the admin bridge user @chatbridge-bot:localhost and writes its
+# access token to <cache>/synapse/bot_token (mode 600).
+# usage: synapse.sh start|stop|status
+set -euo pipefail
+_svc_name=synapse
+# shellcheck source=_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/_lib.sh"
+
+S="$SERVICES_DIR/synapse"
+VENV="$S/venv"
+DATA="$S/data"
+CONFIG="$DATA/homeserver.yaml"
+SECRET_FILE="$S/registration_shared_secret"
+TOKEN_FILE="$S/bot_token"
+PIDFILE="$S/synapse.pid"
+OUTFILE="$S/synapse.out"          # stdout/stderr of the process
+HSLOG="$DATA/homeserver.log"       # Synapse's own log
+PORT=8008
+BASE_URL="http://127.0.0.1:$PORT"
+SYNAPSE_VERSION="${CHATBRIDGE_SYNAPSE_VERSION:-1.163.2}"
+START_TIMEOUT="${CHATBRIDGE_SYNAPSE_START_TIMEOUT:-120}"
+MARKER="synapse.app.homeserver"
+
+running_pid() {
+    local pid
+    pid="$(read_pid "$PIDFILE")"
+    if pid_alive "$pid" "$MARKER"; then echo "$pid"; fi
+}
+
+answers() {
+    python3 - "$BASE_URL/_matrix/client/versions" <<'PY' >/dev/null 2>&1
+import sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=3) as r:
+    sys.exit(0 if r.status == 200 else 1)
+PY
+}
+
+ensure_venv() {
+    local stamp="$VENV/.chatbridge-synapse-version"
+    if [[ -x "$VENV/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$SYNAPSE_VERSION" ]]; then
+        return 0
+    fi
+    log "installing matrix-synapse==$SYNAPSE_VERSION into $VENV (own venv, AGPL; first run only) ..."
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        python3 -m venv "$VENV" >"$S/pip.log" 2>&1 \
+            || { cat "$S/pip.log" >&2; die "python3 -m venv failed (Debian: apt-get install -y python3-venv)"; }
+    fi
+    if ! "$VENV/bin/pip" install -q --disable-pip-version-check "matrix-synapse==$SYNAPSE_VERSION" \
+            >>"$S/pip.log" 2>&1; then
+        tail -n 30 "$S/pip.log" >&2
+        die "pip install matrix-synapse failed (see $S/pip.log)"
+    fi
+    echo "$SYNAPSE_VERSION" >"$stamp"
+}
+
+ensure_config() {
+    if [[ ! -s "$SECRET_FILE" ]]; then
+        (umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(32))' >"$SECRET_FILE")
+        log "created registration shared secret file $SECRET_FILE"
+    fi
+    chmod 600 "$SECRET_FILE"
+    mkdir -p "$DATA"
+    if [[ ! -f "$CONFIG" ]]; then
+        log "generating config $CONFIG"
+        if ! (cd "$DATA" && "$VENV/bin/python" -m synapse.app.homeserver --server-name localhost \
+                --config-path "$CONFIG" --data-directory "$DATA" --generate-config --report-stats=no \
+                >"$S/generate.log" 2>&1); then
+            cat "$S/generate.log" >&2
+            die "synapse --generate-config failed"
+        fi
+    fi
+    # Re-applied at every start (idempotent), so edits to synapse_helper.py take effect.
+    "$VENV/bin/python" "$SCRIPT_DIR/synapse_helper.py" configure "$CONFIG" "$SECRET_FILE"
+}
+
+wait_ready() {
+    local pid="$1" t0=$SECONDS
+    while ! answers; do
+        if ! pid_alive "$pid" "$MARKER"; then
+            echo "----- last 40 lines of $OUTFILE / $HSLOG -----" >&2
+            tail -n 20 "$OUTFILE" >&2 || true
+            tail -n 20 "$HSLOG" >&2 || true
+            rm -f "$PIDFILE"
+            die "synapse process $pid exited during startup"
+        fi
+        if (( SECONDS - t0 >= START_TIMEOUT )); then
+            tail -n 40 "$HSLOG" >&2 || true
+            stop_pid "$pid" "$MARKER" 30
+            rm -f "$PIDFILE"
+            die "synapse not answering on $BASE_URL after ${START_TIMEOUT}s"
+        fi
+        sleep 0.3
+    done
+}
+
+bootstrap_bot() {
+    "$VENV/bin/python" "$SCRIPT_DIR/synapse_helper.py" bootstrap-bot "$BASE_URL" "$S" \
+        || die "could not set up the bot user"
+}
+
+do_start() {
+    local pid owner
+    mkdir -p "$S"
+    pid="$(running_pid)"
+    if [[ -n "$pid" ]]; then
+        if answers; then
+            if [[ -s "$TOKEN_FILE" ]]; then
+                log "already running (pid $pid) on $BASE_URL; bot token file $TOKEN_FILE"
+                return 0
+            fi
+        else
+            log "pid $pid is starting; waiting for it"
+            wait_ready "$pid"
+        fi
+        bootstrap_bot
+        log "ready on $BASE_URL (pid $pid)"
+        return 0
+    fi
+    if port_open "$PORT"; then
+        owner="$(port_owner "$PORT")"
+        die "127.0.0.1:$PORT is already in use${owner:+ by $owner}, not by this script's Synapse; stop that first"
+    fi
+
+    ensure_venv
+    ensure_config
+
+    rotate_log "$OUTFILE"
+    log "starting Synapse $SYNAPSE_VERSION (logs: $HSLOG, $OUTFILE)"
+    (cd "$DATA" && exec nohup "$VENV/bin/python" -m synapse.app.homeserver -c "$CONFIG" \
+        >>"$OUTFILE" 2>&1 </dev/null) &
+    pid=$!
+    echo "$pid" >"$PIDFILE"
+    wait_ready "$pid"
+    bootstrap_bot
+    log "ready on $BASE_URL (pid $pid); shared secret file $SECRET_FILE"
+}
+
+do_stop() {
+    local pid
+    pid="$(running_pid)"
+    if [[ -z "$pid" ]]; then
+        log "not running"
+        rm -f "$PIDFILE"
+        return 0
+    fi
+    log "stopping pid $pid ..."
+    stop_pid "$pid" "$MARKER" 30
+    rm -f "$PIDFILE"
+    log "stopped"
+}
+
+do_status() {
+    local pid
+    pid="$(running_pid)"
+    if [[ -n "$pid" ]] && answers; then
+        log "running (pid $pid) on $BASE_URL; bot token file $TOKEN_FILE; log $HSLOG"
+        return 0
+    elif [[ -n "$pid" ]]; then
+        log "starting or unhealthy (pid $pid, $BASE_URL not answering); log $HSLOG"
+        return 1
+    fi
+    log "stopped"
+    return 3
+}
+
+case "${1:-}" in
+    start) do_start ;;
+    stop) do_stop ;;
+    status) do_status ;;
+    *) usage_exit ;;
+esac
