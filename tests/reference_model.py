@@ -74,8 +74,13 @@ def reference_document(lines: list[bytes], now: datetime, full_use: timedelta, v
                 o.update(on=False, off_at=t)
             continue
         if kind == "person.status_changed":
-            settle(*(e for e in events.values() if e["org"] == message.org
-                     and (data.person_id in e["staff"] or data.person_id == e["responsible"])))
+            settle(
+                *(
+                    e
+                    for e in events.values()
+                    if e["org"] == message.org and (data.person_id in e["staff"] or data.person_id == e["responsible"])
+                )
+            )
             persons[(message.org, data.person_id)] = data.status
             continue
         key = (message.org, data.event_id)

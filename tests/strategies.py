@@ -7,7 +7,7 @@ steps of minutes to weeks cross the 2-day and 30-day deadlines often.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from hypothesis import strategies as st
@@ -18,7 +18,7 @@ PERSONS = ["a" * 32, "b" * 32, "c" * 32, "d" * 32]
 BASE = datetime(2026, 11, 1, tzinfo=timezone(timedelta(hours=1)))
 STEPS = st.sampled_from([timedelta(0), timedelta(minutes=30), timedelta(hours=20), timedelta(days=2),
                          timedelta(days=9), timedelta(days=31)])  # fmt: skip
-OFFSETS = st.sampled_from([timezone.utc, timezone(timedelta(hours=1)), timezone(timedelta(hours=-5))])
+OFFSETS = st.sampled_from([UTC, timezone(timedelta(hours=1)), timezone(timedelta(hours=-5))])
 
 
 @st.composite

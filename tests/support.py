@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from chatbridge.domain.lifecycle import Policy
@@ -21,7 +21,7 @@ def at(day: int, hour: int = 0, month: int = 12) -> datetime:
 
 
 def z(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
@@ -33,8 +33,12 @@ class Stream:
 
     def send(self, type_: str, when: datetime, data: dict[str, Any] | None, org: str = ORG, id_: str | None = None):
         self.counter += 1
-        message: dict[str, Any] = {"id": id_ or f"msg-{self.counter}", "type": type_, "org": org,
-                                   "occurred_at": when.isoformat()}
+        message: dict[str, Any] = {
+            "id": id_ or f"msg-{self.counter}",
+            "type": type_,
+            "org": org,
+            "occurred_at": when.isoformat(),
+        }
         if data is not None:
             message["data"] = data
         self.lines.append(json.dumps(message).encode())
@@ -45,23 +49,41 @@ class Stream:
 
     def org_on(self, when: datetime, org: str = ORG) -> str:
         address = {"street": "Oskar-Jäger-Str. 101", "postcode": "50825", "city": "Köln", "country": "DE"}
-        return self.send("organisation.chat_enabled", when,
-                         {"name": "DRK Köln", "email": "it@drk.example", "address": address}, org)
+        return self.send(
+            "organisation.chat_enabled", when, {"name": "DRK Köln", "email": "it@drk.example", "address": address}, org
+        )
 
     def org_off(self, when: datetime, org: str = ORG) -> str:
         return self.send("organisation.chat_disabled", when, {}, org)
 
-    def event(self, event_id: str, when: datetime, *, start: datetime, end: datetime, responsible: str | None = None,
-              chat: bool = True, staff: dict[str, str] | None = None, org: str = ORG) -> str:
-        data: dict[str, Any] = {"event_id": event_id, "title": "Sanitätsdienst", "start": start.isoformat(),
-                                "end": end.isoformat(), "responsible": responsible, "chat_enabled": chat}
+    def event(
+        self,
+        event_id: str,
+        when: datetime,
+        *,
+        start: datetime,
+        end: datetime,
+        responsible: str | None = None,
+        chat: bool = True,
+        staff: dict[str, str] | None = None,
+        org: str = ORG,
+    ) -> str:
+        data: dict[str, Any] = {
+            "event_id": event_id,
+            "title": "Sanitätsdienst",
+            "start": start.isoformat(),
+            "end": end.isoformat(),
+            "responsible": responsible,
+            "chat_enabled": chat,
+        }
         if staff is not None:
             data["staff"] = [{"person_id": p, "status": s} for p, s in staff.items()]
         return self.send("event.upserted", when, data, org)
 
     def staffing(self, event_id: str, person_id: str, status: str, when: datetime, org: str = ORG) -> str:
-        return self.send("staffing.changed", when, {"event_id": event_id, "person_id": person_id, "status": status},
-                         org)
+        return self.send(
+            "staffing.changed", when, {"event_id": event_id, "person_id": person_id, "status": status}, org
+        )
 
     def cancel(self, event_id: str, when: datetime, org: str = ORG) -> str:
         return self.send("event.cancelled", when, {"event_id": event_id}, org)

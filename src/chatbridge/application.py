@@ -183,7 +183,9 @@ def _live_chat(org: str, event_id: str, unit: _UnitOfWork) -> ChatGroup | None:
 
 def _event_upserted(message: EventUpserted, unit: _UnitOfWork) -> str:
     data = message.data
-    staff = None if data.staff is None else {s.person_id: s.status for s in data.staff if s.status != "removed"}
+    staff: dict[str, str] | None = None
+    if data.staff is not None:  # "removed" in a full record means: not staffed
+        staff = {s.person_id: s.status for s in data.staff if s.status != "removed"}
     chat_id = ChatGroup.create_id(message.org, data.event_id)
     if unit.get(chat_id) is None:
         if not data.chat_enabled:

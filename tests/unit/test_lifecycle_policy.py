@@ -225,7 +225,12 @@ def test_an_event_that_never_had_chat_is_ignored_with_its_messages():
 def test_a_repeated_message_id_is_skipped_and_counted_even_for_ignored_messages():
     stream = staffed_event()
     stream.staffing("4711", CAROL, "assigned", at(21, month=11))
-    stream.staffing("4711", CAROL, "removed", at(22, month=11), )
+    stream.staffing(
+        "4711",
+        CAROL,
+        "removed",
+        at(22, month=11),
+    )
     repeated = stream.lines[-2]  # the "assigned" message again, after "removed": must not re-add Carol
     stream.raw(repeated)
     stream.event("9999", at(23, month=11), start=START, end=END, chat=False)
@@ -237,9 +242,16 @@ def test_a_repeated_message_id_is_skipped_and_counted_even_for_ignored_messages(
 
 def test_the_id_of_a_rejected_message_is_not_remembered():
     stream = staffed_event()
-    stream.raw('{"id": "fix-me", "type": "staffing.changed", "org": "drk-koeln", "occurred_at": "2026-11-21T10:00:00",'
-               ' "data": {"event_id": "4711", "person_id": "' + DAVE + '", "status": "assigned"}}')
-    stream.staffing("4711", DAVE, "assigned", at(21, month=11), )
+    stream.raw(
+        '{"id": "fix-me", "type": "staffing.changed", "org": "drk-koeln", "occurred_at": "2026-11-21T10:00:00",'
+        ' "data": {"event_id": "4711", "person_id": "' + DAVE + '", "status": "assigned"}}'
+    )
+    stream.staffing(
+        "4711",
+        DAVE,
+        "assigned",
+        at(21, month=11),
+    )
     stream.lines[-1] = stream.lines[-1].replace(b'"msg-', b'"fix-me', 1).replace(b'fix-me3"', b'fix-me"')
     document = stream.simulate(at(1, 12))
     assert [r["line"] for r in document["rejected"]] == [3]
@@ -262,4 +274,4 @@ def test_chats_are_sorted_by_org_and_event_and_times_are_utc_seconds():
     chats = stream.simulate(at(21, month=11))["chats"]
     assert [(c["org"], c["event_id"]) for c in chats] == [("drk-koeln", "1"), ("drk-koeln", "10"), ("mhd-bonn", "2")]
     assert chats[0]["read_only_at"] == "2026-12-03T18:00:00Z"
-    assert ORG == chats[0]["org"]
+    assert chats[0]["org"] == ORG

@@ -15,8 +15,8 @@ from tests.strategies import NOWS, streams
 POLICIES = st.sampled_from([Policy(), Policy(full_use=timedelta(hours=6), view=timedelta(days=3))])
 
 
-def simulate(lines: list[bytes], now: datetime, policy: Policy = Policy()):
-    return simulate_lines(list(enumerate(lines, start=1)), now, policy)
+def simulate(lines: list[bytes], now: datetime, policy: Policy | None = None):
+    return simulate_lines(list(enumerate(lines, start=1)), now, policy or Policy())
 
 
 @settings(max_examples=300, deadline=None)

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
@@ -165,15 +164,13 @@ class PersonStatusChanged(_Envelope):
 
 
 Message = Annotated[
-    Union[
-        OrganisationChatEnabled,
-        OrganisationChatDisabled,
-        EventUpserted,
-        EventCancelled,
-        EventDeleted,
-        StaffingChanged,
-        PersonStatusChanged,
-    ],
+    OrganisationChatEnabled
+    | OrganisationChatDisabled
+    | EventUpserted
+    | EventCancelled
+    | EventDeleted
+    | StaffingChanged
+    | PersonStatusChanged,
     Field(discriminator="type"),
 ]
 MESSAGE_TYPES: tuple[str, ...] = (
@@ -229,9 +226,7 @@ def parse_record(raw: bytes | str) -> Message | Rejection:
 
 
 def _json_kind(value: Any) -> str:
-    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), "a number"
-    )
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
 
 
 _FRIENDLY = {
@@ -280,4 +275,3 @@ def message_json_schema() -> dict[str, Any]:
         "event messages, '{org}' for organisation messages, '{org}/person/{person_id}' for person messages."
     )
     return schema
-

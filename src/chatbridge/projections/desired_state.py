@@ -15,7 +15,7 @@ from typing import Any
 from uuid import UUID
 
 from chatbridge.domain import lifecycle
-from chatbridge.domain.aggregates import ChatGroup, Organisation, Person
+from chatbridge.domain.aggregates import Organisation, Person
 from chatbridge.domain.lifecycle import ChatLife, OrganisationFeature, Phase, Policy
 
 ChatKey = tuple[str, str]  # (org, event_id)
@@ -107,7 +107,7 @@ class DesiredStateFold:
 
     def apply(self, event: Any) -> None:
         """Fold one aggregate event (as decoded from the notification log)."""
-        handler = _DISPATCH.get(type(event))
+        handler = _DISPATCH.get(type(event).__qualname__)
         if handler is not None:
             handler(self, event)
 
@@ -135,7 +135,7 @@ class DesiredStateFold:
                 chats.add(event_id)
                 self.new_index_entries.add((org, person_id, event_id))
 
-    def _chat_registered(self, event: ChatGroup.Registered) -> None:
+    def _chat_registered(self, event: Any) -> None:
         key = (event.org, event.event_id)
         organisation = self._organisation(event.org)
         life = ChatLife(
@@ -153,7 +153,7 @@ class DesiredStateFold:
         life = self.chats[key].life
         return set(life.staff) | ({life.responsible} if life.responsible else set())
 
-    def _event_recorded(self, event: ChatGroup.EventRecorded) -> None:
+    def _event_recorded(self, event: Any) -> None:
         key = self.chat_keys[event.originator_id]
         record = self._touch_chat(key, event.occurred_at)
         life = record.life
@@ -164,7 +164,7 @@ class DesiredStateFold:
             life.staff = dict(event.staff)
         self._index_persons(key)
 
-    def _staffing_changed(self, event: ChatGroup.StaffingChanged) -> None:
+    def _staffing_changed(self, event: Any) -> None:
         key = self.chat_keys[event.originator_id]
         life = self._touch_chat(key, event.occurred_at).life
         if event.status == "removed":
@@ -173,15 +173,15 @@ class DesiredStateFold:
             life.staff[event.person_id] = event.status
         self._index_persons(key)
 
-    def _cancelled(self, event: ChatGroup.Cancelled) -> None:
+    def _cancelled(self, event: Any) -> None:
         key = self.chat_keys[event.originator_id]
         lifecycle.cancel(self._touch_chat(key, event.occurred_at).life, event.occurred_at)
 
-    def _deleted(self, event: ChatGroup.Deleted) -> None:
+    def _deleted(self, event: Any) -> None:
         key = self.chat_keys[event.originator_id]
         self._touch_chat(key, event.occurred_at).life.deleted_at = event.occurred_at
 
-    def _organisation_registered(self, event: Organisation.Registered) -> None:
+    def _organisation_registered(self, event: Any) -> None:
         self._organisation(event.org)
 
     def _switch_organisation(self, org: str, on: bool, at: datetime) -> None:
@@ -190,16 +190,16 @@ class DesiredStateFold:
         lifecycle.switch_organisation(self._organisation(org), on, at)
         self.dirty_organisations.add(org)
 
-    def _organisation_chat_enabled(self, event: Organisation.ChatEnabled) -> None:
+    def _organisation_chat_enabled(self, event: Any) -> None:
         self._switch_organisation(self.organisation_keys[event.originator_id], True, event.occurred_at)
 
-    def _organisation_chat_disabled(self, event: Organisation.ChatDisabled) -> None:
+    def _organisation_chat_disabled(self, event: Any) -> None:
         self._switch_organisation(self.organisation_keys[event.originator_id], False, event.occurred_at)
 
-    def _person_registered(self, event: Person.Registered) -> None:
+    def _person_registered(self, event: Any) -> None:
         self.person_keys[event.originator_id] = (event.org, event.person_id)
 
-    def _person_status_changed(self, event: Person.StatusChanged) -> None:
+    def _person_status_changed(self, event: Any) -> None:
         key = self.person_keys[event.originator_id]
         # a person message touches the chats that name the person now (the index also holds former ones)
         for event_id in sorted(self.person_chats.get(key, ())):
@@ -214,7 +214,9 @@ class DesiredStateFold:
         record = self.chats[key]
         life = record.life
         organisation = self.organisations.get(key[0]) or OrganisationFeature()
-        statuses = {p: self.person_statuses[(key[0], p)] for p in self.named(key) if (key[0], p) in self.person_statuses}
+        statuses = {
+            p: self.person_statuses[(key[0], p)] for p in self.named(key) if (key[0], p) in self.person_statuses
+        }
         members, moderators = lifecycle.desired_members(life, statuses)
         read_only_at = lifecycle.read_only_at(life, organisation, self.policy)
         delete_at = lifecycle.delete_at(life, organisation, self.policy)
@@ -250,15 +252,16 @@ class DesiredStateFold:
         return Changes(set(self.chats), set(self.organisations), set(self.person_statuses), index)
 
 
-_DISPATCH: dict[type, Any] = {
-    ChatGroup.Registered: DesiredStateFold._chat_registered,
-    ChatGroup.EventRecorded: DesiredStateFold._event_recorded,
-    ChatGroup.StaffingChanged: DesiredStateFold._staffing_changed,
-    ChatGroup.Cancelled: DesiredStateFold._cancelled,
-    ChatGroup.Deleted: DesiredStateFold._deleted,
-    Organisation.Registered: DesiredStateFold._organisation_registered,
-    Organisation.ChatEnabled: DesiredStateFold._organisation_chat_enabled,
-    Organisation.ChatDisabled: DesiredStateFold._organisation_chat_disabled,
-    Person.Registered: DesiredStateFold._person_registered,
-    Person.StatusChanged: DesiredStateFold._person_status_changed,
+# Keyed by the event classes' qualified names, which the library derives from the aggregates' @event names.
+_DISPATCH: dict[str, Any] = {
+    "ChatGroup.Registered": DesiredStateFold._chat_registered,
+    "ChatGroup.EventRecorded": DesiredStateFold._event_recorded,
+    "ChatGroup.StaffingChanged": DesiredStateFold._staffing_changed,
+    "ChatGroup.Cancelled": DesiredStateFold._cancelled,
+    "ChatGroup.Deleted": DesiredStateFold._deleted,
+    "Organisation.Registered": DesiredStateFold._organisation_registered,
+    "Organisation.ChatEnabled": DesiredStateFold._organisation_chat_enabled,
+    "Organisation.ChatDisabled": DesiredStateFold._organisation_chat_disabled,
+    "Person.Registered": DesiredStateFold._person_registered,
+    "Person.StatusChanged": DesiredStateFold._person_status_changed,
 }
