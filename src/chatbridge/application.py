@@ -181,6 +181,16 @@ def _live_chat(org: str, event_id: str, unit: _UnitOfWork) -> ChatGroup | None:
     return None if chat is None or chat.is_deleted else chat
 
 
+def _on_live_chat(message: EventCancelled | EventDeleted | StaffingChanged, unit: _UnitOfWork,
+                  change: Callable[[ChatGroup], None]) -> str:  # fmt: skip
+    """Apply `change` to the event's chat group; ignored if the event never had chat or was deleted."""
+    chat = _live_chat(message.org, message.data.event_id, unit)
+    if chat is None:
+        return IGNORED
+    change(chat)
+    return APPLIED
+
+
 def _event_upserted(message: EventUpserted, unit: _UnitOfWork) -> str:
     data = message.data
     staff: dict[str, str] | None = None
@@ -207,28 +217,22 @@ def _event_upserted(message: EventUpserted, unit: _UnitOfWork) -> str:
 
 
 def _event_cancelled(message: EventCancelled, unit: _UnitOfWork) -> str:
-    chat = _live_chat(message.org, message.data.event_id, unit)
-    if chat is None:
-        return IGNORED
-    if chat.cancelled_at is None:  # a second cancellation changes nothing
-        chat.cancel(message.id, message.occurred_at)
-    return APPLIED
+    def cancel(chat: ChatGroup) -> None:
+        if chat.cancelled_at is None:  # a second cancellation changes nothing
+            chat.cancel(message.id, message.occurred_at)
+
+    return _on_live_chat(message, unit, cancel)
 
 
 def _event_deleted(message: EventDeleted, unit: _UnitOfWork) -> str:
-    chat = _live_chat(message.org, message.data.event_id, unit)
-    if chat is None:
-        return IGNORED
-    chat.delete(message.id, message.occurred_at)
-    return APPLIED
+    return _on_live_chat(message, unit, lambda chat: chat.delete(message.id, message.occurred_at))
 
 
 def _staffing_changed(message: StaffingChanged, unit: _UnitOfWork) -> str:
-    chat = _live_chat(message.org, message.data.event_id, unit)
-    if chat is None:
-        return IGNORED
-    chat.change_staffing(message.id, message.occurred_at, message.data.person_id, message.data.status)
-    return APPLIED
+    data = message.data
+    return _on_live_chat(
+        message, unit, lambda chat: chat.change_staffing(message.id, message.occurred_at, data.person_id, data.status)
+    )
 
 
 _HANDLERS: dict[type, Callable[[Any, _UnitOfWork], str]] = {
