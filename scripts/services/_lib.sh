@@ -64,3 +64,61 @@ usage_exit() {
     echo "usage: $0 start|stop|status" >&2
     exit 2
 }
+
+# ---- shared start|stop|status plumbing ------------------------------------------------------
+# A service script defines do_start, do_stop and do_status (the last two usually just call
+# svc_stop / svc_status with its own hooks) and ends with: svc_main "$@"
+
+# pidfile_pid FILE MARKER -> prints the pid stored in FILE if that process runs and matches MARKER
+pidfile_pid() {
+    local pid
+    pid="$(read_pid "$1")"
+    if pid_alive "$pid" "$2"; then echo "$pid"; fi
+}
+
+# svc_stop PID_FN KILL_FN [PIDFILE]
+#   PID_FN prints the running pid (or nothing); KILL_FN PID stops that process;
+#   PIDFILE, when given, is removed whether or not something was running.
+svc_stop() {
+    local pid_fn="$1" kill_fn="$2" pidfile="${3:-}" pid
+    pid="$("$pid_fn")"
+    if [[ -z "$pid" ]]; then
+        log "not running"
+        if [[ -n "$pidfile" ]]; then rm -f "$pidfile"; fi
+        return 0
+    fi
+    log "stopping pid $pid ..."
+    "$kill_fn" "$pid"
+    if [[ -n "$pidfile" ]]; then rm -f "$pidfile"; fi
+    log "stopped"
+}
+
+# svc_status PID_FN READY_FN RUNNING_INFO NOT_READY_INFO LOGFILE [STOPPED_FN]
+#   exit status 0: running and READY_FN succeeds; 1: running but not ready; 3: stopped.
+#   Messages: "running (pid N)RUNNING_INFO; log LOGFILE",
+#             "starting or unhealthy (pid N, NOT_READY_INFO); log LOGFILE",
+#             "stopped" (or whatever STOPPED_FN logs instead).
+svc_status() {
+    local pid_fn="$1" ready_fn="$2" running_info="$3" not_ready_info="$4" logfile="$5"
+    local stopped_fn="${6:-}" pid
+    pid="$("$pid_fn")"
+    if [[ -n "$pid" ]] && "$ready_fn"; then
+        log "running (pid $pid)$running_info; log $logfile"
+        return 0
+    elif [[ -n "$pid" ]]; then
+        log "starting or unhealthy (pid $pid, $not_ready_info); log $logfile"
+        return 1
+    fi
+    if [[ -n "$stopped_fn" ]]; then "$stopped_fn"; else log "stopped"; fi
+    return 3
+}
+
+# svc_main ACTION -> runs do_start / do_stop / do_status, or prints usage and exits 2
+svc_main() {
+    case "${1:-}" in
+        start) do_start ;;
+        stop) do_stop ;;
+        status) do_status ;;
+        *) usage_exit ;;
+    esac
+}

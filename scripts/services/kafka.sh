@@ -23,11 +23,7 @@ JOPTS=(-Xms512m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeap
        -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true
        "-Dlog4j2.configurationFile=$SRC/log4j2.properties")
 
-running_pid() {
-    local pid
-    pid="$(read_pid "$PIDFILE")"
-    if pid_alive "$pid" "$MARKER"; then echo "$pid"; fi
-}
+running_pid() { pidfile_pid "$PIDFILE" "$MARKER"; }
 
 ready() {
     port_open "$PORT" && grep -q "Kafka Server started" "$LOGFILE" 2>/dev/null
@@ -132,37 +128,12 @@ do_start() {
     log "ready on 127.0.0.1:$PORT (pid $pid, controller 127.0.0.1:$CONTROLLER_PORT)"
 }
 
-do_stop() {
-    local pid
-    pid="$(running_pid)"
-    if [[ -z "$pid" ]]; then
-        log "not running"
-        rm -f "$PIDFILE"
-        return 0
-    fi
-    log "stopping pid $pid ..."
-    stop_pid "$pid" "$MARKER" 60
-    rm -f "$PIDFILE"
-    log "stopped"
-}
+kill_broker() { stop_pid "$1" "$MARKER" 60; }
+
+do_stop() { svc_stop running_pid kill_broker "$PIDFILE"; }
 
 do_status() {
-    local pid
-    pid="$(running_pid)"
-    if [[ -n "$pid" ]] && ready; then
-        log "running (pid $pid) bootstrap 127.0.0.1:$PORT; log $LOGFILE"
-        return 0
-    elif [[ -n "$pid" ]]; then
-        log "starting or unhealthy (pid $pid, port $PORT not ready); log $LOGFILE"
-        return 1
-    fi
-    log "stopped"
-    return 3
+    svc_status running_pid ready " bootstrap 127.0.0.1:$PORT" "port $PORT not ready" "$LOGFILE"
 }
 
-case "${1:-}" in
-    start) do_start ;;
-    stop) do_stop ;;
-    status) do_status ;;
-    *) usage_exit ;;
-esac
+svc_main "$@"

@@ -80,11 +80,7 @@ setup_runas() {
 
 as_pg() { (cd / && "${RUNAS[@]}" "$@"); }
 
-server_pid() {
-    local pid
-    pid="$(read_pid "$DATA/postmaster.pid")"
-    if pid_alive "$pid" "postgres"; then echo "$pid"; fi
-}
+server_pid() { pidfile_pid "$DATA/postmaster.pid" "postgres"; }
 
 accepting() {
     "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PORT" >/dev/null 2>&1
@@ -200,18 +196,10 @@ do_start() {
     log "ready on 127.0.0.1:$PORT (pid $(server_pid)): postgresql://$DB_USER:$DB_PASSWORD@127.0.0.1:$PORT/$DB_NAME"
 }
 
-do_stop() {
-    local pid
-    PGBIN="$(find_pgbin)"
-    pid="$(server_pid)"
-    if [[ -z "$pid" ]]; then
-        log "not running"
-        return 0
-    fi
-    log "stopping pid $pid ..."
+kill_server() {
+    local pid="$1" i
     # SIGINT = postgres "fast" shutdown (what pg_ctl stop -m fast sends); works without pg_ctl's root check.
     kill -INT "$pid" 2>/dev/null || true
-    local i
     for ((i = 0; i < 300; i++)); do
         pid_alive "$pid" "postgres" || break
         sleep 0.2
@@ -219,32 +207,27 @@ do_stop() {
     if pid_alive "$pid" "postgres"; then
         stop_pid "$pid" "postgres" 10   # SIGTERM (smart), then SIGKILL
     fi
-    log "stopped"
 }
 
-do_status() {
-    local pid
+# postmaster.pid belongs to the server: svc_stop gets no pidfile to remove.
+do_stop() {
     PGBIN="$(find_pgbin)"
-    [[ -n "$PGBIN" ]] || { log "not installed"; return 3; }
-    pid="$(server_pid)"
-    if [[ -n "$pid" ]] && accepting; then
-        log "running (pid $pid): postgresql://$DB_USER:$DB_PASSWORD@127.0.0.1:$PORT/$DB_NAME; log $LOGFILE"
-        return 0
-    elif [[ -n "$pid" ]]; then
-        log "starting or unhealthy (pid $pid, not accepting on $PORT); log $LOGFILE"
-        return 1
-    fi
+    svc_stop server_pid kill_server
+}
+
+log_stopped() {
     if port_open "$PORT"; then
         log "stopped (but 127.0.0.1:$PORT is served by something else: $(port_owner "$PORT"))"
     else
         log "stopped"
     fi
-    return 3
 }
 
-case "${1:-}" in
-    start) do_start ;;
-    stop) do_stop ;;
-    status) do_status ;;
-    *) usage_exit ;;
-esac
+do_status() {
+    PGBIN="$(find_pgbin)"
+    [[ -n "$PGBIN" ]] || { log "not installed"; return 3; }
+    svc_status server_pid accepting ": postgresql://$DB_USER:$DB_PASSWORD@127.0.0.1:$PORT/$DB_NAME" \
+        "not accepting on $PORT" "$LOGFILE" log_stopped
+}
+
+svc_main "$@"

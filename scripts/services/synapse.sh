@@ -24,11 +24,7 @@ SYNAPSE_VERSION="${CHATBRIDGE_SYNAPSE_VERSION:-1.163.2}"
 START_TIMEOUT="${CHATBRIDGE_SYNAPSE_START_TIMEOUT:-120}"
 MARKER="synapse.app.homeserver"
 
-running_pid() {
-    local pid
-    pid="$(read_pid "$PIDFILE")"
-    if pid_alive "$pid" "$MARKER"; then echo "$pid"; fi
-}
+running_pid() { pidfile_pid "$PIDFILE" "$MARKER"; }
 
 answers() {
     python3 - "$BASE_URL/_matrix/client/versions" <<'PY' >/dev/null 2>&1
@@ -138,37 +134,13 @@ do_start() {
     log "ready on $BASE_URL (pid $pid); shared secret file $SECRET_FILE"
 }
 
-do_stop() {
-    local pid
-    pid="$(running_pid)"
-    if [[ -z "$pid" ]]; then
-        log "not running"
-        rm -f "$PIDFILE"
-        return 0
-    fi
-    log "stopping pid $pid ..."
-    stop_pid "$pid" "$MARKER" 30
-    rm -f "$PIDFILE"
-    log "stopped"
-}
+kill_synapse() { stop_pid "$1" "$MARKER" 30; }
+
+do_stop() { svc_stop running_pid kill_synapse "$PIDFILE"; }
 
 do_status() {
-    local pid
-    pid="$(running_pid)"
-    if [[ -n "$pid" ]] && answers; then
-        log "running (pid $pid) on $BASE_URL; bot token file $TOKEN_FILE; log $HSLOG"
-        return 0
-    elif [[ -n "$pid" ]]; then
-        log "starting or unhealthy (pid $pid, $BASE_URL not answering); log $HSLOG"
-        return 1
-    fi
-    log "stopped"
-    return 3
+    svc_status running_pid answers " on $BASE_URL; bot token file $TOKEN_FILE" \
+        "$BASE_URL not answering" "$HSLOG"
 }
 
-case "${1:-}" in
-    start) do_start ;;
-    stop) do_stop ;;
-    status) do_status ;;
-    *) usage_exit ;;
-esac
+svc_main "$@"
