@@ -10,6 +10,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chatbridge.domain.lifecycle import Policy
 
+MAX_PERIOD = timedelta(days=36500)  # a century: beyond it the deadlines leave the years datetimes can hold
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHATBRIDGE_", extra="ignore")
@@ -18,8 +20,12 @@ class Settings(BaseSettings):
         default=Path("chatbridge.db"),
         description="The SQLite file holding the event store, the intake ledger and the projections.",
     )
-    full_use: timedelta = Field(default=timedelta(days=2), description="FULL_USE: active after the event ends.")
-    view: timedelta = Field(default=timedelta(days=30), description="VIEW: read-only before deletion.")
+    full_use: timedelta = Field(
+        default=timedelta(days=2), ge=timedelta(0), le=MAX_PERIOD, description="FULL_USE: active after the event ends."
+    )
+    view: timedelta = Field(
+        default=timedelta(days=30), ge=timedelta(0), le=MAX_PERIOD, description="VIEW: read-only before deletion."
+    )
     batch_size: int = Field(default=500, ge=1, description="Records applied per transaction by `ingest`.")
 
     @property

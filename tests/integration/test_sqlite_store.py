@@ -57,6 +57,7 @@ def test_a_projection_rebuilt_from_scratch_equals_the_one_followed_live(lines, p
         step = max(1, len(numbered) // pieces)
         for start in range(0, max(len(numbered), 1), step):  # the live projection follows in several steps
             store = store_at(database)  # and across restarts
+            store.projection.page_size = 1  # pages may end between the events of one message
             try:
                 ingest_lines(store.app, "test", numbered[start : start + step], batch_size=3)
                 store.projection.catch_up()
@@ -160,5 +161,30 @@ def test_a_changed_policy_rebuilds_the_stored_deadlines(tmp_path):
     store = store_at(database, Policy(full_use=timedelta(days=1), view=timedelta(days=30)))
     try:
         assert services.state(store, at(1, 12))["chats"][0]["read_only_at"] == "2026-12-02T18:00:00Z"
+    finally:
+        store.close()
+
+
+def test_a_projection_stopped_between_pages_resumes_where_it_stopped(tmp_path):
+    stream = staffed_stream()  # the last message registers a person and changes its status: two events
+    database = tmp_path / "store.db"
+    store = store_at(database)
+    ingest_lines(store.app, "test", stream.numbered())
+    store.projection.page_size = 1
+    last = store.app.recorder.max_notification_id()
+
+    def stop_before_the_last_event(done: int, total: int) -> None:
+        if done == total - 1:
+            raise KeyboardInterrupt
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            store.projection.catch_up(stop_before_the_last_event)
+        assert store.projection.position() == last - 1
+    finally:
+        store.close()
+    store = store_at(database)
+    try:
+        assert services.state(store, at(24, month=11)) == stream.simulate(at(24, month=11))
     finally:
         store.close()

@@ -6,6 +6,9 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from chatbridge.domain.messages import EventUpserted, Rejection, message_json_schema, parse_record
 from tests.support import ALICE, BOB, ORG, Stream, at
@@ -156,3 +159,26 @@ def test_the_json_schema_describes_every_message_type():
     }  # fmt: skip
     id_rule = schema["$defs"]["StaffingChangedData"]["properties"]["person_id"]
     assert (id_rule["maxLength"], id_rule["pattern"]) == (64, "^[^/]+$")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200) | st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=5),
+    max_leaves=20,
+).map(lambda document: json.dumps(document).encode()))  # fmt: skip
+def test_no_record_makes_the_parser_raise(raw: bytes):
+    assert isinstance(parse_record(raw), (Rejection, BaseModel))
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"1" * 5000, "not valid JSON"),
+        (b"[" * 100_000, "nested too deeply"),
+        (json.dumps(upsert(end="9999-12-31T23:59:59+14:00")).encode(), "data.end: must lie between the years"),
+        (json.dumps(envelope(occurred_at="0001-01-01T00:00:00+14:00")).encode(), "occurred_at: must lie between"),
+    ],
+)
+def test_records_that_would_break_the_arithmetic_downstream_are_rejected(raw: bytes, expected: str):
+    assert expected in reason(raw)

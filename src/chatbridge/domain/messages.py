@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
@@ -56,6 +57,19 @@ def _check_email(value: str) -> str:
     return value
 
 
+EARLIEST, LATEST = datetime(1900, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _check_moment(value: datetime) -> datetime:
+    # Deadlines add FULL_USE and VIEW to these; far-off years would overflow Python's datetime downstream.
+    if not EARLIEST <= value < LATEST:
+        raise ValueError("must lie between the years 1900 and 9000")
+    return value
+
+
+Moment = Annotated[AwareDatetime, AfterValidator(_check_moment)]
+"""A date-time with a UTC offset, within years the lifecycle arithmetic can handle."""
+
 Email = Annotated[str, AfterValidator(_check_email), Field(json_schema_extra={"format": "email"})]
 
 PersonStatus = Literal["active", "restricted", "external", "blocked", "deleted"]
@@ -94,8 +108,8 @@ class StaffEntry(_Model):
 class EventUpsertedData(_Model):
     event_id: Id
     title: str
-    start: AwareDatetime
-    end: AwareDatetime
+    start: Moment
+    end: Moment
     responsible: Id | None
     chat_enabled: bool
     staff: list[StaffEntry] | None = None  # absent: keep the event's staffing; present: replace it
@@ -125,7 +139,7 @@ class PersonStatusChangedData(_Model):
 class _Envelope(_Model):
     id: Annotated[str, Field(min_length=1, max_length=200)]
     org: Id
-    occurred_at: AwareDatetime
+    occurred_at: Moment
 
 
 class OrganisationChatEnabled(_Envelope):
@@ -211,6 +225,8 @@ def parse_record(raw: bytes | str) -> Message | Rejection:
         return Rejection(f"not valid JSON ({error.msg} at column {error.colno})")
     except RecursionError:
         return Rejection("not valid JSON (nested too deeply)")
+    except ValueError as error:  # e.g. an integer of more than 4300 digits
+        return Rejection(f"not valid JSON ({error})"[:200])
     if not isinstance(document, dict):
         return Rejection(f"not a JSON object (got {_json_kind(document)})")
     kind = document.get("type")

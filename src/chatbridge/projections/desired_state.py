@@ -197,7 +197,12 @@ class DesiredStateFold:
         self._switch_organisation(self.organisation_keys[event.originator_id], False, event.occurred_at)
 
     def _person_registered(self, event: Any) -> None:
-        self.person_keys[event.originator_id] = (event.org, event.person_id)
+        # stored at once (with the aggregate's initial status), so a projection stopped between a person's
+        # Registered and StatusChanged events still knows the person when it resumes
+        key = (event.org, event.person_id)
+        self.person_keys[event.originator_id] = key
+        self.person_statuses.setdefault(key, "active")
+        self.dirty_persons.add(key)
 
     def _person_status_changed(self, event: Any) -> None:
         key = self.person_keys[event.originator_id]
