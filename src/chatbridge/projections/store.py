@@ -13,7 +13,7 @@ Tables (SQLite; PostgreSQL follows with the Kafka issue):
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 from eventsourcing.persistence import Tracking
@@ -191,45 +191,35 @@ class DesiredStateProjection:
         return self._fold_from(self._fold, 0, progress, replace_all=True)
 
     def _fold_from(self, fold: DesiredStateFold, start: int, progress: Progress | None, *, replace_all: bool) -> int:
-        recorder = self.app.recorder
-        last = recorder.max_notification_id() or 0
-        total, done, position = max(last - start, 0), 0, start
+        last = self.app.recorder.max_notification_id() or 0
+        total, position = max(last - start, 0), start
+        for position in fold_pages(self.app, fold, start, last, self.page_size):
+            if not replace_all:
+                self.view.write(fold, Tracking(PROJECTION_NAME, position))
+            if progress:
+                progress(position - start, total)
         if replace_all:
             # a rebuild writes all rows at once at the end, so readers never see a half-built projection
-            while position < last:
-                position = self._fold_page(fold, position, last)
-                done = position - start
-                if progress:
-                    progress(done, total)
             self.view.write(fold, Tracking(PROJECTION_NAME, position) if position else None, replace_all=True)
-            return done
-        while position < last:
-            position = self._fold_page(fold, position, last)
-            self.view.write(fold, Tracking(PROJECTION_NAME, position))
-            done = position - start
-            if progress:
-                progress(done, total)
-        return done
-
-    def _fold_page(self, fold: DesiredStateFold, position: int, last: int) -> int:
-        return fold_page(self.app, fold, position, last, self.page_size)
+        return position - start
 
 
-def fold_page(app: ChatBridge, fold: DesiredStateFold, position: int, last: int, page_size: int) -> int:
-    """Fold the notifications after `position` up to `last`, at most `page_size`; returns the new position."""
-    notifications = app.recorder.select_notifications(
-        start=position, limit=page_size, stop=last, inclusive_of_start=False
-    )
-    if not notifications:
-        return last  # nothing left before `last` (a gap in the ids)
-    for notification in notifications:
-        fold.apply(app.mapper.to_domain_event(notification))
-        position = notification.id
-    return position
+def fold_pages(app: ChatBridge, fold: DesiredStateFold, start: int, last: int, page_size: int) -> Iterator[int]:
+    """Fold the notifications after `start` up to `last`, a page at a time; yields the position after each page."""
+    position = start
+    while position < last:
+        notifications = app.recorder.select_notifications(
+            start=position, limit=page_size, stop=last, inclusive_of_start=False
+        )
+        for notification in notifications:
+            fold.apply(app.mapper.to_domain_event(notification))
+            position = notification.id
+        if not notifications:
+            position = last  # nothing left before `last` (a gap in the ids)
+        yield position
 
 
 def fold_log(app: ChatBridge, fold: DesiredStateFold, page_size: int = 1000) -> None:
     """Fold the application's whole log (the in-memory path of `simulate`)."""
-    position, last = 0, app.recorder.max_notification_id() or 0
-    while position < last:
-        position = fold_page(app, fold, position, last, page_size)
+    for _ in fold_pages(app, fold, 0, app.recorder.max_notification_id() or 0, page_size):
+        pass
