@@ -17,6 +17,8 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
+from chatbridge.domain import lifecycle
+
 
 class ChatGroup(Aggregate):
     """One HiOrg event (Dienst or Termin) that has had chat enabled at least once.
@@ -81,10 +83,7 @@ class ChatGroup(Aggregate):
 
     @event("StaffingChanged")
     def change_staffing(self, message_id: str, occurred_at: datetime, person_id: str, status: str) -> None:
-        if status == "removed":
-            self.staff.pop(person_id, None)
-        else:
-            self.staff[person_id] = status
+        lifecycle.change_staffing(self.staff, person_id, status)
 
     @event("Cancelled")
     def cancel(self, message_id: str, occurred_at: datetime) -> None:

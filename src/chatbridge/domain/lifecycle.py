@@ -181,6 +181,14 @@ def cancel(chat: ChatLife, at: datetime) -> None:
         chat.cancelled_at = at
 
 
+def change_staffing(staff: dict[str, str], person_id: str, status: str) -> None:
+    """One person's staffing changed: `removed` takes the person off the event's staff."""
+    if status == "removed":
+        staff.pop(person_id, None)
+    else:
+        staff[person_id] = status
+
+
 def desired_members(chat: ChatLife, person_statuses: dict[str, str]) -> tuple[list[str], list[str]]:
     """The membership rule: (members, moderators), sorted, ignoring the phase.
 

@@ -167,10 +167,7 @@ class DesiredStateFold:
     def _staffing_changed(self, event: Any) -> None:
         key = self.chat_keys[event.originator_id]
         life = self._touch_chat(key, event.occurred_at).life
-        if event.status == "removed":
-            life.staff.pop(event.person_id, None)
-        else:
-            life.staff[event.person_id] = event.status
+        lifecycle.change_staffing(life.staff, event.person_id, event.status)
         self._index_persons(key)
 
     def _cancelled(self, event: Any) -> None:
