@@ -94,7 +94,6 @@ class DesiredStateFold:
         self.chats[key] = record
         self.chat_keys[record.aggregate_id] = key
         self.chats_of_organisation.setdefault(key[0], set()).add(key[1])
-        self._index_persons(key)
 
     def load_index_entry(self, org: str, person_id: str, event_id: str) -> None:
         self.person_chats.setdefault((org, person_id), set()).add(event_id)
@@ -146,6 +145,7 @@ class DesiredStateFold:
             staff=dict(event.staff or {}),
         )
         self.load_chat(key, ChatRecord(event.originator_id, life, event.occurred_at))
+        self._index_persons(key)
         self.dirty_chats.add(key)
 
     def named(self, key: ChatKey) -> set[str]:

@@ -86,7 +86,6 @@ class SQLiteDesiredStateView(SQLiteTrackingRecorder):
             c.execute("SELECT org, event_id, fold_state FROM desired_state")
             for row in c.fetchall():
                 fold.load_chat((row[0], row[1]), _chat_record.validate_json(row[2]))
-        fold.take_dirty()  # what was loaded is stored already
         return fold
 
     def write(self, fold: DesiredStateFold, tracking: Tracking | None, *, replace_all: bool = False) -> None:
