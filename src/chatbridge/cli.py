@@ -19,7 +19,7 @@ from chatbridge.bootstrap import open_store
 from chatbridge.consumers.jsonl import ingest_file
 from chatbridge.domain.lifecycle import Policy
 from chatbridge.domain.messages import message_json_schema
-from chatbridge.settings import MAX_PERIOD, Settings
+from chatbridge.settings import MAX_PERIOD, Period, Settings
 
 app = typer.Typer(
     help="chatbridge keeps each HiOrg-Server event's group chat in step with its staffing and lifecycle.",
@@ -47,14 +47,16 @@ def _parse_now(value: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+_period: TypeAdapter[timedelta] = TypeAdapter(Period)  # the same rule as CHATBRIDGE_FULL_USE / _VIEW
+
+
 def _parse_duration(value: str) -> timedelta:
     try:
-        period = TypeAdapter(timedelta).validate_python(value)
-    except ValidationError:
+        return _period.validate_python(value)
+    except ValidationError as error:
+        if error.errors()[0]["type"] in ("greater_than_equal", "less_than_equal"):
+            raise typer.BadParameter(f"{value!r} must lie between zero and {MAX_PERIOD.days} days") from None
         raise typer.BadParameter(f"{value!r} is not an ISO 8601 duration (e.g. P2D, PT36H)") from None
-    if not timedelta(0) <= period <= MAX_PERIOD:
-        raise typer.BadParameter(f"{value!r} must lie between zero and {MAX_PERIOD.days} days")
-    return period
 
 
 def _settings() -> Settings:
