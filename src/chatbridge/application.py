@@ -217,11 +217,7 @@ def _event_upserted(message: EventUpserted, unit: _UnitOfWork) -> str:
 
 
 def _event_cancelled(message: EventCancelled, unit: _UnitOfWork) -> str:
-    def cancel(chat: ChatGroup) -> None:
-        if chat.cancelled_at is None:  # a second cancellation changes nothing
-            chat.cancel(message.id, message.occurred_at)
-
-    return _on_live_chat(message, unit, cancel)
+    return _on_live_chat(message, unit, lambda chat: chat.cancel(message.id, message.occurred_at))
 
 
 def _event_deleted(message: EventDeleted, unit: _UnitOfWork) -> str:

@@ -275,3 +275,10 @@ def test_chats_are_sorted_by_org_and_event_and_times_are_utc_seconds():
     assert [(c["org"], c["event_id"]) for c in chats] == [("drk-koeln", "1"), ("drk-koeln", "10"), ("mhd-bonn", "2")]
     assert chats[0]["read_only_at"] == "2026-12-03T18:00:00Z"
     assert chats[0]["org"] == ORG
+
+
+def test_a_second_cancellation_still_settles_a_chat_past_its_deletion():
+    stream = staffed_event()
+    stream.cancel("4711", at(1, 10))
+    stream.cancel("4711", at(1, 10) + timedelta(days=33))  # after delete_at: the chat is deleted for good
+    assert stream.chat("4711", at(2))["phase"] == "deleted"

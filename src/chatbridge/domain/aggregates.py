@@ -87,7 +87,9 @@ class ChatGroup(Aggregate):
 
     @event("Cancelled")
     def cancel(self, message_id: str, occurred_at: datetime) -> None:
-        self.cancelled_at = occurred_at
+        # Recorded every time (it is a fact, and it settles the chat); the first cancellation is the one that counts.
+        if self.cancelled_at is None:
+            self.cancelled_at = occurred_at
 
     @event("Deleted")
     def delete(self, message_id: str, occurred_at: datetime) -> None:
