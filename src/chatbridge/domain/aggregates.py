@@ -55,6 +55,10 @@ class ChatGroup(Aggregate):
         self.staff: dict[str, str] = dict(staff or {})
         self.cancelled_at: datetime | None = None
         self.deleted_at: datetime | None = None
+        # outcomes the reconciler confirmed (below): generation → backend chat id, and who has access now
+        self.backend_chats: dict[int, str] = {}
+        self.chats_deleted: set[int] = set()
+        self.access: set[str] = set()
 
     @property
     def is_deleted(self) -> bool:
@@ -95,6 +99,41 @@ class ChatGroup(Aggregate):
     def delete(self, message_id: str, occurred_at: datetime) -> None:
         self.deleted_at = occurred_at
 
+    # -- outcomes: what the chat backend confirmed, recorded by the reconciler (the audit's proof) --------------
+    # They name the generation they acted on; the desired-state fold ignores them (it folds HiOrg's facts only).
+
+    @event("ChatCreated")
+    def record_chat_created(self, generation: int, chat_id: str, at: datetime) -> None:
+        self.backend_chats[generation] = chat_id
+        self.access = set()
+
+    @event("AccessGranted")
+    def record_access_granted(self, generation: int, person_id: str, at: datetime) -> None:
+        self.access.add(person_id)
+
+    @event("AccessRevoked")
+    def record_access_revoked(self, generation: int, person_id: str | None, at: datetime) -> None:
+        """`person_id` None: an account chatbridge never added (added by hand) was removed."""
+        if person_id is not None:
+            self.access.discard(person_id)
+
+    @event("ModeratorChanged")
+    def record_moderator(self, generation: int, person_id: str | None, moderator: bool, at: datetime) -> None:
+        pass
+
+    @event("MadeReadOnly")
+    def record_read_only(self, generation: int, at: datetime) -> None:
+        pass
+
+    @event("Reopened")
+    def record_reopened(self, generation: int, at: datetime) -> None:
+        """Read-only lifted: the event was moved later, or its chat or organisation re-enabled."""
+
+    @event("ChatDeleted")
+    def record_chat_deleted(self, generation: int, at: datetime, confirmation: dict[str, Any]) -> None:
+        self.chats_deleted.add(generation)
+        self.access = set()
+
 
 class Organisation(Aggregate):
     """An organisation's chat feature and the tenant data transferred to the chat operator."""
@@ -108,6 +147,8 @@ class Organisation(Aggregate):
         self.org = org
         self.chat_enabled = False
         self.tenant: dict[str, Any] | None = None
+        self.tenant_id: str | None = None
+        self.tenant_transferred: dict[str, Any] | None = None
 
     @event("ChatEnabled")
     def enable_chat(self, message_id: str, occurred_at: datetime, tenant: dict[str, Any]) -> None:
@@ -118,6 +159,12 @@ class Organisation(Aggregate):
     @event("ChatDisabled")
     def disable_chat(self, message_id: str, occurred_at: datetime) -> None:
         self.chat_enabled = False
+
+    @event("TenantProvisioned")
+    def record_tenant_provisioned(self, at: datetime, tenant_id: str, transferred: dict[str, Any]) -> None:
+        """The chat operator confirmed the tenant holds exactly `transferred` (a transfer of data, for the audit)."""
+        self.tenant_id = tenant_id
+        self.tenant_transferred = transferred
 
 
 class Person(Aggregate):

@@ -1,0 +1,111 @@
+"""The chat backend port: what the reconciler needs from a chat server, in the domain's words.
+
+The reconciler plans against `ActualChat` and calls these operations; the Matrix adapter (`backends.matrix`) and
+the in-memory fake (`backends.fake`) implement them. Every operation is idempotent — asking for what already holds
+is a success — because a level-triggered loop repeats itself after any crash or retry.
+
+Members are named by backend user ids (for Matrix `@org.person:server`), not person ids: a chat may hold accounts
+chatbridge never added (by hand), and the plan must see those to remove them. `UserIds` translates both ways.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
+
+
+class BackendError(Exception):
+    """The backend refused an operation for a reason a retry will not fix (bad request, forbidden, …)."""
+
+
+class BackendUnavailable(BackendError):
+    """The backend did not answer usefully after the bounded retries (down, timeouts, 5xx, rate limit)."""
+
+
+class AddOutcome(StrEnum):
+    JOINED = "joined"  # the account is in the chat now
+    ALREADY = "already"  # it was in the chat before (nothing changed)
+    PENDING = "pending"  # no usable account yet (unknown or deactivated): retried on later passes
+
+
+@dataclass(frozen=True)
+class ActualChat:
+    """A chat as the backend has it now. The bridge's own account is never among `members`."""
+
+    chat_id: str
+    members: frozenset[str] = frozenset()  # backend user ids that are in the chat or invited to it
+    moderators: frozenset[str] = frozenset()  # backend user ids with moderator rights (members or not)
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """The organisation's account at the chat operator, and exactly the data transferred to provision it."""
+
+    tenant_id: str
+    transferred: dict[str, Any] = field(default_factory=dict)
+    changed: bool = False  # whether this call transferred anything (False: the backend already had this data)
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """The backend's confirmation that a chat and all its content are gone (the Art. 17 proof)."""
+
+    chat_id: str
+    delete_id: str
+    status: str
+    media_deleted: int
+
+    def as_record(self) -> dict[str, Any]:
+        return {
+            "chat_id": self.chat_id,
+            "delete_id": self.delete_id,
+            "status": self.status,
+            "media_deleted": self.media_deleted,
+        }
+
+
+class UserIds(Protocol):
+    """A backend's naming of persons: person → account id, and back (None for accounts not of that form)."""
+
+    def user_id(self, org: str, person_id: str) -> str: ...
+
+    def person_of(self, user_id: str) -> tuple[str, str] | None: ...
+
+
+@runtime_checkable
+class ChatBackend(Protocol):
+    """The operations of DESIGN.md, "Reconciler". A chat is found by (org, event_id, generation)."""
+
+    def user_id(self, org: str, person_id: str) -> str: ...
+
+    def person_of(self, user_id: str) -> tuple[str, str] | None: ...
+
+    def ensure_tenant(self, org: str, fields: dict[str, Any]) -> Tenant:
+        """Provision (or update) the organisation's tenant with exactly `fields`."""
+        ...
+
+    def get_chat(self, org: str, event_id: str, generation: int) -> ActualChat | None:
+        """The chat of this generation of the event, or None if there is none (never created, or deleted)."""
+        ...
+
+    def create_chat(self, org: str, event_id: str, generation: int, tenant_id: str) -> ActualChat:
+        """Create the (empty) chat inside the tenant; returns the existing one if it was created before."""
+        ...
+
+    def add_member(self, chat_id: str, user_id: str) -> AddOutcome: ...
+
+    def remove_member(self, chat_id: str, user_id: str) -> None: ...
+
+    def set_moderator(self, chat_id: str, user_id: str, moderator: bool) -> None: ...
+
+    def set_read_only(self, chat_id: str, read_only: bool) -> None: ...
+
+    def delete_chat(self, chat_id: str) -> Deletion:
+        """Delete the chat with all its content (messages, uploaded files), confirmed by the backend."""
+        ...
+
+    def chat_link(self, chat_id: str) -> str:
+        """A link a member can open to reach the chat (shown by HiOrg-Server's chat button)."""
+        ...

@@ -1,0 +1,137 @@
+"""The pure diff: a chat's desired row at `now` against what the backend has → the steps that make them equal.
+
+No I/O and no clock of its own, so it can be property-tested and printed as a dry run (`terraform plan`). The
+order of the steps is part of the plan: a chat turning read-only is locked before anything else changes, people
+lose access before others gain it, and a chat reopening is unlocked last, once its members are right.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from chatbridge.backends.port import ActualChat, UserIds
+from chatbridge.domain.lifecycle import MEMBER_PHASES, Phase
+from chatbridge.projections.desired_state import DesiredChat
+
+
+class StepKind(StrEnum):
+    CREATE_CHAT = "create_chat"
+    ADD_MEMBER = "add_member"
+    REMOVE_MEMBER = "remove_member"
+    SET_MODERATOR = "set_moderator"
+    SET_READ_ONLY = "set_read_only"
+    DELETE_CHAT = "delete_chat"
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: StepKind
+    user_id: str | None = None  # add/remove member, set moderator: the backend account
+    person_id: str | None = None  # the person behind `user_id`; None for an account chatbridge did not add
+    value: bool | None = None  # set_moderator / set_read_only: on or off
+
+    def describe(self) -> str:
+        """One line of the dry run, in the style of `terraform plan` (+ add, - remove, ~ change)."""
+        match self.kind:
+            case StepKind.CREATE_CHAT:
+                return "+ create chat"
+            case StepKind.DELETE_CHAT:
+                return "- delete chat with all content"
+            case StepKind.ADD_MEMBER:
+                return f"+ member {self.user_id}"
+            case StepKind.REMOVE_MEMBER:
+                return f"- member {self.user_id}" + ("" if self.person_id else " (not a participant)")
+            case StepKind.SET_MODERATOR:
+                return f"~ moderator {self.user_id}: {'grant' if self.value else 'revoke'}"
+            case StepKind.SET_READ_ONLY:
+                return f"~ read-only: {'on' if self.value else 'off'}"
+        raise AssertionError(self.kind)  # pragma: no cover
+
+    def as_json(self) -> dict[str, Any]:
+        document: dict[str, Any] = {"kind": str(self.kind)}
+        if self.user_id is not None:
+            document["user_id"] = self.user_id
+        if self.value is not None:
+            document["value"] = self.value
+        return document
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the chat should be at the backend at one moment."""
+
+    phase: Phase
+    exists: bool
+    members: dict[str, str]  # backend user id → person id
+    moderators: frozenset[str]
+    read_only: bool
+
+
+def target(desired: DesiredChat, now: datetime, ids: UserIds) -> Target:
+    phase = desired.phase(now)
+    with_members = phase in MEMBER_PHASES
+    members = {ids.user_id(desired.org, p): p for p in desired.members} if with_members else {}
+    moderators = frozenset(ids.user_id(desired.org, p) for p in desired.moderators) if with_members else frozenset()
+    return Target(phase, phase in MEMBER_PHASES, members, moderators, phase == Phase.READ_ONLY)
+
+
+def person_of(ids: UserIds, org: str, user_id: str) -> str | None:
+    """The person of this chat's organisation behind an account, or None (an account added by hand)."""
+    found = ids.person_of(user_id)
+    if found is None or found[0] not in (org, ""):
+        return None
+    return found[1]
+
+
+def plan(desired: DesiredChat, actual: ActualChat | None, now: datetime, ids: UserIds) -> list[Step]:
+    """The steps that take `actual` (None: no chat) to `desired` as it stands at `now`."""
+    goal = target(desired, now, ids)
+    if goal.phase == Phase.DELETED:
+        return [Step(StepKind.DELETE_CHAT)] if actual is not None else []
+    if not goal.exists:  # awaiting the organisation: no chat is wanted; one that exists anyway gets no members
+        if actual is None:
+            return []
+        return [Step(StepKind.REMOVE_MEMBER, u, person_of(ids, desired.org, u), None) for u in sorted(actual.members)]
+    steps: list[Step] = []
+    if actual is None:
+        steps.append(Step(StepKind.CREATE_CHAT))
+        actual = ActualChat(chat_id="")
+    if goal.read_only and not actual.read_only:
+        steps.append(Step(StepKind.SET_READ_ONLY, value=True))
+    for user_id in sorted(actual.members - goal.members.keys()):
+        steps.append(Step(StepKind.REMOVE_MEMBER, user_id, person_of(ids, desired.org, user_id)))
+    for user_id in sorted(goal.members.keys() - actual.members):
+        steps.append(Step(StepKind.ADD_MEMBER, user_id, goal.members[user_id]))
+    for user_id in sorted(actual.moderators - goal.moderators):
+        steps.append(Step(StepKind.SET_MODERATOR, user_id, person_of(ids, desired.org, user_id), False))
+    for user_id in sorted(goal.moderators - actual.moderators):
+        steps.append(Step(StepKind.SET_MODERATOR, user_id, goal.members.get(user_id), True))
+    if not goal.read_only and actual.read_only:
+        steps.append(Step(StepKind.SET_READ_ONLY, value=False))
+    return steps
+
+
+def apply(actual: ActualChat | None, steps: list[Step]) -> ActualChat | None:
+    """The effect of `steps` on `actual` if every step succeeds: the model the property tests check `plan` with."""
+    for step in steps:
+        if step.kind == StepKind.CREATE_CHAT:
+            actual = ActualChat(chat_id="new")
+            continue
+        if step.kind == StepKind.DELETE_CHAT:
+            actual = None
+            continue
+        assert actual is not None, f"{step.kind} on a chat that does not exist"
+        members, moderators, read_only = set(actual.members), set(actual.moderators), actual.read_only
+        if step.kind == StepKind.ADD_MEMBER:
+            members.add(step.user_id)  # type: ignore[arg-type]
+        elif step.kind == StepKind.REMOVE_MEMBER:
+            members.discard(step.user_id)  # type: ignore[arg-type]
+        elif step.kind == StepKind.SET_MODERATOR:
+            (moderators.add if step.value else moderators.discard)(step.user_id)  # type: ignore[arg-type]
+        elif step.kind == StepKind.SET_READ_ONLY:
+            read_only = bool(step.value)
+        actual = ActualChat(actual.chat_id, frozenset(members), frozenset(moderators), read_only)
+    return actual
