@@ -61,7 +61,7 @@ rotate_log() {
 }
 
 usage_exit() {
-    echo "usage: $0 start|stop|status" >&2
+    echo "usage: $0 start|stop|status|restart" >&2
     exit 2
 }
 
@@ -113,12 +113,14 @@ svc_status() {
     return 3
 }
 
-# svc_main ACTION -> runs do_start / do_stop / do_status, or prints usage and exits 2
+# svc_main ACTION -> runs do_start / do_stop / do_status / do_restart (default: stop, start), or prints usage and exits 2
 svc_main() {
     case "${1:-}" in
         start) do_start ;;
         stop) do_stop ;;
         status) do_status ;;
+        restart)
+            if declare -F do_restart >/dev/null; then do_restart; else do_stop; do_start; fi ;;
         *) usage_exit ;;
     esac
 }

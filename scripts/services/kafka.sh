@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Apache Kafka 4.1.1, single KRaft node (broker+controller) on 127.0.0.1:9092 (controller 127.0.0.1:9093).
 # Jars come from Maven Central (kafka/pom.xml); state lives in $CHATBRIDGE_SERVICES_DIR/kafka.
-# usage: kafka.sh start|stop|status
+# usage: kafka.sh start|stop|status|restart
+# `start` wipes the log dir (tests get an empty broker); `restart` keeps it (a broker outage, topics survive).
 set -euo pipefail
 _svc_name=kafka
 # shellcheck source=_lib.sh
@@ -85,7 +86,7 @@ wait_ready() {
 }
 
 do_start() {
-    local pid owner cid
+    local keep_data="${1:-}" pid owner cid
     mkdir -p "$K"
     pid="$(running_pid)"
     if [[ -n "$pid" ]]; then
@@ -107,17 +108,21 @@ do_start() {
 
     install_jars
 
-    # Fresh, formatted log dir at every start: tests get an empty broker.
-    rm -rf "$DATA"
-    mkdir -p "$DATA"
-    { cat "$SRC/server.properties"; echo; echo "log.dirs=$DATA"; } >"$PROPS"
     rotate_log "$LOGFILE"
-    cid="$(new_cluster_id)"
-    log "formatting $DATA (cluster id $cid)"
-    if ! java "${JOPTS[@]}" -cp "$LIBS/*" kafka.tools.StorageTool format --standalone \
+    if [[ -n "$keep_data" && -f "$DATA/meta.properties" ]]; then
+        log "keeping the log dir $DATA"
+    else
+        # Fresh, formatted log dir at every start: tests get an empty broker.
+        rm -rf "$DATA"
+        mkdir -p "$DATA"
+        { cat "$SRC/server.properties"; echo; echo "log.dirs=$DATA"; } >"$PROPS"
+        cid="$(new_cluster_id)"
+        log "formatting $DATA (cluster id $cid)"
+        if ! java "${JOPTS[@]}" -cp "$LIBS/*" kafka.tools.StorageTool format --standalone \
             -t "$cid" -c "$PROPS" >>"$LOGFILE" 2>&1; then
-        tail -n 30 "$LOGFILE" >&2
-        die "kafka storage format failed (see $LOGFILE)"
+            tail -n 30 "$LOGFILE" >&2
+            die "kafka storage format failed (see $LOGFILE)"
+        fi
     fi
 
     log "starting broker (log: $LOGFILE)"
@@ -131,6 +136,8 @@ do_start() {
 kill_broker() { stop_pid "$1" "$MARKER" 60; }
 
 do_stop() { svc_stop running_pid kill_broker "$PIDFILE"; }
+
+do_restart() { do_stop; do_start keep-data; }
 
 do_status() {
     svc_status running_pid ready " bootstrap 127.0.0.1:$PORT" "port $PORT not ready" "$LOGFILE"

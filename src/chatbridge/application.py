@@ -37,6 +37,7 @@ from chatbridge.persistence import APPLIED, DUPLICATE, IGNORED, REJECTED, Intake
 # The process recorder that also writes the intake ledger, per persistence module.
 INTAKE_RECORDERS = {
     "eventsourcing.sqlite": "chatbridge.persistence:SQLiteIntakeRecorder",
+    "eventsourcing.postgres": "chatbridge.persistence:PostgresIntakeRecorder",
 }
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from chatbridge.application import ChatBridge
 from chatbridge.domain.lifecycle import Policy
-from chatbridge.projections.store import DesiredStateProjection, SQLiteDesiredStateView
+from chatbridge.projections.store import DesiredStateProjection, PostgresDesiredStateView, SQLiteDesiredStateView
 from chatbridge.settings import Settings
 
 # Prefixed keys: the library lets the application's own prefix win over plain keys, so an unrelated
@@ -30,14 +30,28 @@ class Store:
         self.app.close()
 
 
-def open_store(settings: Settings, policy: Policy | None = None) -> Store:
-    settings.database.parent.mkdir(parents=True, exist_ok=True)
-    app = ChatBridge(
-        env={
-            f"{_PREFIX}PERSISTENCE_MODULE": "eventsourcing.sqlite",
-            f"{_PREFIX}SQLITE_DBNAME": str(settings.database),
+def store_env(settings: Settings) -> dict[str, str]:
+    """The eventsourcing library's settings for the configured store."""
+    if settings.store == "postgres":
+        return {
+            f"{_PREFIX}PERSISTENCE_MODULE": "eventsourcing.postgres",
+            f"{_PREFIX}POSTGRES_HOST": settings.postgres_host,
+            f"{_PREFIX}POSTGRES_PORT": str(settings.postgres_port),
+            f"{_PREFIX}POSTGRES_DBNAME": settings.postgres_dbname,
+            f"{_PREFIX}POSTGRES_USER": settings.postgres_user,
+            f"{_PREFIX}POSTGRES_PASSWORD": settings.postgres_password.get_secret_value(),
         }
-    )
-    view = app.factory.tracking_recorder(SQLiteDesiredStateView)
-    assert isinstance(view, SQLiteDesiredStateView)
+    settings.database.parent.mkdir(parents=True, exist_ok=True)
+    return {
+        f"{_PREFIX}PERSISTENCE_MODULE": "eventsourcing.sqlite",
+        f"{_PREFIX}SQLITE_DBNAME": str(settings.database),
+        f"{_PREFIX}SQLITE_LOCK_TIMEOUT": "30",  # several processes (replicas, `state`) may share the file
+    }
+
+
+def open_store(settings: Settings, policy: Policy | None = None) -> Store:
+    app = ChatBridge(env=store_env(settings))
+    view_class = PostgresDesiredStateView if settings.store == "postgres" else SQLiteDesiredStateView
+    view = app.factory.tracking_recorder(view_class)  # type: ignore[arg-type]
+    assert isinstance(view, view_class)
     return Store(app=app, projection=DesiredStateProjection(app, view, policy or settings.policy))

@@ -1,6 +1,6 @@
 """The intake ledger: what became of every record read, written in the same transaction as its events.
 
-Each record read from a source (a JSONL file, later a Kafka partition) ends as exactly one of `applied`,
+Each record read from a source (a JSONL file or a Kafka partition) ends as exactly one of `applied`,
 `ignored` (an event without chat), `duplicate` (a message id seen before) or `rejected` (broke the contract).
 The ledger is kept beside the event store's tables and written by the event store's own transaction (the
 recorders below take an `intake=` keyword through `Application.save`), so a crash can never store a message's
@@ -18,7 +18,9 @@ from typing import Any, Protocol
 
 from eventsourcing.persistence import IntegrityError, StoredEvent
 from eventsourcing.popo import POPOProcessRecorder
+from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
 from eventsourcing.sqlite import SQLiteCursor, SQLiteProcessRecorder
+from psycopg.sql import SQL, Composed
 
 APPLIED, IGNORED, DUPLICATE, REJECTED = "applied", "ignored", "duplicate", "rejected"
 
@@ -42,37 +44,40 @@ class IntakeSummary:
 class IntakeLedger(Protocol):
     def known_message_ids(self, message_ids: Iterable[str]) -> set[str]: ...
     def intake_summary(self) -> IntakeSummary: ...
+    def is_empty(self) -> bool: ...
 
 
 def _remembered(record: IntakeRecord) -> bool:
     return record.outcome in (APPLIED, IGNORED)
 
 
-class SQLiteIntakeRecorder(SQLiteProcessRecorder):
-    """SQLite process recorder (events + tracking) that also writes the intake ledger."""
+class _IntakeTable:
+    """The ledger's SQL, written once for SQLite and PostgreSQL (`?` placeholders; psycopg takes `%s`)."""
 
-    def construct_create_table_statements(self) -> list[str]:
-        return [
-            *super().construct_create_table_statements(),
-            "CREATE TABLE IF NOT EXISTS chatbridge_intake ("
-            "source TEXT NOT NULL, position INTEGER NOT NULL, outcome TEXT NOT NULL, "
-            "message_id TEXT, reason TEXT, PRIMARY KEY (source, position))",
-            # the idempotency rule itself: one applied-or-ignored row per message id
-            "CREATE UNIQUE INDEX IF NOT EXISTS chatbridge_intake_message_id ON chatbridge_intake (message_id) "
-            "WHERE outcome IN ('applied', 'ignored')",
-        ]
+    placeholder = "?"
+    CREATE_STATEMENTS = (
+        "CREATE TABLE IF NOT EXISTS chatbridge_intake ("
+        "source TEXT NOT NULL, position BIGINT NOT NULL, outcome TEXT NOT NULL, "
+        "message_id TEXT, reason TEXT, PRIMARY KEY (source, position))",
+        # the idempotency rule itself: one applied-or-ignored row per message id
+        "CREATE UNIQUE INDEX IF NOT EXISTS chatbridge_intake_message_id ON chatbridge_intake (message_id) "
+        "WHERE outcome IN ('applied', 'ignored')",
+    )
 
-    def _insert_events(
-        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
-    ) -> Sequence[int] | None:
-        returning = super()._insert_events(c, stored_events, **kwargs)
-        intake: Sequence[IntakeRecord] = kwargs.get("intake", ())
+    datastore: Any
+
+    def _sql(self, statement: str) -> str:
+        return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)
+
+    def _write_intake(self, c: Any, intake: Sequence[IntakeRecord]) -> None:
         if intake:
             c.executemany(
-                "INSERT INTO chatbridge_intake (source, position, outcome, message_id, reason) VALUES (?, ?, ?, ?, ?)",
+                self._sql(
+                    "INSERT INTO chatbridge_intake (source, position, outcome, message_id, reason) "
+                    "VALUES (?, ?, ?, ?, ?)"
+                ),
                 [(r.source, r.position, r.outcome, r.message_id, r.reason) for r in intake],
             )
-        return returning
 
     def known_message_ids(self, message_ids: Iterable[str]) -> set[str]:
         ids = list(message_ids)
@@ -81,23 +86,62 @@ class SQLiteIntakeRecorder(SQLiteProcessRecorder):
             for start in range(0, len(ids), 500):  # SQLite caps the number of bound parameters
                 chunk = ids[start : start + 500]
                 c.execute(
-                    "SELECT message_id FROM chatbridge_intake WHERE outcome IN ('applied', 'ignored') "
-                    f"AND message_id IN ({','.join('?' * len(chunk))})",
+                    self._sql(
+                        "SELECT message_id FROM chatbridge_intake WHERE outcome IN ('applied', 'ignored') "
+                        f"AND message_id IN ({','.join('?' * len(chunk))})"
+                    ),
                     chunk,
                 )
-                known.update(row[0] for row in c.fetchall())
+                known.update(row["message_id"] for row in c.fetchall())
         return known
 
     def intake_summary(self) -> IntakeSummary:
         with self.datastore.transaction(commit=False) as c:
-            c.execute("SELECT outcome, COUNT(*) FROM chatbridge_intake GROUP BY outcome")
-            counts = {row[0]: row[1] for row in c.fetchall()}
+            c.execute("SELECT outcome, COUNT(*) AS n FROM chatbridge_intake GROUP BY outcome")
+            counts = {row["outcome"]: row["n"] for row in c.fetchall()}
             c.execute(
                 "SELECT source, position, outcome, reason FROM chatbridge_intake WHERE outcome = 'rejected' "
                 "ORDER BY source, position"
             )
-            rejected = [IntakeRecord(row[0], row[1], row[2], None, row[3]) for row in c.fetchall()]
+            rejected = [
+                IntakeRecord(row["source"], row["position"], row["outcome"], None, row["reason"])
+                for row in c.fetchall()
+            ]
         return IntakeSummary(ignored=counts.get(IGNORED, 0), duplicates=counts.get(DUPLICATE, 0), rejected=rejected)
+
+    def is_empty(self) -> bool:
+        """True when nothing was ever ingested (no events, no ledger rows): `replay --from-kafka` may fill it."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT COUNT(*) AS n FROM chatbridge_intake")
+            return bool(c.fetchone()["n"] == 0)
+
+
+class SQLiteIntakeRecorder(_IntakeTable, SQLiteProcessRecorder):
+    """SQLite process recorder (events + tracking) that also writes the intake ledger."""
+
+    def construct_create_table_statements(self) -> list[str]:
+        return [*super().construct_create_table_statements(), *self.CREATE_STATEMENTS]
+
+    def _insert_events(
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        returning = super()._insert_events(c, stored_events, **kwargs)
+        self._write_intake(c, kwargs.get("intake", ()))
+        return returning
+
+
+class PostgresIntakeRecorder(_IntakeTable, PostgresProcessRecorder):
+    """PostgreSQL process recorder (events + tracking) that also writes the intake ledger."""
+
+    placeholder = "%s"
+
+    def __init__(self, datastore: PostgresDatastore, **kwargs: Any):
+        super().__init__(datastore, **kwargs)
+        self.sql_create_statements.extend(Composed([SQL(statement)]) for statement in self.CREATE_STATEMENTS)
+
+    def _insert_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
+        super()._insert_events(curs, stored_events, **kwargs)
+        self._write_intake(curs, kwargs.get("intake", ()))
 
 
 class POPOIntakeRecorder(POPOProcessRecorder):
@@ -142,3 +186,7 @@ class POPOIntakeRecorder(POPOProcessRecorder):
             duplicates=sum(r.outcome == DUPLICATE for r in records),
             rejected=[r for r in records if r.outcome == REJECTED],
         )
+
+    def is_empty(self) -> bool:
+        with self._database_lock:
+            return not self._intake

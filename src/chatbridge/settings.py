@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chatbridge.domain.lifecycle import Policy
@@ -19,13 +19,42 @@ Period = Annotated[timedelta, Field(ge=timedelta(0), le=MAX_PERIOD)]
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHATBRIDGE_", extra="ignore")
 
+    store: Literal["sqlite", "postgres"] = Field(
+        default="sqlite",
+        description="Where events, intake ledger, positions and projections live: an embedded SQLite file, or "
+        "PostgreSQL for production and several replicas.",
+    )
     database: Path = Field(
         default=Path("chatbridge.db"),
-        description="The SQLite file holding the event store, the intake ledger and the projections.",
+        description="The SQLite file (when CHATBRIDGE_STORE=sqlite).",
+    )
+    # The eventsourcing library's own PostgreSQL settings, under chatbridge's prefix (when CHATBRIDGE_STORE=postgres).
+    postgres_host: str = Field(default="127.0.0.1", description="PostgreSQL host.")
+    postgres_port: int = Field(default=5432, ge=1, le=65535, description="PostgreSQL port.")
+    postgres_dbname: str = Field(default="chatbridge", description="PostgreSQL database.")
+    postgres_user: str = Field(default="chatbridge", description="PostgreSQL role.")
+    postgres_password: SecretStr = Field(default=SecretStr(""), description="PostgreSQL password (never printed).")
+
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092", description="Kafka brokers, comma-separated host:port."
+    )
+    topics: str = Field(default="hiorg.chat.v1", description="Input topics, comma-separated.")
+    group_id: str = Field(default="chatbridge", description="Kafka consumer group of the `run` replicas.")
+    dlq_topic: str = Field(default="chatbridge.dlq.v1", description="Dead-letter topic for rejected records.")
+    kafka_session_timeout_ms: int = Field(
+        default=30000,
+        ge=1000,
+        description="How long the group waits for a silent replica before moving its partitions.",
     )
     full_use: Period = Field(default=timedelta(days=2), description="FULL_USE: active after the event ends.")
     view: Period = Field(default=timedelta(days=30), description="VIEW: read-only before deletion.")
-    batch_size: int = Field(default=500, ge=1, description="Records applied per transaction by `ingest`.")
+    batch_size: int = Field(
+        default=500, ge=1, description="Records applied per transaction (`ingest`; `run` polls up to this many)."
+    )
+
+    @property
+    def topic_list(self) -> list[str]:
+        return [t.strip() for t in self.topics.split(",") if t.strip()]
 
     @property
     def policy(self) -> Policy:

@@ -5,7 +5,7 @@
 a crash loses nothing and a restart resumes where it stopped. `rebuild` folds the whole log into an empty fold
 and replaces every row; by construction it gives the rows the live projection has.
 
-Tables (SQLite; PostgreSQL follows with the Kafka issue):
+Tables (the same on SQLite and PostgreSQL, in the event store's database):
     desired_state   one row per chat: generation, deadlines, next_due, members, moderators, and the fold's state
     organisation_feature, person_status, person_chats (the person index), desired_state_meta (policy in force)
 """
@@ -15,9 +15,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from eventsourcing.persistence import Tracking
-from eventsourcing.sqlite import SQLiteCursor, SQLiteTrackingRecorder
+from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
+from eventsourcing.sqlite import SQLiteTrackingRecorder
+from psycopg.sql import SQL, Composed
 from pydantic import TypeAdapter
 
 from chatbridge.application import ChatBridge
@@ -44,82 +47,111 @@ def _policy_text(policy: Policy) -> str:
     return json.dumps({"full_use": policy.full_use.total_seconds(), "view": policy.view.total_seconds()})
 
 
-class SQLiteDesiredStateView(SQLiteTrackingRecorder):
-    """The projection's tables and tracking row, in the event store's SQLite database."""
+def _upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
+    """`INSERT … ON CONFLICT DO UPDATE`: the one upsert both SQLite and PostgreSQL understand."""
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
+    )
 
-    def construct_create_table_statements(self) -> list[str]:
-        return [
-            *super().construct_create_table_statements(),
-            "CREATE TABLE IF NOT EXISTS desired_state ("
-            "org TEXT NOT NULL, event_id TEXT NOT NULL, generation INTEGER NOT NULL, deleted INTEGER NOT NULL, "
-            "awaiting_organisation INTEGER NOT NULL, read_only_at TEXT NOT NULL, delete_at TEXT NOT NULL, "
-            "next_due TEXT, members TEXT NOT NULL, moderators TEXT NOT NULL, fold_state TEXT NOT NULL, "
-            "PRIMARY KEY (org, event_id))",
-            "CREATE INDEX IF NOT EXISTS desired_state_next_due ON desired_state (next_due)",
-            "CREATE TABLE IF NOT EXISTS organisation_feature (org TEXT PRIMARY KEY, fold_state TEXT NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS person_status ("
-            "org TEXT NOT NULL, person_id TEXT NOT NULL, status TEXT NOT NULL, PRIMARY KEY (org, person_id))",
-            "CREATE TABLE IF NOT EXISTS person_chats ("
-            "org TEXT NOT NULL, person_id TEXT NOT NULL, event_id TEXT NOT NULL, "
-            "PRIMARY KEY (org, person_id, event_id))",
-            "CREATE TABLE IF NOT EXISTS desired_state_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-        ]
+
+_DESIRED_COLUMNS = (
+    "org", "event_id", "generation", "deleted", "awaiting_organisation", "read_only_at", "delete_at", "next_due",
+    "members", "moderators", "fold_state",
+)  # fmt: skip
+_WRITE_FEATURE = _upsert("organisation_feature", ("org", "fold_state"), ("org",))
+_WRITE_PERSON = _upsert("person_status", ("org", "person_id", "status"), ("org", "person_id"))
+_WRITE_CHAT = _upsert("desired_state", _DESIRED_COLUMNS, ("org", "event_id"))
+_WRITE_META = _upsert("desired_state_meta", ("key", "value"), ("key",))
+_WRITE_INDEX = "INSERT INTO person_chats (org, person_id, event_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+
+
+class _DesiredStateTables:
+    """The projection's tables and queries, written once for SQLite and PostgreSQL.
+
+    Statements use `?` placeholders (psycopg takes `%s`) and rows are read by column name, which both drivers'
+    row types allow. The tracking row is the library's own (`_insert_tracking`), in the same transaction.
+    """
+
+    placeholder = "?"
+    tracking_table = "tracking"
+    datastore: Any
+
+    if TYPE_CHECKING:  # provided by the library's recorder this is mixed into; a stub here would shadow it
+
+        def _insert_tracking(self, c: Any, tracking: Tracking) -> None: ...
+
+    def _sql(self, statement: str) -> str:
+        return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)
+
+    CREATE_STATEMENTS = (
+        "CREATE TABLE IF NOT EXISTS desired_state ("
+        "org TEXT NOT NULL, event_id TEXT NOT NULL, generation INTEGER NOT NULL, deleted INTEGER NOT NULL, "
+        "awaiting_organisation INTEGER NOT NULL, read_only_at TEXT NOT NULL, delete_at TEXT NOT NULL, "
+        "next_due TEXT, members TEXT NOT NULL, moderators TEXT NOT NULL, fold_state TEXT NOT NULL, "
+        "PRIMARY KEY (org, event_id))",
+        "CREATE INDEX IF NOT EXISTS desired_state_next_due ON desired_state (next_due)",
+        "CREATE TABLE IF NOT EXISTS organisation_feature (org TEXT PRIMARY KEY, fold_state TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS person_status ("
+        "org TEXT NOT NULL, person_id TEXT NOT NULL, status TEXT NOT NULL, PRIMARY KEY (org, person_id))",
+        "CREATE TABLE IF NOT EXISTS person_chats ("
+        "org TEXT NOT NULL, person_id TEXT NOT NULL, event_id TEXT NOT NULL, "
+        "PRIMARY KEY (org, person_id, event_id))",
+        "CREATE TABLE IF NOT EXISTS desired_state_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    )
 
     def stored_policy(self) -> str | None:
         with self.datastore.transaction(commit=False) as c:
             c.execute("SELECT value FROM desired_state_meta WHERE key = 'policy'")
             row = c.fetchone()
-        return None if row is None else row[0]
+        return None if row is None else str(row["value"])
 
     def load_fold(self, policy: Policy) -> DesiredStateFold:
         fold = DesiredStateFold(policy=policy)
         with self.datastore.transaction(commit=False) as c:
             c.execute("SELECT org, fold_state FROM organisation_feature")
             for row in c.fetchall():
-                fold.load_organisation(row[0], _feature.validate_json(row[1]))
+                fold.load_organisation(row["org"], _feature.validate_json(row["fold_state"]))
             c.execute("SELECT org, person_id, status FROM person_status")
             for row in c.fetchall():
-                fold.load_person((row[0], row[1]), row[2])
+                fold.load_person((row["org"], row["person_id"]), row["status"])
             c.execute("SELECT org, person_id, event_id FROM person_chats")
             for row in c.fetchall():
-                fold.load_index_entry(row[0], row[1], row[2])
+                fold.load_index_entry(row["org"], row["person_id"], row["event_id"])
             c.execute("SELECT org, event_id, fold_state FROM desired_state")
             for row in c.fetchall():
-                fold.load_chat((row[0], row[1]), _chat_record.validate_json(row[2]))
+                fold.load_chat((row["org"], row["event_id"]), _chat_record.validate_json(row["fold_state"]))
         return fold
 
     def write(self, fold: DesiredStateFold, tracking: Tracking | None, *, replace_all: bool = False) -> None:
-        """Write what changed in `fold` (or everything) and the tracking position, in one transaction."""
+        """Write what changed in `fold` (or everything) and the tracking position, in one transaction.
+
+        A tracking position that does not move forward raises the library's `IntegrityError` and nothing is
+        written: another process folded those notifications first.
+        """
         with self.datastore.transaction(commit=True) as c:
             if replace_all:
                 for table in ("desired_state", "organisation_feature", "person_status", "person_chats"):
                     c.execute(f"DELETE FROM {table}")
-                c.execute("DELETE FROM tracking WHERE application_name = ?", (PROJECTION_NAME,))
+                c.execute(
+                    self._sql(f"DELETE FROM {self.tracking_table} WHERE application_name = ?"), (PROJECTION_NAME,)
+                )
                 changes = fold.everything()
             else:
                 changes = fold.take_dirty()
-            self._write_rows(c, fold, changes)
-            c.execute(
-                "INSERT OR REPLACE INTO desired_state_meta (key, value) VALUES ('policy', ?)",
-                (_policy_text(fold.policy),),
-            )
             if tracking is not None:
                 self._insert_tracking(c, tracking)
+            self._write_rows(c, fold, changes)
+            c.execute(self._sql(_WRITE_META), ("policy", _policy_text(fold.policy)))
 
-    @staticmethod
-    def _write_rows(c: SQLiteCursor, fold: DesiredStateFold, changes: Changes) -> None:
-        c.executemany(
-            "INSERT OR REPLACE INTO organisation_feature (org, fold_state) VALUES (?, ?)",
-            [(org, _feature.dump_json(fold.organisations[org]).decode()) for org in changes.organisations],
-        )
-        c.executemany(
-            "INSERT OR REPLACE INTO person_status (org, person_id, status) VALUES (?, ?, ?)",
-            [(key[0], key[1], fold.person_statuses[key]) for key in changes.persons if key in fold.person_statuses],
-        )
-        rows = []
+    def _write_rows(self, c: Any, fold: DesiredStateFold, changes: Changes) -> None:
+        features = [(org, _feature.dump_json(fold.organisations[org]).decode()) for org in changes.organisations]
+        persons = [(k[0], k[1], fold.person_statuses[k]) for k in changes.persons if k in fold.person_statuses]
+        chats = []
         for key in changes.chats:
             desired = fold.desired(key)
-            rows.append(
+            chats.append(
                 (
                     desired.org, desired.event_id, desired.generation, int(desired.deleted),
                     int(desired.awaiting_organisation), _stamp(desired.read_only_at), _stamp(desired.delete_at),
@@ -127,10 +159,14 @@ class SQLiteDesiredStateView(SQLiteTrackingRecorder):
                     _chat_record.dump_json(fold.chats[key]).decode(),
                 )
             )  # fmt: skip
-        c.executemany("INSERT OR REPLACE INTO desired_state VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        c.executemany(
-            "INSERT OR IGNORE INTO person_chats (org, person_id, event_id) VALUES (?, ?, ?)", changes.index_entries
-        )
+        for statement, rows in (
+            (_WRITE_FEATURE, features),
+            (_WRITE_PERSON, persons),
+            (_WRITE_CHAT, chats),
+            (_WRITE_INDEX, changes.index_entries),
+        ):
+            if rows:
+                c.executemany(self._sql(statement), rows)
 
     def desired_chats(self) -> list[DesiredChat]:
         with self.datastore.transaction(commit=False) as c:
@@ -140,16 +176,16 @@ class SQLiteDesiredStateView(SQLiteTrackingRecorder):
             )
             return [
                 DesiredChat(
-                    org=row[0],
-                    event_id=row[1],
-                    generation=row[2],
-                    deleted=bool(row[3]),
-                    awaiting_organisation=bool(row[4]),
-                    read_only_at=_unstamp(row[5]),  # type: ignore[arg-type]
-                    delete_at=_unstamp(row[6]),  # type: ignore[arg-type]
-                    next_due=_unstamp(row[7]),
-                    members=json.loads(row[8]),
-                    moderators=json.loads(row[9]),
+                    org=row["org"],
+                    event_id=row["event_id"],
+                    generation=row["generation"],
+                    deleted=bool(row["deleted"]),
+                    awaiting_organisation=bool(row["awaiting_organisation"]),
+                    read_only_at=_unstamp(row["read_only_at"]),  # type: ignore[arg-type]
+                    delete_at=_unstamp(row["delete_at"]),  # type: ignore[arg-type]
+                    next_due=_unstamp(row["next_due"]),
+                    members=json.loads(row["members"]),
+                    moderators=json.loads(row["moderators"]),
                 )
                 for row in c.fetchall()
             ]
@@ -158,15 +194,37 @@ class SQLiteDesiredStateView(SQLiteTrackingRecorder):
         """The person index: every event whose chat named the person."""
         with self.datastore.transaction(commit=False) as c:
             c.execute(
-                "SELECT event_id FROM person_chats WHERE org = ? AND person_id = ? ORDER BY event_id", (org, person_id)
+                self._sql("SELECT event_id FROM person_chats WHERE org = ? AND person_id = ? ORDER BY event_id"),
+                (org, person_id),
             )
-            return [row[0] for row in c.fetchall()]
+            return [row["event_id"] for row in c.fetchall()]
+
+
+class SQLiteDesiredStateView(_DesiredStateTables, SQLiteTrackingRecorder):  # type: ignore[misc]
+    """The projection's tables and tracking row, in the event store's SQLite database."""
+
+    def construct_create_table_statements(self) -> list[str]:
+        return [*super().construct_create_table_statements(), *self.CREATE_STATEMENTS]
+
+
+class PostgresDesiredStateView(_DesiredStateTables, PostgresTrackingRecorder):  # type: ignore[misc]
+    """The projection's tables and tracking row, in the event store's PostgreSQL database."""
+
+    placeholder = "%s"
+
+    def __init__(self, datastore: PostgresDatastore, **kwargs: Any):
+        super().__init__(datastore, **kwargs)
+        self.tracking_table = self.tracking_table_name
+        self.sql_create_statements.extend(Composed([SQL(statement)]) for statement in self.CREATE_STATEMENTS)
+
+
+DesiredStateView = SQLiteDesiredStateView | PostgresDesiredStateView
 
 
 class DesiredStateProjection:
-    """Follows the application's notification log into `SQLiteDesiredStateView`."""
+    """Follows the application's notification log into its view (`SQLiteDesiredStateView` or the PostgreSQL one)."""
 
-    def __init__(self, app: ChatBridge, view: SQLiteDesiredStateView, policy: Policy, page_size: int = 1000):
+    def __init__(self, app: ChatBridge, view: DesiredStateView, policy: Policy, page_size: int = 1000):
         self.app = app
         self.view = view
         self.policy = policy
