@@ -1,0 +1,395 @@
+"""The Matrix adapter of the chat backend port, for Synapse (client API + Synapse admin API), over httpx.
+
+What the recipe (`shared/recipes/matrix-synapse.md`) measured, and why the code does it this way:
+- a tenant is a space per organisation; a chat is an end-to-end-encrypted, invite-only room without guest access,
+  a child of its organisation's space. Both are found again by room aliases derived from (org, event_id,
+  generation), so a crash between creating a room and recording it cannot make a second room;
+- Synapse answers 200 when inviting an unknown user and when force-joining a deactivated one, so existence and
+  deactivation are checked with the admin API before a force-join; such a person is *pending*;
+- "already in the room" and "not in the room" (403) are successes: every operation is idempotent;
+- rooms are version 12: the creator (the bridge) must not appear in the power levels' `users`;
+- a purge leaves uploaded files behind, so a chat's media are deleted before the room is deleted with purge.
+
+Transient failures (timeouts, connection errors, 5xx, 429) are retried with exponential backoff and jitter,
+honouring `retry_after_ms` / `Retry-After`; after `max_attempts` a `BackendUnavailable` tells the reconciler to
+back off that chat. The access token lives in the client's headers only; error messages name the operation, never
+a user id or the token, and httpx's own request log (which shows URLs with user ids) is kept at WARNING.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from chatbridge.backends.port import ActualChat, AddOutcome, BackendError, BackendUnavailable, Deletion, Tenant
+from chatbridge.backends.settings import MatrixSettings
+from chatbridge.backends.user_ids import TemplateUserIds, escape
+
+TENANT_EVENT = "de.hiorg.chatbridge.tenant"  # the space's state event holding exactly the transferred fields
+TENANT_FIELDS = ("name", "email", "address")
+MODERATOR = 50
+LOCKED = 100
+# Power levels of an active chat; read-only raises every one of them to LOCKED (members and moderators alike).
+ACTIVE_LEVELS: dict[str, Any] = {"events_default": 0, "invite": MODERATOR, "state_default": MODERATOR}
+ACTIVE_EVENT_LEVELS: dict[str, int] = {
+    "m.reaction": 0,
+    "m.room.name": MODERATOR,
+    "m.room.topic": MODERATOR,
+    "m.room.avatar": MODERATOR,
+    "m.room.pinned_events": MODERATOR,
+}
+
+logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry URLs, and URLs carry user ids
+
+
+def _path(value: str) -> str:
+    return quote(value, safe="")
+
+
+class MatrixBackend:
+    """The port on a Synapse homeserver, as an admin bridge user. Thread-safe (one httpx client, shared)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        server_name: str,
+        token: str,
+        *,
+        ids: TemplateUserIds | None = None,
+        timeout: float = 10.0,
+        max_attempts: int = 5,
+        max_retry_after: float = 30.0,
+        backoff_base: float = 0.25,
+        backoff_max: float = 8.0,
+        delete_timeout: float = 300.0,
+        sleep: Callable[[float], None] = time.sleep,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        self.server_name = server_name
+        self.ids = ids or TemplateUserIds(server_name=server_name)
+        self.max_attempts = max_attempts
+        self.max_retry_after = max_retry_after
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.delete_timeout = delete_timeout
+        self._sleep = sleep
+        self._client = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+            transport=transport,
+        )
+        self._bot: str | None = None
+        self._lock = threading.Lock()
+        self.retries = 0  # transient failures retried in place (for tests and metrics)
+
+    @classmethod
+    def from_settings(cls, settings: MatrixSettings) -> MatrixBackend:
+        return cls(
+            settings.base_url,
+            settings.server_name,
+            settings.access_token(),
+            ids=TemplateUserIds(settings.user_id_template, settings.server_name),
+            timeout=settings.timeout,
+            max_attempts=settings.max_attempts,
+            max_retry_after=settings.max_retry_after,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __repr__(self) -> str:  # never the token
+        return f"MatrixBackend({str(self._client.base_url)!r}, {self.server_name!r})"
+
+    # -- HTTP with retries -----------------------------------------------------------------------------------
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)  # "equal jitter": spread out, but never zero
+
+    def _retry_after(self, response: httpx.Response) -> float | None:
+        try:
+            body = response.json()
+            if isinstance(body, dict) and isinstance(body.get("retry_after_ms"), int | float):
+                return float(body["retry_after_ms"]) / 1000
+        except ValueError:
+            pass
+        header = response.headers.get("Retry-After")
+        if header and header.strip().isdigit():
+            return float(header)
+        return None
+
+    def _request(self, what: str, method: str, path: str, *, json: Any = None, params: Any = None) -> httpx.Response:
+        """One API call; transient failures retried. `what` names the operation in errors (no ids in it)."""
+        problem = ""
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                response = self._client.request(method, path, json=json, params=params)
+            except httpx.TimeoutException:
+                problem, delay = "timed out", self._backoff(attempt)
+            except httpx.TransportError as error:
+                problem, delay = f"connection failed ({type(error).__name__})", self._backoff(attempt)
+            else:
+                if response.status_code == 429:
+                    wait = self._retry_after(response)
+                    problem = "rate limited (429)"
+                    if wait is not None and wait > self.max_retry_after:
+                        raise BackendUnavailable(f"{what}: rate limited for {wait:.0f} s")
+                    delay = wait if wait is not None else self._backoff(attempt)
+                elif response.status_code >= 500:
+                    problem, delay = f"HTTP {response.status_code}", self._backoff(attempt)
+                else:
+                    return response
+            if attempt < self.max_attempts:
+                self.retries += 1
+                self._sleep(delay)
+        raise BackendUnavailable(f"{what}: {problem} after {self.max_attempts} attempts")
+
+    @staticmethod
+    def _error(what: str, response: httpx.Response) -> BackendError:
+        try:
+            body = response.json()
+            code = body.get("errcode", "") if isinstance(body, dict) else ""
+        except ValueError:
+            code = ""
+        return BackendError(f"{what}: HTTP {response.status_code} {code}".rstrip())
+
+    @staticmethod
+    def _message(response: httpx.Response) -> str:
+        try:
+            body = response.json()
+            return str(body.get("error", "")).lower() if isinstance(body, dict) else ""
+        except ValueError:
+            return ""
+
+    def _ok(self, what: str, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._request(what, method, path, **kwargs)
+        if response.status_code != 200:
+            raise self._error(what, response)
+        return response.json()
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+
+    def bot_user_id(self) -> str:
+        with self._lock:
+            if self._bot is None:
+                self._bot = self._ok("whoami", "GET", "/_matrix/client/v3/account/whoami")["user_id"]
+            return self._bot
+
+    def _resolve(self, alias: str) -> str | None:
+        response = self._request("resolve alias", "GET", f"/_matrix/client/v3/directory/room/{_path(alias)}")
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise self._error("resolve alias", response)
+        return str(response.json()["room_id"])
+
+    def _create_room(self, what: str, alias_local: str, body: dict[str, Any]) -> str:
+        body = {**body, "room_alias_name": alias_local}
+        response = self._request(what, "POST", "/_matrix/client/v3/createRoom", json=body)
+        if response.status_code == 200:
+            return str(response.json()["room_id"])
+        if response.status_code == 400 and "M_ROOM_IN_USE" in response.text:  # made by an earlier attempt
+            room = self._resolve(f"#{alias_local}:{self.server_name}")
+            if room is not None:
+                return room
+        raise self._error(what, response)
+
+    def _state(self, what: str, room: str, event_type: str, state_key: str = "") -> dict[str, Any] | None:
+        path = f"/_matrix/client/v3/rooms/{_path(room)}/state/{_path(event_type)}/{_path(state_key)}"
+        response = self._request(what, "GET", path)
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise self._error(what, response)
+        return dict(response.json())
+
+    def _put_state(self, what: str, room: str, event_type: str, content: dict[str, Any], state_key: str = "") -> None:
+        path = f"/_matrix/client/v3/rooms/{_path(room)}/state/{_path(event_type)}/{_path(state_key)}"
+        self._ok(what, "PUT", path, json=content)
+
+    def _power_levels(self, room: str) -> dict[str, Any]:
+        levels = self._state("read power levels", room, "m.room.power_levels")
+        if levels is None:
+            raise BackendError("read power levels: the room has none")
+        return levels
+
+    def _chat_alias(self, org: str, event_id: str, generation: int) -> str:
+        return f"chatbridge.{escape(org)}.{escape(event_id)}.{generation}"
+
+    # -- the port --------------------------------------------------------------------------------------------
+
+    def user_id(self, org: str, person_id: str) -> str:
+        return self.ids.user_id(org, person_id)
+
+    def person_of(self, user_id: str) -> tuple[str, str] | None:
+        return self.ids.person_of(user_id)
+
+    def ensure_tenant(self, org: str, fields: dict[str, Any]) -> Tenant:
+        """The organisation's space, holding exactly the contract's fields in one state event (and its name)."""
+        fields = {key: fields[key] for key in TENANT_FIELDS if key in fields}
+        alias_local = f"chatbridge.{escape(org)}"
+        space = self._resolve(f"#{alias_local}:{self.server_name}")
+        if space is None:
+            space = self._create_room(
+                "create tenant space",
+                alias_local,
+                {
+                    "preset": "private_chat",
+                    "name": str(fields.get("name", org)),
+                    "creation_content": {"type": "m.space"},
+                    "initial_state": [
+                        {"type": "m.room.guest_access", "state_key": "", "content": {"guest_access": "forbidden"}},
+                        {"type": TENANT_EVENT, "state_key": "", "content": fields},
+                    ],
+                    "power_level_content_override": {"events_default": LOCKED, "invite": LOCKED},
+                },
+            )
+            return Tenant(space, fields, changed=True)
+        if self._state("read tenant data", space, TENANT_EVENT) == fields:
+            return Tenant(space, fields, changed=False)
+        self._put_state("write tenant data", space, TENANT_EVENT, fields)
+        if "name" in fields:
+            self._put_state("write tenant name", space, "m.room.name", {"name": str(fields["name"])})
+        return Tenant(space, fields, changed=True)
+
+    def get_chat(self, org: str, event_id: str, generation: int) -> ActualChat | None:
+        room = self._resolve(f"#{self._chat_alias(org, event_id, generation)}:{self.server_name}")
+        if room is None:
+            return None
+        bot = self.bot_user_id()
+        members_response = self._request("read members", "GET", f"/_matrix/client/v3/rooms/{_path(room)}/members")
+        if members_response.status_code == 404:
+            return None
+        if members_response.status_code != 200:
+            raise self._error("read members", members_response)
+        members = frozenset(
+            event["state_key"]
+            for event in members_response.json().get("chunk", [])
+            if event.get("content", {}).get("membership") in ("join", "invite") and event["state_key"] != bot
+        )
+        levels = self._power_levels(room)
+        moderators = frozenset(
+            user for user, level in levels.get("users", {}).items() if level >= MODERATOR and user != bot
+        )
+        return ActualChat(room, members, moderators, read_only=levels.get("events_default", 0) >= LOCKED)
+
+    def create_chat(self, org: str, event_id: str, generation: int, tenant_id: str) -> ActualChat:
+        via = {"via": [self.server_name]}
+        room = self._create_room(
+            "create chat",
+            self._chat_alias(org, event_id, generation),
+            {
+                "preset": "private_chat",  # join rule invite; the guest access it would allow is forbidden below
+                "initial_state": [
+                    {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}},
+                    {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "invite"}},
+                    {"type": "m.room.guest_access", "state_key": "", "content": {"guest_access": "forbidden"}},
+                    {"type": "m.space.parent", "state_key": tenant_id, "content": {**via, "canonical": True}},
+                ],
+                # room version 12: the creator (the bridge) must not be listed in `users`
+                "power_level_content_override": {**ACTIVE_LEVELS, "events": dict(ACTIVE_EVENT_LEVELS)},
+            },
+        )
+        self._put_state("add chat to tenant space", tenant_id, "m.space.child", via, state_key=room)
+        return ActualChat(room)
+
+    def add_member(self, chat_id: str, user_id: str) -> AddOutcome:
+        account = self._request("look up account", "GET", f"/_synapse/admin/v2/users/{_path(user_id)}")
+        if account.status_code == 404:
+            return AddOutcome.PENDING
+        if account.status_code != 200:
+            raise self._error("look up account", account)
+        if account.json().get("deactivated"):
+            return AddOutcome.PENDING
+        response = self._request(
+            "join member", "POST", f"/_synapse/admin/v1/join/{_path(chat_id)}", json={"user_id": user_id}
+        )
+        if response.status_code == 200:
+            return AddOutcome.JOINED
+        if response.status_code == 403 and "already" in self._message(response):
+            return AddOutcome.ALREADY
+        if response.status_code == 404:
+            return AddOutcome.PENDING  # the account went away between the two calls
+        raise self._error("join member", response)
+
+    def remove_member(self, chat_id: str, user_id: str) -> None:
+        response = self._request(
+            "remove member",
+            "POST",
+            f"/_matrix/client/v3/rooms/{_path(chat_id)}/kick",
+            json={"user_id": user_id, "reason": "not a participant of this event"},
+        )
+        if response.status_code == 200:
+            return
+        if response.status_code == 403 and "not in the room" in self._message(response):
+            return
+        raise self._error("remove member", response)
+
+    def set_moderator(self, chat_id: str, user_id: str, moderator: bool) -> None:
+        levels = self._power_levels(chat_id)
+        users = dict(levels.get("users", {}))
+        if moderator:
+            users[user_id] = MODERATOR
+        else:
+            users.pop(user_id, None)
+        users.pop(self.bot_user_id(), None)  # room version 12: never list the creator
+        self._put_state("set moderator", chat_id, "m.room.power_levels", {**levels, "users": users})
+
+    def set_read_only(self, chat_id: str, read_only: bool) -> None:
+        levels = self._power_levels(chat_id)
+        events = dict(levels.get("events", {}))
+        if read_only:
+            changes: dict[str, Any] = {key: max(LOCKED, int(levels.get(key, 0))) for key in ACTIVE_LEVELS}
+            for key in ACTIVE_EVENT_LEVELS:
+                events[key] = max(LOCKED, events.get(key, 0))
+        else:
+            changes = dict(ACTIVE_LEVELS)
+            events.update(ACTIVE_EVENT_LEVELS)
+        users = {u: level for u, level in levels.get("users", {}).items() if u != self.bot_user_id()}
+        self._put_state(
+            "set read-only", chat_id, "m.room.power_levels", {**levels, **changes, "events": events, "users": users}
+        )
+
+    def delete_chat(self, chat_id: str) -> Deletion:
+        room = _path(chat_id)
+        # out of the tenant's space first, so that the space lists no dangling child
+        state = self._request("read room state", "GET", f"/_matrix/client/v3/rooms/{room}/state")
+        if state.status_code == 200:
+            for event in state.json():
+                if event.get("type") == "m.space.parent" and event.get("state_key"):
+                    self._put_state("remove chat from space", event["state_key"], "m.space.child", {}, chat_id)
+        media = self._ok("list media", "GET", f"/_synapse/admin/v1/room/{room}/media")
+        deleted = 0
+        for uri in media.get("local", []):
+            server, _, media_id = uri.removeprefix("mxc://").partition("/")
+            response = self._request("delete media", "DELETE", f"/_synapse/admin/v1/media/{server}/{_path(media_id)}")
+            if response.status_code == 200:
+                deleted += 1
+            elif response.status_code != 404:
+                raise self._error("delete media", response)
+        delete_id = self._ok(
+            "delete room", "DELETE", f"/_synapse/admin/v2/rooms/{room}", json={"purge": True, "block": False}
+        )["delete_id"]
+        deadline = time.monotonic() + self.delete_timeout
+        wait = 0.1
+        while True:
+            status = self._ok("delete status", "GET", f"/_synapse/admin/v2/rooms/delete_status/{_path(delete_id)}")
+            if status.get("status") == "complete":
+                return Deletion(chat_id, delete_id, "complete", deleted)
+            if status.get("status") == "failed":
+                raise BackendError(f"delete room: purge failed ({status.get('error', 'no reason given')})")
+            if time.monotonic() > deadline:
+                raise BackendUnavailable(f"delete room: purge not complete after {self.delete_timeout:.0f} s")
+            self._sleep(wait)
+            wait = min(wait * 2, 2.0)
+
+    def chat_link(self, chat_id: str) -> str:
+        return f"https://matrix.to/#/{quote(chat_id, safe='!:')}?via={quote(self.server_name)}"

@@ -1,0 +1,116 @@
+"""The Matrix adapter against a real Synapse: every port operation, its idempotence, and the recipe's pitfalls."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from chatbridge.backends.matrix import TENANT_EVENT, MatrixBackend
+from chatbridge.backends.port import AddOutcome
+from tests.integration.synapse_support import *  # noqa: F403  (fixtures: synapse, matrix, org)
+from tests.integration.synapse_support import Synapse as Synapse
+
+pytestmark = pytest.mark.integration
+TENANT = {
+    "name": "DRK Köln",
+    "email": "it@drk.example",
+    "address": {"street": "Oskar-Jäger-Str. 101", "postcode": "50825", "city": "Köln", "country": "DE"},
+}
+
+
+def person() -> str:
+    return uuid.uuid4().hex
+
+
+def test_tenant_is_a_space_with_exactly_the_contract_fields(matrix: MatrixBackend, synapse: Synapse, org: str):
+    tenant = matrix.ensure_tenant(org, {**TENANT, "phone": "not transferred"})
+    assert tenant.changed and tenant.transferred == TENANT
+    again = matrix.ensure_tenant(org, TENANT)
+    assert (again.tenant_id, again.changed) == (tenant.tenant_id, False)
+    with synapse.admin() as client:
+        state = client.get(f"/_synapse/admin/v1/rooms/{tenant.tenant_id}/state").json()["state"]
+    by_type = {event["type"]: event["content"] for event in state}
+    assert by_type[TENANT_EVENT] == TENANT
+    assert by_type["m.room.create"]["type"] == "m.space"
+    assert by_type["m.room.guest_access"]["guest_access"] == "forbidden"
+    moved = {**TENANT, "email": "chat@drk.example"}
+    assert matrix.ensure_tenant(org, moved).changed
+
+
+def test_a_chat_is_encrypted_invite_only_without_guests_inside_its_space(matrix: MatrixBackend, synapse: Synapse, org):
+    tenant = matrix.ensure_tenant(org, TENANT)
+    chat = matrix.create_chat(org, "4711", 1, tenant.tenant_id)
+    assert matrix.create_chat(org, "4711", 1, tenant.tenant_id).chat_id == chat.chat_id  # idempotent
+    assert matrix.get_chat(org, "4711", 1) == chat
+    assert matrix.get_chat(org, "4711", 2) is None
+    with synapse.admin() as client:
+        state = client.get(f"/_synapse/admin/v1/rooms/{chat.chat_id}/state").json()["state"]
+        space_state = client.get(f"/_synapse/admin/v1/rooms/{tenant.tenant_id}/state").json()["state"]
+    by_type = {event["type"]: event for event in state}
+    assert by_type["m.room.encryption"]["content"]["algorithm"] == "m.megolm.v1.aes-sha2"
+    assert by_type["m.room.join_rules"]["content"]["join_rule"] == "invite"
+    assert by_type["m.room.guest_access"]["content"]["guest_access"] == "forbidden"
+    assert by_type["m.space.parent"]["state_key"] == tenant.tenant_id
+    assert any(e["type"] == "m.space.child" and e["state_key"] == chat.chat_id for e in space_state)
+    assert matrix.chat_link(chat.chat_id).startswith("https://matrix.to/#/!")
+
+
+def test_members_join_idempotently_and_unknown_or_deactivated_accounts_are_pending(matrix, synapse: Synapse, org):
+    chat = matrix.create_chat(org, "1", 1, matrix.ensure_tenant(org, TENANT).tenant_id)
+    alice, ghost, gone = (matrix.user_id(org, person()) for _ in range(3))
+    synapse.register_user(alice)
+    synapse.register_user(gone)
+    synapse.deactivate(gone)
+    assert matrix.add_member(chat.chat_id, alice) == AddOutcome.JOINED
+    assert matrix.add_member(chat.chat_id, alice) == AddOutcome.ALREADY
+    assert matrix.add_member(chat.chat_id, ghost) == AddOutcome.PENDING
+    assert matrix.add_member(chat.chat_id, gone) == AddOutcome.PENDING
+    assert matrix.get_chat(org, "1", 1).members == {alice}
+    matrix.set_moderator(chat.chat_id, alice, True)
+    assert matrix.get_chat(org, "1", 1).moderators == {alice}
+    matrix.set_moderator(chat.chat_id, alice, False)
+    assert matrix.get_chat(org, "1", 1).moderators == frozenset()
+    matrix.remove_member(chat.chat_id, alice)
+    matrix.remove_member(chat.chat_id, alice)  # not in the room: done
+    assert matrix.get_chat(org, "1", 1).members == frozenset()
+
+
+def test_read_only_forbids_members_to_post_and_reopening_allows_it(matrix: MatrixBackend, synapse: Synapse, org):
+    chat = matrix.create_chat(org, "1", 1, matrix.ensure_tenant(org, TENANT).tenant_id)
+    account = synapse.register_user(matrix.user_id(org, person()))
+    matrix.add_member(chat.chat_id, account.user_id)
+    path = f"/_matrix/client/v3/rooms/{chat.chat_id}/send/m.room.message/"
+    with account.client() as client:
+        assert client.put(path + "t1", json={"msgtype": "m.text", "body": "hi"}).status_code == 200
+        matrix.set_read_only(chat.chat_id, True)
+        assert matrix.get_chat(org, "1", 1).read_only
+        assert client.put(path + "t2", json={"msgtype": "m.text", "body": "hi"}).status_code == 403
+        reaction = f"/_matrix/client/v3/rooms/{chat.chat_id}/send/m.reaction/t3"
+        assert client.put(reaction, json={}).status_code == 403
+        matrix.set_read_only(chat.chat_id, False)
+        assert client.put(path + "t4", json={"msgtype": "m.text", "body": "hi"}).status_code == 200
+
+
+def test_deletion_removes_the_room_and_its_uploaded_files(matrix: MatrixBackend, synapse: Synapse, org):
+    tenant = matrix.ensure_tenant(org, TENANT)
+    chat = matrix.create_chat(org, "1", 1, tenant.tenant_id)
+    account = synapse.register_user(matrix.user_id(org, person()))
+    matrix.add_member(chat.chat_id, account.user_id)
+    with account.client() as client:
+        upload = client.post("/_matrix/media/v3/upload", content=b"a file", headers={"Content-Type": "text/plain"})
+        mxc = upload.json()["content_uri"]
+        body = {"msgtype": "m.file", "body": "f.txt", "url": mxc}
+        assert (
+            client.put(f"/_matrix/client/v3/rooms/{chat.chat_id}/send/m.room.message/f", json=body).status_code == 200
+        )
+    media_id = mxc.rsplit("/", 1)[1]
+    deletion = matrix.delete_chat(chat.chat_id)
+    assert deletion.status == "complete" and deletion.delete_id and deletion.media_deleted == 1
+    assert matrix.get_chat(org, "1", 1) is None
+    with synapse.admin() as client:
+        assert client.get(f"/_synapse/admin/v1/rooms/{chat.chat_id}").status_code == 404
+        assert client.get(f"/_matrix/client/v1/media/download/localhost/{media_id}").status_code == 404
+        children = [e for e in client.get(f"/_synapse/admin/v1/rooms/{tenant.tenant_id}/state").json()["state"]
+                    if e["type"] == "m.space.child" and e["content"]]  # fmt: skip
+    assert children == []
