@@ -55,3 +55,30 @@ def open_store(settings: Settings, policy: Policy | None = None) -> Store:
     view = app.factory.tracking_recorder(view_class)  # type: ignore[arg-type]
     assert isinstance(view, view_class)
     return Store(app=app, projection=DesiredStateProjection(app, view, policy or settings.policy))
+
+
+# Every table chatbridge keeps in its database, for `replay --from-kafka --force` (disaster recovery).
+_TABLES = (
+    "chatbridge_intake", "desired_state", "organisation_feature", "person_status", "person_chats",
+    "desired_state_meta",
+)  # fmt: skip
+
+
+def wipe_store(settings: Settings) -> None:
+    """Remove the event store and everything beside it, so that it can be rebuilt from Kafka."""
+    if settings.store == "sqlite":
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            settings.database.with_name(settings.database.name + suffix).unlink(missing_ok=True)
+        return
+    import psycopg  # only the PostgreSQL store needs it
+
+    with psycopg.connect(
+        host=settings.postgres_host,
+        port=settings.postgres_port,
+        dbname=settings.postgres_dbname,
+        user=settings.postgres_user,
+        password=settings.postgres_password.get_secret_value(),
+        autocommit=True,
+    ) as connection:
+        for table in (*_TABLES, "chatbridge_events", "chatbridge_tracking"):
+            connection.execute(f"DROP TABLE IF EXISTS {table} CASCADE")

@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
+import threading
+import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from kafka.errors import KafkaError
 from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from chatbridge import services
+from chatbridge import services, worker
 from chatbridge.bootstrap import open_store
+from chatbridge.consumers import dlq
 from chatbridge.consumers.jsonl import ingest_file
+from chatbridge.consumers.kafka import IntakeCounts
+from chatbridge.consumers.kafka import producer as kafka_producer
 from chatbridge.domain.lifecycle import Policy
 from chatbridge.domain.messages import message_json_schema
+from chatbridge.projections.document import utc_z
 from chatbridge.settings import MAX_PERIOD, Period, Settings
 
 app = typer.Typer(
@@ -156,9 +164,37 @@ def state(
 
 
 @app.command()
-def replay() -> None:
-    """Rebuild the projections from the event log (after a bug fix or a policy change), with progress."""
-    store = open_store(_settings())
+def replay(
+    from_kafka: Annotated[
+        bool,
+        typer.Option("--from-kafka", help="Rebuild the event store itself from the input topics' earliest offsets."),
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="With --from-kafka: replace a store that is not empty.")
+    ] = False,
+) -> None:
+    """Rebuild the projections from the event log (after a bug fix or a policy change), with progress.
+
+    With --from-kafka (disaster recovery), first rebuild the event store from Kafka into a fresh store.
+    """
+    settings = _settings()
+    if from_kafka:
+        try:
+            with _progress() as bar:
+                task = bar.add_task("reading Kafka", total=None)
+                counts, folded = services.rebuild_from_kafka(
+                    settings, force=force, progress=lambda done, total: bar.update(task, completed=done, total=total)
+                )
+        except services.StoreNotEmpty as error:
+            raise _fail(str(error)) from None
+        except KafkaError as error:
+            raise _fail(f"Kafka at {settings.kafka_bootstrap_servers}: {error}") from None
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(counts.outcomes.items())) or "no records"
+        err.print(f"rebuilt the store from {', '.join(settings.topic_list)}: {outcomes}; folded {folded} events")
+        return
+    if force:
+        raise _fail("--force only applies to --from-kafka")
+    store = open_store(settings)
     try:
         with _progress() as bar:
             task = bar.add_task("replaying", total=None)
@@ -167,6 +203,137 @@ def replay() -> None:
     finally:
         store.close()
     err.print(f"replayed {folded} events into {chats} chats")
+
+
+@app.command()
+def run(
+    exit_when_idle: Annotated[
+        float | None,
+        typer.Option("--exit-when-idle", help="Stop after this many seconds without a new record (drain and exit)."),
+    ] = None,
+) -> None:
+    """The worker: consume the input topics (CHATBRIDGE_TOPICS) in the consumer group into the store.
+
+    Runs until SIGTERM or SIGINT; then it stores and commits the batch in hand and leaves the group.
+    """
+    settings = _settings()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    stop = threading.Event()
+    worker.stop_on_signals(stop)
+    store = open_store(settings)
+    last_report = [time.monotonic()]
+
+    def report(counts: IntakeCounts) -> None:
+        if time.monotonic() - last_report[0] >= 10:
+            last_report[0] = time.monotonic()
+            err.print(f"consumed {counts.total}: {_outcomes(counts.outcomes)}", highlight=False)
+
+    try:
+        counts = worker.run_worker(store, settings, stop, idle_stop=exit_when_idle, on_batch=report)
+    finally:
+        store.close()
+    err.print(f"stopped after {counts.total} records: {_outcomes(counts.outcomes)}", highlight=False)
+
+
+def _outcomes(outcomes: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) or "nothing new"
+
+
+dlq_app = typer.Typer(help="Dead letters: list rejected records, re-drive them once the cause is fixed.")
+app.add_typer(dlq_app, name="dlq")
+
+Reason = Annotated[str | None, typer.Option("--reason", help="Only letters whose reason contains this text.")]
+Since = Annotated[str | None, typer.Option("--since", help="Only letters dead-lettered at or after (ISO 8601).")]
+Until = Annotated[str | None, typer.Option("--until", help="Only letters dead-lettered before (ISO 8601).")]
+SourceTopic = Annotated[str | None, typer.Option("--topic", help="Only records from this input topic.")]
+SourcePartition = Annotated[int | None, typer.Option("--partition", help="Only records from this input partition.")]
+DlqOffsets = Annotated[
+    list[int] | None, typer.Option("--dlq-offset", help="Only these letters (their offset on the DLQ; repeatable).")
+]
+
+
+def _selection(
+    reason: str | None, since: str | None, until: str | None, topic: str | None, partition: int | None,
+    dlq_offsets: list[int] | None,
+) -> dlq.Selection:  # fmt: skip
+    return dlq.Selection(
+        reason=reason,
+        since=_parse_now(since) if since else None,
+        until=_parse_now(until) if until else None,
+        source_topic=topic,
+        source_partition=partition,
+        dlq_offsets=frozenset(dlq_offsets or ()),
+    )
+
+
+def _dead_letters(settings: Settings, selection: dlq.Selection) -> list[dlq.Stored]:
+    try:
+        return dlq.read_dead_letters(settings.kafka_bootstrap_servers.split(","), settings.dlq_topic, selection)
+    except (KafkaError, TimeoutError) as error:
+        raise _fail(f"Kafka at {settings.kafka_bootstrap_servers}: {error}") from None
+
+
+@dlq_app.command("list")
+def dlq_list(
+    reason: Reason = None, since: Since = None, until: Until = None, topic: SourceTopic = None,
+    partition: SourcePartition = None, dlq_offset: DlqOffsets = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document, original bytes in base64.")] = False,
+) -> None:  # fmt: skip
+    """List the dead letters on CHATBRIDGE_DLQ_TOPIC, oldest first."""
+    settings = _settings()
+    letters = _dead_letters(settings, _selection(reason, since, until, topic, partition, dlq_offset))
+    if as_json:
+        _print_json([dlq.summary_row(stored) for stored in letters])
+        return
+    table = Table("dlq offset", "dead-lettered at", "source", "reason")
+    for stored in letters:
+        letter = stored.letter
+        table.add_row(
+            f"{stored.dlq_partition}:{stored.dlq_offset}", utc_z(letter.dead_lettered_at),
+            f"{letter.topic}:{letter.partition}@{letter.offset}", letter.reason,
+        )  # fmt: skip
+    Console().print(table)
+    print(f"{len(letters)} dead letters")
+
+
+@dlq_app.command("redrive")
+def dlq_redrive(
+    reason: Reason = None, since: Since = None, until: Until = None, topic: SourceTopic = None,
+    partition: SourcePartition = None, dlq_offset: DlqOffsets = None,
+    to_topic: Annotated[str | None, typer.Option("--to", help="Publish here instead of the source topic.")] = None,
+    value_file: Annotated[
+        Path | None, typer.Option("--value-file", help="The corrected record (one letter only): replaces its value.")
+    ] = None,
+    everything: Annotated[bool, typer.Option("--all", help="Allow re-driving without any filter.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be published.")] = False,
+) -> None:  # fmt: skip
+    """Publish selected dead letters again to their input topic, with their original key and headers."""
+    settings = _settings()
+    selection = _selection(reason, since, until, topic, partition, dlq_offset)
+    if selection == dlq.Selection() and not everything:
+        raise _fail("no filter given: select letters (e.g. --dlq-offset N, --reason TEXT) or pass --all")
+    if value_file is not None and not value_file.is_file():
+        raise _fail(f"{value_file}: no such file")
+    letters = _dead_letters(settings, selection)
+    if not letters:
+        raise _fail("no dead letter matches")
+    if value_file is not None and len(letters) != 1:
+        raise _fail(f"--value-file replaces one letter's value, but {len(letters)} match; narrow with --dlq-offset")
+    for stored in letters:
+        letter = stored.letter
+        verb = "would publish" if dry_run else "publishing"
+        origin = f"{letter.topic}:{letter.partition}@{letter.offset}"
+        err.print(f"{verb} {stored.dlq_partition}:{stored.dlq_offset} → {to_topic or letter.topic} (was {origin})")
+    if dry_run:
+        return
+    producer = kafka_producer(settings)
+    try:
+        sent = dlq.redrive(producer, letters, to_topic=to_topic,
+                           value=value_file.read_bytes().strip() if value_file else None)  # fmt: skip
+    finally:
+        producer.close(timeout=10)
+    err.print(f"re-drove {sent} dead letters")
 
 
 @app.command()

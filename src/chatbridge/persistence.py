@@ -25,10 +25,26 @@ from psycopg.sql import SQL, Composed
 APPLIED, IGNORED, DUPLICATE, REJECTED = "applied", "ignored", "duplicate", "rejected"
 
 
+_KAFKA = "kafka:"
+
+
+def partition_source(topic: str, partition: int) -> str:
+    """The source name under which a Kafka partition's position and ledger rows are stored."""
+    return f"{_KAFKA}{topic}:{partition}"
+
+
+def parse_partition_source(source: str) -> tuple[str, int] | None:
+    """(topic, partition) of a Kafka source name; None for other sources (files)."""
+    if not source.startswith(_KAFKA):
+        return None
+    topic, _, partition = source[len(_KAFKA) :].rpartition(":")
+    return topic, int(partition)
+
+
 @dataclass(frozen=True)
 class IntakeRecord:
-    source: str  # e.g. "file:/path/messages.jsonl"
-    position: int  # the line number (from 1) or the Kafka offset
+    source: str  # "file:/path/messages.jsonl", or "kafka:{topic}:{partition}"
+    position: int  # the line number (from 1), or the Kafka offset + 1 (the next offset to read)
     outcome: str
     message_id: str | None = None  # None for rejected records: their id is not remembered
     reason: str | None = None

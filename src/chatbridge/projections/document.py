@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from chatbridge.domain.lifecycle import MEMBER_PHASES
-from chatbridge.persistence import IntakeSummary
+from chatbridge.persistence import IntakeRecord, IntakeSummary, parse_partition_source
 from chatbridge.projections.desired_state import DesiredChat
 
 
@@ -35,7 +35,15 @@ def render_document(chats: Iterable[DesiredChat], intake: IntakeSummary, now: da
         )
     return {
         "chats": entries,
-        "rejected": [{"line": r.position, "reason": r.reason} for r in intake.rejected],
+        "rejected": [_rejected(r) for r in intake.rejected],
         "ignored": intake.ignored,
         "duplicates": intake.duplicates,
     }
+
+
+def _rejected(record: IntakeRecord) -> dict[str, Any]:
+    """A rejected record by its line, or by its Kafka coordinates when it came from a topic."""
+    partition = parse_partition_source(record.source)
+    if partition is None:
+        return {"line": record.position, "reason": record.reason}
+    return {"topic": partition[0], "partition": partition[1], "offset": record.position - 1, "reason": record.reason}

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from eventsourcing.persistence import Tracking
+from eventsourcing.persistence import IntegrityError, Tracking
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteTrackingRecorder
 from psycopg.sql import SQL, Composed
@@ -81,6 +81,7 @@ class _DesiredStateTables:
     if TYPE_CHECKING:  # provided by the library's recorder this is mixed into; a stub here would shadow it
 
         def _insert_tracking(self, c: Any, tracking: Tracking) -> None: ...
+        def _max_tracking_id(self, application_name: str, c: Any) -> int | None: ...
 
     def _sql(self, statement: str) -> str:
         return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)
@@ -107,9 +108,11 @@ class _DesiredStateTables:
             row = c.fetchone()
         return None if row is None else str(row["value"])
 
-    def load_fold(self, policy: Policy) -> DesiredStateFold:
+    def load_fold(self, policy: Policy) -> tuple[DesiredStateFold, int]:
+        """The stored state as a fold, with the position it was folded to (read in the same transaction)."""
         fold = DesiredStateFold(policy=policy)
         with self.datastore.transaction(commit=False) as c:
+            position = self._max_tracking_id(PROJECTION_NAME, c) or 0
             c.execute("SELECT org, fold_state FROM organisation_feature")
             for row in c.fetchall():
                 fold.load_organisation(row["org"], _feature.validate_json(row["fold_state"]))
@@ -122,7 +125,7 @@ class _DesiredStateTables:
             c.execute("SELECT org, event_id, fold_state FROM desired_state")
             for row in c.fetchall():
                 fold.load_chat((row["org"], row["event_id"]), _chat_record.validate_json(row["fold_state"]))
-        return fold
+        return fold, position
 
     def write(self, fold: DesiredStateFold, tracking: Tracking | None, *, replace_all: bool = False) -> None:
         """Write what changed in `fold` (or everything) and the tracking position, in one transaction.
@@ -230,6 +233,7 @@ class DesiredStateProjection:
         self.policy = policy
         self.page_size = page_size
         self._fold: DesiredStateFold | None = None
+        self._folded_to = 0  # the notification the in-memory fold has reached
 
     def position(self) -> int:
         return self.view.max_tracking_id(PROJECTION_NAME) or 0
@@ -238,13 +242,19 @@ class DesiredStateProjection:
         """Fold every notification not yet folded; returns how many. Rebuilds if the policy changed."""
         if self.view.stored_policy() not in (None, _policy_text(self.policy)):
             return self.rebuild(progress)  # stored deadlines were computed under another FULL_USE / VIEW
-        if self._fold is None:
-            self._fold = self.view.load_fold(self.policy)
-        return self._fold_from(self._fold, self.position(), progress, replace_all=False)
+        for _attempt in range(3):
+            if self._fold is None or self.position() != self._folded_to:
+                # first use, or another process (a replica, `replay`) moved the stored projection on
+                self._fold, self._folded_to = self.view.load_fold(self.policy)
+            try:
+                return self._fold_from(self._fold, self._folded_to, progress, replace_all=False)
+            except IntegrityError:
+                self._fold = None  # another process stored the same notifications first: start from its rows
+        raise IntegrityError("the desired-state projection kept moving under this process; try again")
 
     def rebuild(self, progress: Progress | None = None) -> int:
         """Refold the whole log into empty tables (replay after a bug fix or a policy change)."""
-        self._fold = DesiredStateFold(policy=self.policy)
+        self._fold, self._folded_to = DesiredStateFold(policy=self.policy), 0
         return self._fold_from(self._fold, 0, progress, replace_all=True)
 
     def _fold_from(self, fold: DesiredStateFold, start: int, progress: Progress | None, *, replace_all: bool) -> int:
@@ -253,11 +263,13 @@ class DesiredStateProjection:
         for position in fold_pages(self.app, fold, start, last, self.page_size):
             if not replace_all:
                 self.view.write(fold, Tracking(PROJECTION_NAME, position))
+                self._folded_to = position
             if progress:
                 progress(position - start, total)
         if replace_all:
             # a rebuild writes all rows at once at the end, so readers never see a half-built projection
             self.view.write(fold, Tracking(PROJECTION_NAME, position) if position else None, replace_all=True)
+            self._folded_to = position
         return position - start
 
 

@@ -1,0 +1,301 @@
+"""The Kafka consumer: HiOrg-Server's topics → `ChatBridge.ingest`, exactly once in effect.
+
+Each partition is a source of its own (`kafka:{topic}:{partition}`). A poll batch is split by partition and each
+share is applied in ONE transaction holding its new events, its intake-ledger rows and the partition's position
+(the next offset to read). So a record Kafka delivers again — after a crash between storing and committing, a
+rebalance, or a replica that lost its partition while working on it — changes nothing: its offset lies below the
+stored position and is skipped, and should two replicas race on one partition, the ledger's key (source, offset)
+lets only one of them store it.
+
+The stored position, not Kafka's committed offset, is the truth: on assignment the consumer seeks each partition
+to its stored position. Offsets are still committed to Kafka after storing, so lag monitoring works.
+
+Records that break the contract go to the dead-letter topic before their position is stored (see `dlq`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from eventsourcing.persistence import IntegrityError, OperationalError
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from chatbridge.application import ChatBridge, Received
+from chatbridge.consumers import dlq
+from chatbridge.domain.messages import Rejection, parse_record
+from chatbridge.persistence import IntakeRecord, partition_source
+from chatbridge.settings import Settings
+
+log = logging.getLogger(__name__)
+
+def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    return {
+        "bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
+        "client_id": "chatbridge",
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_poll_records": settings.batch_size,
+        "session_timeout_ms": settings.kafka_session_timeout_ms,
+        "heartbeat_interval_ms": max(settings.kafka_session_timeout_ms // 3, 300),
+        "reconnect_backoff_max_ms": 5000,
+        **overrides,
+    }
+
+
+def producer(settings: Settings) -> KafkaProducer:
+    """An idempotent producer (acks=all): a dead letter is on the broker before its record's position is stored."""
+    return KafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
+        client_id="chatbridge",
+        acks="all",
+        linger_ms=5,
+        max_block_ms=10000,  # a broker outage surfaces as an error the worker backs off from, not a long hang
+        reconnect_backoff_max_ms=5000,
+    )
+
+
+@dataclass
+class IntakeCounts:
+    """What the worker did since it started, for its log lines and its summary."""
+
+    outcomes: dict[str, int] = field(default_factory=dict)
+    batches: int = 0
+    redelivered: int = 0  # records skipped because their offset was already stored
+
+    def add(self, records: Iterable[IntakeRecord]) -> None:
+        for record in records:
+            self.outcomes[record.outcome] = self.outcomes.get(record.outcome, 0) + 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.outcomes.values())
+
+
+class _Assignments(ConsumerRebalanceListener):
+    """Notes partition changes; the poll loop acts on them (the callbacks run on kafka-python's IO thread,
+    where database work would stall heartbeats)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._assigned: set[TopicPartition] = set()
+        self._revoked: set[TopicPartition] = set()
+
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        with self._lock:
+            self._assigned.update(assigned)
+
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        with self._lock:
+            self._revoked.update(revoked)
+            self._assigned.difference_update(revoked)
+
+    def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
+        self.on_partitions_revoked(lost)
+
+    def take(self) -> tuple[set[TopicPartition], set[TopicPartition]]:
+        with self._lock:
+            assigned, revoked = self._assigned, self._revoked
+            self._assigned, self._revoked = set(), set()
+        return assigned, revoked
+
+
+class KafkaIngestor:
+    """Polls the input topics in a consumer group and applies each partition's share of a batch atomically.
+
+    `after_batch` runs after every batch that stored something (the worker folds the projection there).
+    """
+
+    def __init__(
+        self,
+        app: ChatBridge,
+        settings: Settings,
+        consumer: KafkaConsumer,
+        *,
+        after_batch: Callable[[], None] | None = None,
+        dead_letters: bool = True,
+    ):
+        self.app = app
+        self.settings = settings
+        self.after_batch = after_batch
+        self.counts = IntakeCounts()
+        self._consumer = consumer
+        self._assignments = _Assignments()
+        self._positions: dict[TopicPartition, int] = {}  # next offset to read, as stored
+        self._producer = producer(settings) if dead_letters else None
+        self._in_group = False
+
+    @classmethod
+    def in_group(cls, app: ChatBridge, settings: Settings, **options: Any) -> KafkaIngestor:
+        """The worker's consumer: a member of the group, sharing the topics' partitions with other replicas."""
+        ingestor = cls(app, settings, KafkaConsumer(**consumer_config(settings, group_id=settings.group_id)), **options)
+        ingestor._consumer.subscribe(settings.topic_list, listener=ingestor._assignments)
+        ingestor._in_group = True
+        return ingestor
+
+    @classmethod
+    def every_partition(cls, app: ChatBridge, settings: Settings, **options: Any) -> KafkaIngestor:
+        """Outside any group, every partition of the topics, from the stored positions (`replay --from-kafka`)."""
+        consumer = KafkaConsumer(**consumer_config(settings, group_id=None))
+        tps = []
+        for topic in settings.topic_list:
+            partitions = consumer.partitions_for_topic(topic)
+            if partitions is None:
+                consumer.close()
+                raise KafkaError(f"topic {topic!r} does not exist on {settings.kafka_bootstrap_servers}")
+            tps += [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        ingestor = cls(app, settings, consumer, **options)
+        ingestor._assignments.on_partitions_assigned(tps)
+        return ingestor
+
+    def end_offsets(self) -> dict[TopicPartition, int]:
+        return dict(self._consumer.end_offsets(list(self._consumer.assignment())))
+
+    def drain(self, ends: dict[TopicPartition, int], progress: Callable[[int], None] | None = None) -> IntakeCounts:
+        """Apply every record before `ends` (the topics' ends when the drain began), then stop."""
+        try:
+            while True:
+                self.poll_once(progress=progress)
+                # the consumer's position, not the last stored offset: transaction markers may end a partition
+                if all(self._consumer.position(tp) >= end for tp, end in ends.items()):
+                    return self.counts
+        finally:
+            self.close()
+
+    @property
+    def assigned(self) -> set[TopicPartition]:
+        return set(self._positions)
+
+    def run(self, stop: threading.Event, *, idle_stop: float | None = None) -> IntakeCounts:
+        """Consume until `stop` is set (SIGTERM/SIGINT): the batch in hand is finished, stored and committed.
+
+        `idle_stop`: also stop after that many seconds without a record (for draining a topic in tests and
+        `replay --from-kafka`).
+        """
+        idle_since = time.monotonic()
+        failures = 0
+        try:
+            while not stop.is_set():
+                try:
+                    stored = self.poll_once()
+                    failures = 0
+                except (KafkaError, OperationalError, OSError) as error:
+                    failures += 1
+                    delay = min(0.5 * 2**failures, 30.0)
+                    log.warning("intake paused %.1fs after %s: %s", delay, type(error).__name__, error)
+                    self._rewind()
+                    stop.wait(delay)
+                    continue
+                if stored:
+                    idle_since = time.monotonic()
+                elif idle_stop is not None and time.monotonic() - idle_since >= idle_stop:
+                    break
+        finally:
+            self.close()
+        return self.counts
+
+    def poll_once(self, timeout_ms: int = 500, progress: Callable[[int], None] | None = None) -> int:
+        """One poll: apply each partition's records, then commit. Returns how many records were handled."""
+        polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=self.settings.batch_size)
+        fresh = self._follow_assignments()
+        handled = 0
+        commits: dict[TopicPartition, OffsetAndMetadata] = {}
+        for tp, records in polled.items():
+            if tp in fresh or tp not in self._positions:
+                continue  # fetched before the seek to the stored position: they come again from there
+            handled += self._apply(tp, records)
+            commits[tp] = OffsetAndMetadata(self._positions[tp], "", -1)
+        if commits:
+            self.counts.batches += 1
+            if self._in_group:
+                self._commit(commits)
+            if progress:
+                progress(handled)
+            if self.after_batch and handled:
+                self.after_batch()
+        return handled
+
+    def _follow_assignments(self) -> set[TopicPartition]:
+        assigned, revoked = self._assignments.take()
+        for tp in revoked:
+            self._positions.pop(tp, None)
+        for tp in assigned:
+            position = self.app.position(partition_source(tp.topic, tp.partition))
+            self._positions[tp] = position
+            if position:
+                self._consumer.seek(tp, position)
+            else:
+                self._consumer.seek_to_beginning(tp)
+        if assigned or revoked:
+            log.info("partitions now %s", sorted(f"{tp.topic}:{tp.partition}" for tp in self._positions))
+        return assigned
+
+    def _rewind(self) -> None:
+        """After a failed batch: read every partition again from its stored position."""
+        for tp in list(self._positions):
+            try:
+                self._positions[tp] = self.app.position(partition_source(tp.topic, tp.partition))
+                self._consumer.seek(tp, self._positions[tp])
+            except Exception as error:  # the partition may be gone in a rebalance; the next assignment seeks
+                log.debug("rewind of %s:%s failed: %s", tp.topic, tp.partition, error)
+
+    def _apply(self, tp: TopicPartition, records: Sequence[Any]) -> int:
+        source = partition_source(tp.topic, tp.partition)
+        for _attempt in range(5):
+            position = self._positions[tp]
+            pending = [r for r in records if r.offset >= position]
+            self.counts.redelivered += len(records) - len(pending)
+            if not pending:
+                return 0
+            received = [Received(r.offset + 1, parse_record(r.value if r.value is not None else b"")) for r in pending]
+            self._dead_letter(tp, pending, received)
+            try:
+                outcomes = self.app.ingest(source, received)
+            except IntegrityError:
+                # Another replica stored some of these first (a rebalance race) or a message id arrived twice on
+                # two partitions at once: re-read the stored position and try what is left.
+                self._positions[tp] = self.app.position(source)
+                continue
+            self._positions[tp] = pending[-1].offset + 1
+            self.counts.add(outcomes)
+            return len(pending)
+        raise OperationalError(f"{source}: could not store the batch after 5 attempts")
+
+    def _dead_letter(self, tp: TopicPartition, records: Sequence[Any], received: Sequence[Received]) -> None:
+        if self._producer is None:
+            return
+        futures = [
+            self._producer.send(
+                self.settings.dlq_topic,
+                key=record.key,
+                value=dlq.dead_letter(record, item.parsed.reason),
+            )
+            for record, item in zip(records, received, strict=True)
+            if isinstance(item.parsed, Rejection)
+        ]
+        if futures:
+            self._producer.flush()
+            for future in futures:
+                future.get(timeout=30)  # raises if the broker did not take it: the batch is then not stored
+
+    def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        try:
+            self._consumer.commit(offsets)
+        except KafkaError as error:  # only lag monitoring depends on it; the stored position is the truth
+            log.info("offset commit skipped: %s", error)
+
+    def close(self) -> None:
+        """Leave the group cleanly (its partitions move at once, not after the session timeout)."""
+        try:
+            self._consumer.close(autocommit=False)
+        finally:
+            if self._producer is not None:
+                self._producer.close(timeout=10)

@@ -1,0 +1,338 @@
+"""The reconcile loop: level-triggered, like a Kubernetes controller.
+
+Each pass takes the desired rows (the projection) and picks the chats that need a look: *dirty* (the row or its
+phase at `now` differs from what was last brought about — which also covers *due* chats, whose phase changed by the
+clock alone at `next_due`), chats with persons still *pending* (no account yet), and every chat on a slow periodic
+*resync* (drift made by hand). For each it reads the actual chat from the backend, plans (`plan.plan`), applies
+the steps one by one and records each confirmed step as an outcome event on the chat's aggregate — so the audit
+sees who got or lost access and when, and a crash in the middle loses nothing: the next pass reads the backend
+again and plans only what is left.
+
+A chat whose steps fail waits with exponential backoff and jitter (its own, never the others'); after
+`park_after` failures in a row it is parked with its last error for `park_for`. Chats are reconciled by a bounded
+thread pool, so one slow chat (a long purge) does not hold the rest. What the loop remembers (fingerprints,
+backoff, pending) lives in memory: after a restart every chat is read once more, which reads but changes nothing
+where nothing drifted.
+
+Logs name chats by org and event id and count persons; they never name a person or an account.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from eventsourcing.persistence import IntegrityError
+
+from chatbridge.application import ChatBridge
+from chatbridge.backends.matrix import TENANT_FIELDS
+from chatbridge.backends.port import ActualChat, AddOutcome, BackendError, ChatBackend
+from chatbridge.backends.settings import ReconcilerSettings
+from chatbridge.domain.aggregates import ChatGroup, Organisation
+from chatbridge.domain.lifecycle import MEMBER_PHASES, Phase
+from chatbridge.projections.desired_state import ChatKey, DesiredChat
+from chatbridge.reconciler.plan import Step, StepKind, plan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ChatState:
+    """What the loop remembers about one chat between passes."""
+
+    fingerprint: tuple[DesiredChat, Phase] | None = None  # the desired row and phase last brought about
+    checked_at: datetime | None = None
+    failures: int = 0
+    retry_at: datetime | None = None
+    parked: bool = False
+    last_error: str | None = None
+    pending: frozenset[str] = frozenset()  # persons without a usable account (never logged)
+    chat_id: str | None = None
+    members_synced: int = 0
+    phase: Phase | None = None
+
+
+@dataclass(frozen=True)
+class ChatOutcome:
+    """One chat's reconciliation in one pass."""
+
+    org: str
+    event_id: str
+    generation: int
+    phase: Phase
+    applied: list[Step]
+    pending: int
+    error: str | None = None
+
+
+@dataclass
+class PassReport:
+    considered: int = 0
+    outcomes: list[ChatOutcome] = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        return sum(len(o.applied) for o in self.outcomes)
+
+    @property
+    def failed(self) -> list[ChatOutcome]:
+        return [o for o in self.outcomes if o.error is not None]
+
+    @property
+    def pending(self) -> int:
+        return sum(o.pending for o in self.outcomes)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "considered": self.considered,
+            "reconciled": len(self.outcomes),
+            "steps": self.steps,
+            "failed": len(self.failed),
+            "pending": self.pending,
+        }
+
+
+StatusListener = Callable[[DesiredChat, ChatState, datetime], None]
+
+
+class Reconciler:
+    """Reconciles desired rows with a chat backend and records the outcomes on the aggregates."""
+
+    def __init__(
+        self,
+        app: ChatBridge,
+        backend: ChatBackend,
+        settings: ReconcilerSettings | None = None,
+        *,
+        on_change: StatusListener | None = None,
+        jitter: Callable[[], float] = random.random,
+    ):
+        self.app = app
+        self.backend = backend
+        self.settings = settings or ReconcilerSettings()
+        self.on_change = on_change
+        self._jitter = jitter
+        self.states: dict[ChatKey, ChatState] = {}
+        self._lock = threading.Lock()
+        self._org_locks: dict[str, threading.Lock] = {}
+        self._in_flight: set[ChatKey] = set()
+        self._pool = ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="reconcile")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    # -- which chats -----------------------------------------------------------------------------------------
+
+    def needs_look(self, desired: DesiredChat, now: datetime) -> bool:
+        state = self.states.get((desired.org, desired.event_id))
+        if state is None:
+            return True
+        if state.retry_at is not None and now < state.retry_at:
+            return False
+        if state.fingerprint != (desired, desired.phase(now)):
+            return True  # dirty, or due: the phase moved with the clock
+        assert state.checked_at is not None
+        if state.pending and now - state.checked_at >= self.settings.pending_retry:
+            return True
+        return state.phase != Phase.DELETED and now - state.checked_at >= self.settings.resync
+
+    def parked(self) -> dict[ChatKey, str]:
+        return {key: state.last_error or "" for key, state in self.states.items() if state.parked}
+
+    def next_wake(self, rows: list[DesiredChat], now: datetime) -> datetime | None:
+        """The earliest moment a chat needs a look by the clock alone (for the caller's sleep)."""
+        moments = [d.next_due for d in rows if d.next_due is not None and d.next_due > now]
+        for state in self.states.values():
+            if state.retry_at is not None and state.retry_at > now:
+                moments.append(state.retry_at)
+            if state.pending and state.checked_at is not None:
+                moments.append(state.checked_at + self.settings.pending_retry)
+        return min(moments, default=None)
+
+    # -- passes ----------------------------------------------------------------------------------------------
+
+    def pass_once(self, rows: list[DesiredChat], now: datetime) -> PassReport:
+        """Reconcile every chat that needs a look at `now`, with bounded concurrency; waits for all of them."""
+        futures = self.submit(rows, now)
+        report = PassReport(considered=len(rows))
+        report.outcomes = [future.result() for future in futures]
+        return report
+
+    def submit(self, rows: list[DesiredChat], now: datetime) -> list[Future[ChatOutcome]]:
+        """Start reconciling the chats that need a look and are not being reconciled already."""
+        futures = []
+        for desired in rows:
+            key = (desired.org, desired.event_id)
+            with self._lock:
+                if key in self._in_flight or not self.needs_look(desired, now):
+                    continue
+                self._in_flight.add(key)
+            futures.append(self._pool.submit(self._reconcile_guarded, desired, now))
+        return futures
+
+    def _reconcile_guarded(self, desired: DesiredChat, now: datetime) -> ChatOutcome:
+        try:
+            return self.reconcile(desired, now)
+        finally:
+            with self._lock:
+                self._in_flight.discard((desired.org, desired.event_id))
+
+    # -- one chat --------------------------------------------------------------------------------------------
+
+    def reconcile(self, desired: DesiredChat, now: datetime) -> ChatOutcome:
+        """Read, plan, apply, record — for one chat. Never raises: a failure backs this chat off."""
+        key = (desired.org, desired.event_id)
+        state = self.states.setdefault(key, ChatState())
+        phase = desired.phase(now)
+        applied: list[Step] = []
+        pending: set[str] = set()
+        before = (state.phase, state.chat_id, state.members_synced, state.pending)
+        try:
+            self._delete_earlier_generations(desired, now)
+            if phase == Phase.DELETED and desired.generation in self._chat_group(desired).chats_deleted:
+                actual = None  # its deletion is confirmed and recorded: no need to ask the backend again
+            else:
+                actual = self.backend.get_chat(*key, desired.generation)
+            if phase in MEMBER_PHASES:  # the tenant first: a chat lives in it, and its data may have changed
+                self._ensure_tenant(desired.org, now)
+            steps = plan(desired, actual, now, self.backend)
+            actual = self._apply(desired, actual, steps, now, applied, pending)
+        except Exception as error:  # a bug or a refusal in one chat must not stop the others
+            self._failed(key, state, error, now)
+            log.warning("chat %s/%s: %s", *key, state.last_error)
+            return ChatOutcome(*key, desired.generation, phase, applied, len(pending), state.last_error)
+        state.fingerprint = (desired, phase)
+        state.checked_at = now
+        state.failures, state.retry_at, state.parked, state.last_error = 0, None, False, None
+        state.pending = frozenset(pending)
+        state.phase = phase
+        state.chat_id = actual.chat_id if actual is not None else None
+        state.members_synced = len(actual.members) if actual is not None else 0
+        if applied:
+            log.info("chat %s/%s: %d steps applied, %d pending", *key, len(applied), len(pending))
+        if self.on_change is not None and before != (state.phase, state.chat_id, state.members_synced, state.pending):
+            self.on_change(desired, state, now)
+        return ChatOutcome(*key, desired.generation, phase, applied, len(pending))
+
+    def _failed(self, key: ChatKey, state: ChatState, error: Exception, now: datetime) -> None:
+        state.failures += 1
+        state.fingerprint = None
+        kind = "" if isinstance(error, BackendError) else f"{type(error).__name__}: "
+        state.last_error = f"{kind}{error}"
+        if state.failures >= self.settings.park_after:
+            state.parked = True
+            state.retry_at = now + self.settings.park_for
+            log.error("chat %s/%s parked after %d failures: %s", *key, state.failures, state.last_error)
+            return
+        ceiling = min(self.settings.backoff_max, self.settings.backoff_base * 2 ** (state.failures - 1))
+        state.retry_at = now + ceiling / 2 + ceiling / 2 * self._jitter()
+
+    def _apply(
+        self,
+        desired: DesiredChat,
+        actual: ActualChat | None,
+        steps: list[Step],
+        now: datetime,
+        applied: list[Step],
+        pending: set[str],
+    ) -> ActualChat | None:
+        org, event_id, generation = desired.org, desired.event_id, desired.generation
+        for step in steps:
+            if step.kind == StepKind.CREATE_CHAT:
+                tenant_id = self._ensure_tenant(org, now)
+                actual = self.backend.create_chat(org, event_id, generation, tenant_id)
+                chat_id = actual.chat_id
+                self._record(desired, ChatGroup.record_chat_created, generation, chat_id, now)
+                applied.append(step)
+                continue
+            assert actual is not None
+            chat_id = actual.chat_id
+            members, moderators, read_only = set(actual.members), set(actual.moderators), actual.read_only
+            user, person = step.user_id or "", step.person_id
+            if step.kind == StepKind.ADD_MEMBER:
+                outcome = self.backend.add_member(chat_id, user)
+                if outcome == AddOutcome.PENDING:
+                    pending.add(person or user)
+                    continue
+                members.add(user)
+                self._record(desired, ChatGroup.record_access_granted, generation, person, now)
+            elif step.kind == StepKind.REMOVE_MEMBER:
+                self.backend.remove_member(chat_id, user)
+                members.discard(user)
+                self._record(desired, ChatGroup.record_access_revoked, generation, person, now)
+            elif step.kind == StepKind.SET_MODERATOR:
+                self.backend.set_moderator(chat_id, user, bool(step.value))
+                (moderators.add if step.value else moderators.discard)(user)
+                self._record(desired, ChatGroup.record_moderator, generation, person, bool(step.value), now)
+            elif step.kind == StepKind.SET_READ_ONLY:
+                self.backend.set_read_only(chat_id, bool(step.value))
+                read_only = bool(step.value)
+                if read_only:
+                    self._record(desired, ChatGroup.record_read_only, generation, now)
+                else:
+                    self._record(desired, ChatGroup.record_reopened, generation, now)
+            elif step.kind == StepKind.DELETE_CHAT:
+                deletion = self.backend.delete_chat(chat_id)
+                record = deletion.as_record()
+                self._record(desired, ChatGroup.record_chat_deleted, generation, now, record)
+                applied.append(step)
+                actual = None
+                continue
+            applied.append(step)
+            actual = ActualChat(chat_id, frozenset(members), frozenset(moderators), read_only)
+        return actual
+
+    def _delete_earlier_generations(self, desired: DesiredChat, now: datetime) -> None:
+        """A new generation is a new chat: an earlier one the backend still has (a missed deletion) goes now."""
+        if desired.generation == 1:
+            return
+        chat = self._chat_group(desired)
+        for generation in sorted(chat.backend_chats):
+            if generation >= desired.generation or generation in chat.chats_deleted:
+                continue
+            actual = self.backend.get_chat(desired.org, desired.event_id, generation)
+            if actual is not None:
+                record = self.backend.delete_chat(actual.chat_id).as_record()
+            else:
+                record = {"chat_id": chat.backend_chats[generation], "status": "not found"}
+            self._record(desired, ChatGroup.record_chat_deleted, generation, now, record)
+
+    def _ensure_tenant(self, org: str, now: datetime) -> str:
+        """The organisation's tenant, provisioned with exactly the contract's fields (recorded as a transfer)."""
+        with self._lock:
+            org_lock = self._org_locks.setdefault(org, threading.Lock())
+        with org_lock:
+            organisation: Organisation = self.app.repository.get(Organisation.create_id(org))
+            fields = {k: v for k, v in (organisation.tenant or {}).items() if k in TENANT_FIELDS}
+            if organisation.tenant_id is not None and organisation.tenant_transferred == fields:
+                return organisation.tenant_id
+            tenant = self.backend.ensure_tenant(org, fields)
+            for _ in range(5):
+                try:
+                    organisation.record_tenant_provisioned(now, tenant.tenant_id, tenant.transferred)
+                    self.app.save(organisation)
+                    break
+                except IntegrityError:  # the consumer recorded a message meanwhile: reload and record again
+                    organisation = self.app.repository.get(Organisation.create_id(org))
+            return tenant.tenant_id
+
+    def _chat_group(self, desired: DesiredChat) -> ChatGroup:
+        return self.app.repository.get(ChatGroup.create_id(desired.org, desired.event_id))  # type: ignore[no-any-return]
+
+    def _record(self, desired: DesiredChat, change: Callable[..., None], *args: Any) -> None:
+        """Record one confirmed outcome on the chat's aggregate; a concurrent write by the consumer is retried."""
+        for attempt in range(5):
+            chat = self._chat_group(desired)
+            change(chat, *args)
+            try:
+                self.app.save(chat)
+                return
+            except IntegrityError:
+                if attempt == 4:
+                    raise
