@@ -351,3 +351,76 @@ def _progress() -> Progress:
 
 def main() -> None:
     app()
+
+
+# -- reconcile (issue #4): the chats at the chat backend brought in line with the desired state ----------------
+
+
+@app.command()
+def reconcile(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan and change nothing; exit 0 no changes, 2 changes.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan (or the pass) as JSON.")] = False,
+    once: Annotated[bool, typer.Option("--once", help="Apply one pass and exit (1 if a chat failed).")] = False,
+    now: Annotated[
+        str | None, typer.Option("--now", help="The clock, ISO 8601 (default: now); moves deadlines for dry runs.")
+    ] = None,
+) -> None:
+    """Bring the chats at the chat backend (Matrix) in line with the desired state.
+
+    Without --dry-run or --once it runs until SIGTERM/SIGINT, reconciling chats as they become dirty or due.
+    """
+    from chatbridge.backends.port import BackendError
+    from chatbridge.backends.settings import MatrixSettings, ReconcilerSettings
+    from chatbridge.reconciler import service as reconciling
+
+    settings = _settings()
+    try:
+        options = ReconcilerSettings()
+        backend = reconciling.open_backend(MatrixSettings())
+    except ValidationError as error:
+        problems = "; ".join(f"{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in error.errors())
+        raise _fail(f"bad chat backend configuration: {problems}") from None
+    except ValueError as error:
+        raise _fail(str(error)) from None
+    moment = _parse_now(now) if now else None
+    store = open_store(settings)
+    try:
+        if dry_run:
+            at = moment or reconciling.utc_now()
+            plans = reconciling.dry_run(store.app, reconciling.desired_rows(store), backend, at)
+            if as_json:
+                _print_json(reconciling.plan_document(plans, at))
+            else:
+                print(reconciling.render_plan(plans))
+            raise typer.Exit(1 if any(p.error for p in plans) else 2 if any(p.steps for p in plans) else 0)
+        if once:
+            at = moment or reconciling.utc_now()
+            report = reconciling.reconcile_once(store, backend, at, options)
+            if as_json:
+                _print_json(reconciling.pass_document(report, at))
+            else:
+                summary = report.summary()
+                print(", ".join(f"{key} {value}" for key, value in summary.items()))
+                for outcome in report.failed:
+                    print(f"failed {outcome.org}/{outcome.event_id}: {outcome.error}")
+            raise typer.Exit(1 if report.failed else 0)
+        log_format = "%(asctime)s %(levelname)s %(name)s %(message)s"
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=log_format)
+        stop = threading.Event()
+        worker.stop_on_signals(stop)
+        started = reconciling.utc_now()
+
+        def clock() -> datetime:  # --now shifts the clock, which then runs on
+            return reconciling.utc_now() if moment is None else moment + (reconciling.utc_now() - started)
+
+        def rows() -> list[Any]:
+            return reconciling.desired_rows(store)
+
+        reconciling.ReconcilerWorker(store.app, backend, rows, options, clock=clock).run(stop)
+    except BackendError as error:
+        raise _fail(f"chat backend: {error}") from None
+    finally:
+        backend.close()
+        store.close()

@@ -75,6 +75,7 @@ class ChatOutcome:
 class PassReport:
     considered: int = 0
     outcomes: list[ChatOutcome] = field(default_factory=list)
+    parked: dict[ChatKey, str] = field(default_factory=dict)  # chats parked after this pass, with their errors
 
     @property
     def steps(self) -> int:
@@ -162,6 +163,7 @@ class Reconciler:
         futures = self.submit(rows, now)
         report = PassReport(considered=len(rows))
         report.outcomes = [future.result() for future in futures]
+        report.parked = self.parked()
         return report
 
     def submit(self, rows: list[DesiredChat], now: datetime) -> list[Future[ChatOutcome]]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from chatbridge.application import ChatBridge
 from chatbridge.backends.matrix import MatrixBackend
-from chatbridge.backends.port import BackendError, ChatBackend
+from chatbridge.backends.port import BackendError, BackendUnavailable, ChatBackend
 from chatbridge.backends.settings import MatrixSettings, ReconcilerSettings
 from chatbridge.bootstrap import Store
 from chatbridge.domain.aggregates import ChatGroup
@@ -76,12 +76,35 @@ def dry_run(app: ChatBridge, rows: list[DesiredChat], backend: ChatBackend, now:
                 continue  # deleted, confirmed and recorded
         try:
             actual = backend.get_chat(desired.org, desired.event_id, desired.generation)
+        except BackendUnavailable:
+            raise  # the backend is down: no use asking it about every other chat
         except BackendError as error:
             plans.append(ChatPlan(desired.org, desired.event_id, desired.generation, phase, [], str(error)))
             continue
         steps = plan(desired, actual, now, backend)
         plans.append(ChatPlan(desired.org, desired.event_id, desired.generation, phase, steps))
     return plans
+
+
+def pass_document(report: PassReport, now: datetime) -> dict[str, Any]:
+    """What one pass did, for `reconcile --once --json`: counts, each chat's applied steps, parked chats."""
+    return {
+        "now": now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **report.summary(),
+        "chats": [
+            {
+                "org": o.org,
+                "event_id": o.event_id,
+                "generation": o.generation,
+                "phase": str(o.phase),
+                "applied": [step.as_json() for step in o.applied],
+                "pending": o.pending,
+                **({"error": o.error} if o.error else {}),
+            }
+            for o in report.outcomes
+        ],
+        "parked": [{"org": k[0], "event_id": k[1], "error": e} for k, e in sorted(report.parked.items())],
+    }
 
 
 def plan_document(plans: list[ChatPlan], now: datetime) -> dict[str, Any]:
