@@ -232,3 +232,78 @@ def test_many_chats_converge_with_bounded_concurrency():
     assert sum(1 for c in world.backend.calls if c[0] == "ensure_tenant") == 1  # one tenant, provisioned once
     assert all(world.chat(f"e{i}").members == {world.uid(ALICE), world.uid(BOB)} for i in range(20))
     world.reconciler.close()
+
+
+class Published:
+    def __init__(self):
+        self.messages = []
+
+    def publish(self, key, document):
+        self.messages.append((key, document))
+
+
+def test_a_status_is_published_on_every_change_and_only_then():
+    from chatbridge.reconciler.status import StatusReporter
+
+    world = World(accounts=set())
+    world.backend.accounts = {world.uid(ALICE)}
+    published = Published()
+    world.reconciler.on_change = StatusReporter(world.backend, published)
+    world.stream.org_on(at(1))
+    world.stream.event("4711", at(1, 10), start=START, end=END, responsible=ALICE, staff={BOB: "assigned"})
+    world.run(at(2))
+    key, document = published.messages[-1]
+    assert key == f"{ORG}/4711"
+    assert document == {"org": ORG, "event_id": "4711", "generation": 1, "phase": "active",
+                        "chat_link": "https://matrix.to/#/!room1:fake", "members_synced": 1, "members_pending": 1,
+                        "at": "2026-12-01T23:00:00Z"}  # fmt: skip
+    assert BOB not in str(published.messages) and ALICE not in str(published.messages)
+    world.run(at(2) + timedelta(seconds=30))  # nothing looked at, nothing published
+    world.run(at(2) + timedelta(minutes=1))  # pending retried, still pending: nothing changed
+    assert len(published.messages) == 1
+    world.backend.accounts.add(world.uid(BOB))
+    world.run(at(2) + timedelta(minutes=2))
+    assert published.messages[-1][1]["members_synced"] == 2 and published.messages[-1][1]["members_pending"] == 0
+    world.run(END + timedelta(days=2))
+    assert published.messages[-1][1]["phase"] == "read_only"
+    world.run(END + timedelta(days=32))
+    assert published.messages[-1][1]["phase"] == "deleted" and published.messages[-1][1]["chat_link"] is None
+    assert len(published.messages) == 4
+    world.reconciler.close()
+
+
+def test_the_kafka_publisher_keys_by_chat():
+    from chatbridge.reconciler.status import STATUS_TOPIC, KafkaStatusPublisher
+
+    sent = []
+
+    class Producer:
+        def send(self, topic, key, value):
+            sent.append((topic, key, value))
+
+    KafkaStatusPublisher(Producer()).publish("drk-koeln/4711", {"phase": "active"})
+    assert sent == [(STATUS_TOPIC, b"drk-koeln/4711", b'{"phase": "active"}')]
+
+
+def test_the_worker_runs_rounds_until_stopped():
+    import threading
+
+    from chatbridge.reconciler.service import ReconcilerWorker
+
+    world = World()
+    world.stream.org_on(at(1))
+    world.stream.event("4711", at(1, 10), start=START, end=END, responsible=ALICE)
+    world.feed()
+    rows = world.rows()
+    stop = threading.Event()
+    worker = ReconcilerWorker(world.app, world.backend, lambda: rows, ReconcilerSettings(interval=0.01),
+                              clock=lambda: at(2))  # fmt: skip
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    for _ in range(200):
+        if world.chat() is not None and world.chat().members:
+            break
+        threading.Event().wait(0.01)
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive() and world.chat().members == {world.uid(ALICE)}
