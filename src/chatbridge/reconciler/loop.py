@@ -144,17 +144,19 @@ class Reconciler:
         return state.phase != Phase.DELETED and now - state.checked_at >= self.settings.resync
 
     def parked(self) -> dict[ChatKey, str]:
-        return {key: state.last_error or "" for key, state in self.states.items() if state.parked}
+        with self._lock:
+            return {key: state.last_error or "" for key, state in self.states.items() if state.parked}
 
     def next_wake(self, rows: list[DesiredChat], now: datetime) -> datetime | None:
-        """The earliest moment a chat needs a look by the clock alone (for the caller's sleep)."""
-        moments = [d.next_due for d in rows if d.next_due is not None and d.next_due > now]
-        for state in self.states.values():
-            if state.retry_at is not None and state.retry_at > now:
-                moments.append(state.retry_at)
+        """The earliest moment after `now` a chat needs a look by the clock alone (for the caller's sleep)."""
+        moments: list[datetime | None] = [d.next_due for d in rows]
+        with self._lock:
+            states = list(self.states.values())
+        for state in states:
+            moments.append(state.retry_at)
             if state.pending and state.checked_at is not None:
                 moments.append(state.checked_at + self.settings.pending_retry)
-        return min(moments, default=None)
+        return min((m for m in moments if m is not None and m > now), default=None)
 
     # -- passes ----------------------------------------------------------------------------------------------
 
@@ -175,6 +177,7 @@ class Reconciler:
                 if key in self._in_flight or not self.needs_look(desired, now):
                     continue
                 self._in_flight.add(key)
+                self.states.setdefault(key, ChatState())  # created here, under the lock, never by the workers
             futures.append(self._pool.submit(self._reconcile_guarded, desired, now))
         return futures
 
