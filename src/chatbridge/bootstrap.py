@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from chatbridge.application import ChatBridge
 from chatbridge.domain.lifecycle import Policy
@@ -34,6 +35,9 @@ def store_env(settings: Settings) -> dict[str, str]:
     """The eventsourcing library's settings for the configured store."""
     if settings.store == "postgres":
         return {
+            # The library's table creation takes an ACCESS EXCLUSIVE lock on the tracking table, which deadlocks
+            # against a running worker: create the schema only when it is not there yet.
+            f"{_PREFIX}CREATE_TABLE": "n" if _postgres_schema_exists(settings) else "y",
             f"{_PREFIX}PERSISTENCE_MODULE": "eventsourcing.postgres",
             f"{_PREFIX}POSTGRES_HOST": settings.postgres_host,
             f"{_PREFIX}POSTGRES_PORT": str(settings.postgres_port),
@@ -57,11 +61,32 @@ def open_store(settings: Settings, policy: Policy | None = None) -> Store:
     return Store(app=app, projection=DesiredStateProjection(app, view, policy or settings.policy))
 
 
-# Every table chatbridge keeps in its database, for `replay --from-kafka --force` (disaster recovery).
-_TABLES = (
-    "chatbridge_intake", "desired_state", "organisation_feature", "person_status", "person_chats",
-    "desired_state_meta",
+# Every table chatbridge keeps in a PostgreSQL database (the library names its own after the application).
+_ALL_TABLES = (
+    "chatbridge_events", "chatbridge_tracking", "chatbridge_intake", "desired_state", "organisation_feature",
+    "person_status", "person_chats", "desired_state_meta",
 )  # fmt: skip
+
+
+def _postgres_connection(settings: Settings) -> Any:
+    import psycopg  # only the PostgreSQL store needs it
+
+    return psycopg.connect(
+        host=settings.postgres_host,
+        port=settings.postgres_port,
+        dbname=settings.postgres_dbname,
+        user=settings.postgres_user,
+        password=settings.postgres_password.get_secret_value(),
+        autocommit=True,
+    )
+
+
+def _postgres_schema_exists(settings: Settings) -> bool:
+    with _postgres_connection(settings) as connection:
+        row = connection.execute(
+            "SELECT " + ", ".join(f"to_regclass('{table}') IS NOT NULL" for table in _ALL_TABLES)
+        ).fetchone()
+    return all(row)
 
 
 def wipe_store(settings: Settings) -> None:
@@ -70,15 +95,6 @@ def wipe_store(settings: Settings) -> None:
         for suffix in ("", "-wal", "-shm", "-journal"):
             settings.database.with_name(settings.database.name + suffix).unlink(missing_ok=True)
         return
-    import psycopg  # only the PostgreSQL store needs it
-
-    with psycopg.connect(
-        host=settings.postgres_host,
-        port=settings.postgres_port,
-        dbname=settings.postgres_dbname,
-        user=settings.postgres_user,
-        password=settings.postgres_password.get_secret_value(),
-        autocommit=True,
-    ) as connection:
-        for table in (*_TABLES, "chatbridge_events", "chatbridge_tracking"):
+    with _postgres_connection(settings) as connection:
+        for table in _ALL_TABLES:
             connection.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
