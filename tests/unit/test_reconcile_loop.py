@@ -300,7 +300,7 @@ def test_the_worker_runs_rounds_until_stopped():
                               clock=lambda: at(2))  # fmt: skip
     thread = threading.Thread(target=worker.run, args=(stop,))
     thread.start()
-    for _ in range(200):
+    for _ in range(1000):  # up to 10 s on a busy machine
         if world.chat() is not None and world.chat().members:
             break
         threading.Event().wait(0.01)
