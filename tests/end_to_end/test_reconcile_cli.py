@@ -21,8 +21,10 @@ pytestmark = pytest.mark.end_to_end
 CHATBRIDGE = shutil.which("chatbridge", path=str(Path(sys.executable).parent)) or "chatbridge"
 
 
-def chatbridge(*args: str, database: Path, token_file: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATBRIDGE_")}
+def chatbridge(
+    *args: str, database: Path, token_file: Path | None = None, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATBRIDGE_")} | extra
     env["CHATBRIDGE_DATABASE"] = str(database)
     env["CHATBRIDGE_MATRIX_TOKEN_FILE"] = str(token_file or services_dir() / "synapse" / "bot_token")
     return subprocess.run([CHATBRIDGE, *args], capture_output=True, text=True, env=env, timeout=300)
@@ -72,3 +74,18 @@ def test_a_missing_token_is_a_clear_error(tmp_path: Path):
     result = chatbridge("reconcile", "--dry-run", database=tmp_path / "x.db", token_file=tmp_path / "nope")
     assert result.returncode == 1
     assert "no Matrix access token" in result.stderr and "CHATBRIDGE_MATRIX_TOKEN" in result.stderr
+
+
+def test_an_unreachable_backend_is_an_error_not_a_plan(tmp_path: Path, synapse: Synapse, org: str):
+    stream = Stream()
+    stream.org_on(at(1), org=org)
+    stream.event("1", at(1, 10), start=at(5, 9), end=at(5, 17), responsible=uuid.uuid4().hex, org=org)
+    messages = tmp_path / "messages.jsonl"
+    messages.write_bytes(b"\n".join(stream.lines) + b"\n")
+    database = tmp_path / "store.db"
+    assert chatbridge("ingest", str(messages), database=database).returncode == 0
+    down = {"CHATBRIDGE_MATRIX_BASE_URL": "http://127.0.0.1:9", "CHATBRIDGE_MATRIX_MAX_ATTEMPTS": "2"}
+    for mode in ("--dry-run", "--once"):
+        result = chatbridge("reconcile", mode, database=database, **down)
+        assert result.returncode == 1, (mode, result.stdout, result.stderr)
+        assert "connection failed" in result.stderr + result.stdout and "Traceback" not in result.stderr
