@@ -307,3 +307,11 @@ def test_the_worker_runs_rounds_until_stopped():
     stop.set()
     thread.join(5)
     assert not thread.is_alive() and world.chat().members == {world.uid(ALICE)}
+
+
+def test_an_unexpected_error_parks_the_chat_without_naming_anyone(world, caplog):
+    world.backend.fail = lambda op, args: KeyError(args[1]) if op == "add_member" else None
+    with caplog.at_level("INFO"):
+        report = world.run(at(2))
+    assert report.failed[0].error == "unexpected KeyError"
+    assert ALICE not in caplog.text and world.uid(ALICE) not in caplog.text and BOB not in caplog.text

@@ -228,8 +228,11 @@ class Reconciler:
     def _failed(self, key: ChatKey, state: ChatState, error: Exception, now: datetime) -> None:
         state.failures += 1
         state.fingerprint = None
-        kind = "" if isinstance(error, BackendError) else f"{type(error).__name__}: "
-        state.last_error = f"{kind}{error}"
+        if isinstance(error, BackendError):
+            state.last_error = str(error)  # the adapters' messages name the operation, never a person or account
+        else:  # an unexpected error's text may hold anything (a user id in a KeyError): its type only, and the
+            state.last_error = f"unexpected {type(error).__name__}"  # traceback at DEBUG for the developer
+            log.debug("chat %s/%s failed", *key, exc_info=error)
         if state.failures >= self.settings.park_after:
             state.parked = True
             state.retry_at = now + self.settings.park_for
