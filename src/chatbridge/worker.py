@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 
@@ -17,6 +18,8 @@ from chatbridge.consumers.kafka import IntakeCounts, KafkaIngestor
 from chatbridge.settings import Settings
 
 log = logging.getLogger(__name__)
+
+FOLD_INTERVAL = 1.0  # seconds between projection folds while records stream in
 
 
 def stop_on_signals(stop: threading.Event) -> None:
@@ -40,11 +43,20 @@ def run_worker(
 ) -> IntakeCounts:
     """Consume the input topics into the store until `stop` is set, folding the projection after each batch."""
     ingestor: KafkaIngestor
+    folded_at, unfolded = time.monotonic(), 0
 
-    def after_batch() -> None:
-        store.projection.catch_up()
-        if on_batch:
+    def after_poll(handled: int) -> None:
+        # Fold at most once a second while records stream in, and at once when the topics fall quiet: folding
+        # after every small batch would cost more than the intake itself.
+        nonlocal folded_at, unfolded
+        unfolded += handled
+        if unfolded and (handled == 0 or time.monotonic() - folded_at >= FOLD_INTERVAL):
+            store.projection.catch_up()
+            folded_at, unfolded = time.monotonic(), 0
+        if on_batch and handled:
             on_batch(ingestor.counts)
 
-    ingestor = KafkaIngestor.in_group(store.app, settings, after_batch=after_batch)
-    return ingestor.run(stop, idle_stop=idle_stop)
+    ingestor = KafkaIngestor.in_group(store.app, settings, after_poll=after_poll)
+    counts = ingestor.run(stop, idle_stop=idle_stop)
+    store.projection.catch_up()
+    return counts

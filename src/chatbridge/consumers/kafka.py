@@ -36,6 +36,7 @@ from chatbridge.settings import Settings
 
 log = logging.getLogger(__name__)
 
+
 def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     return {
         "bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
@@ -110,7 +111,7 @@ class _Assignments(ConsumerRebalanceListener):
 class KafkaIngestor:
     """Polls the input topics in a consumer group and applies each partition's share of a batch atomically.
 
-    `after_batch` runs after every batch that stored something (the worker folds the projection there).
+    `after_poll(handled)` runs after every poll, also an empty one (the worker folds the projection there).
     """
 
     def __init__(
@@ -119,12 +120,12 @@ class KafkaIngestor:
         settings: Settings,
         consumer: KafkaConsumer,
         *,
-        after_batch: Callable[[], None] | None = None,
+        after_poll: Callable[[int], None] | None = None,
         dead_letters: bool = True,
     ):
         self.app = app
         self.settings = settings
-        self.after_batch = after_batch
+        self.after_poll = after_poll
         self.counts = IntakeCounts()
         self._consumer = consumer
         self._assignments = _Assignments()
@@ -219,8 +220,8 @@ class KafkaIngestor:
                 self._commit(commits)
             if progress:
                 progress(handled)
-            if self.after_batch and handled:
-                self.after_batch()
+        if self.after_poll:
+            self.after_poll(handled)
         return handled
 
     def _follow_assignments(self) -> set[TopicPartition]:
