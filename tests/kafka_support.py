@@ -187,11 +187,15 @@ def settings_of(env: dict[str, str]) -> Settings:
 class Worker:
     """`chatbridge run` in its own process, its output kept in a file for the test's failure message."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path, name: str = "worker"):
+    def __init__(
+        self, env: dict[str, str], log_dir: Path, name: str = "worker", args: Sequence[str] = ("--no-reconcile",)
+    ):
         self.env = env
         self.log_path = log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
         self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen([CHATBRIDGE, "run"], env=env, cwd=ROOT, stdout=self._log, stderr=self._log)
+        self.process = subprocess.Popen(
+            [CHATBRIDGE, "run", *args], env=env, cwd=ROOT, stdout=self._log, stderr=self._log
+        )
 
     def kill(self) -> None:
         self.process.kill()  # SIGKILL: no chance to finish anything

@@ -211,14 +211,21 @@ def run(
         float | None,
         typer.Option("--exit-when-idle", help="Stop after this many seconds without a new record (drain and exit)."),
     ] = None,
+    no_reconcile: Annotated[
+        bool, typer.Option("--no-reconcile", help="Only consume into the store; leave the chats to another process.")
+    ] = False,
 ) -> None:
-    """The worker: consume the input topics (CHATBRIDGE_TOPICS) in the consumer group into the store.
+    """The worker: consume the input topics (CHATBRIDGE_TOPICS) in the consumer group into the store, and
+    reconcile the chats of the partitions it owns at the chat backend, publishing their status.
 
     Runs until SIGTERM or SIGINT; then it stores and commits the batch in hand and leaves the group.
     """
     settings = _settings()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    chat_sync, status_producer = None, None
+    if not no_reconcile:
+        chat_sync, status_producer = _chat_sync(settings)
     stop = threading.Event()
     worker.stop_on_signals(stop)
     store = open_store(settings)
@@ -230,10 +237,35 @@ def run(
             err.print(f"consumed {counts.total}: {_outcomes(counts.outcomes)}", highlight=False)
 
     try:
-        counts = worker.run_worker(store, settings, stop, idle_stop=exit_when_idle, on_batch=report)
+        counts = worker.run_worker(
+            store, settings, stop, idle_stop=exit_when_idle, on_batch=report, chat_sync=chat_sync
+        )
     finally:
         store.close()
+        if chat_sync is not None:
+            chat_sync.backend.close()
+        if status_producer is not None:
+            status_producer.close(timeout=10)
     err.print(f"stopped after {counts.total} records: {_outcomes(counts.outcomes)}", highlight=False)
+
+
+def _chat_sync(settings: Settings) -> tuple[worker.ChatSync, Any]:
+    """The chat backend, the reconciler's options and the status publisher, from the environment."""
+    from chatbridge.backends.settings import MatrixSettings, ReconcilerSettings
+    from chatbridge.reconciler.service import open_backend
+    from chatbridge.reconciler.status import KafkaStatusPublisher, StatusReporter
+
+    try:
+        options = ReconcilerSettings()
+        backend = open_backend(MatrixSettings())
+    except ValidationError as error:
+        problems = "; ".join(f"{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in error.errors())
+        raise _fail(f"bad chat backend configuration: {problems}") from None
+    except ValueError as error:
+        raise _fail(f"{error} (or run with --no-reconcile)") from None
+    status_producer = kafka_producer(settings)
+    status = StatusReporter(backend, KafkaStatusPublisher(status_producer, settings.status_topic))
+    return worker.ChatSync(backend, options, status), status_producer
 
 
 def _outcomes(outcomes: dict[str, int]) -> str:

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     topics: str = Field(default="hiorg.chat.v1", description="Input topics, comma-separated.")
     group_id: str = Field(default="chatbridge", description="Kafka consumer group of the `run` replicas.")
     dlq_topic: str = Field(default="chatbridge.dlq.v1", description="Dead-letter topic for rejected records.")
+    status_topic: str = Field(
+        default="chatbridge.chat-status.v1", description="Where each chat's status goes back to HiOrg-Server."
+    )
     kafka_session_timeout_ms: int = Field(
         default=30000,
         ge=1000,

@@ -129,3 +129,6 @@ class FakeChatBackend:
 
     def chat_link(self, chat_id: str) -> str:
         return f"https://matrix.to/#/{chat_id}"
+
+    def close(self) -> None:
+        pass

@@ -109,3 +109,7 @@ class ChatBackend(Protocol):
     def chat_link(self, chat_id: str) -> str:
         """A link a member can open to reach the chat (shown by HiOrg-Server's chat button)."""
         ...
+
+    def close(self) -> None:
+        """Release the backend's connections (the worker calls it when it stops)."""
+        ...

@@ -26,6 +26,7 @@ from eventsourcing.persistence import IntegrityError, OperationalError
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
+from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
 from chatbridge.application import ChatBridge, Received
@@ -35,6 +36,24 @@ from chatbridge.persistence import IntakeRecord, partition_source
 from chatbridge.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner (Java's and kafka-python's alike) gives a keyed record."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """The chats this replica answers for: those whose event key falls on a partition it owns (of the first input
+    topic), so that replicas in one group never reconcile the same chat at once."""
+
+    topic: str
+    partitions: frozenset[int]
+    partition_count: int
+
+    def owns(self, org: str, event_id: str) -> bool:
+        return bool(self.partitions) and partition_of(f"{org}/{event_id}", self.partition_count) in self.partitions
 
 
 def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
@@ -132,6 +151,8 @@ class KafkaIngestor:
         self._positions: dict[TopicPartition, int] = {}  # next offset to read, as stored
         self._producer = producer(settings) if dead_letters else None
         self._in_group = False
+        # replaced whole, never changed in place: the reconciler's thread reads it while this one polls
+        self.ownership = Ownership(settings.topic_list[0], frozenset(), 1)
 
     @classmethod
     def in_group(cls, app: ChatBridge, settings: Settings, **options: Any) -> KafkaIngestor:
@@ -237,6 +258,12 @@ class KafkaIngestor:
                 self._consumer.seek_to_beginning(tp)
         if assigned or revoked:
             log.info("partitions now %s", sorted(f"{tp.topic}:{tp.partition}" for tp in self._positions))
+            topic = self.ownership.topic
+            self.ownership = Ownership(
+                topic,
+                frozenset(tp.partition for tp in self._positions if tp.topic == topic),
+                len(self._consumer.partitions_for_topic(topic) or ()) or 1,
+            )
         return assigned
 
     def _rewind(self) -> None:

@@ -176,6 +176,11 @@ class ReconcilerWorker:
         self.reconciler = Reconciler(app, backend, self.settings, on_change=on_change)
         self.rows = rows
         self.clock = clock
+        self._wake = threading.Event()
+
+    def nudge(self) -> None:
+        """Look again now (new desired state was folded, or the worker is stopping), not after the sleep."""
+        self._wake.set()
 
     def round(self) -> float:
         """One round; returns the seconds to sleep before the next."""
@@ -195,6 +200,7 @@ class ReconcilerWorker:
                 except Exception:  # the store may be busy or briefly unavailable: try again next round
                     log.exception("reconciler round failed")
                     delay = self.settings.interval
-                stop.wait(delay)
+                self._wake.wait(delay)
+                self._wake.clear()
         finally:
             self.reconciler.close()
