@@ -189,8 +189,10 @@ def replay(
             raise _fail(str(error)) from None
         except KafkaError as error:
             raise _fail(f"Kafka at {settings.kafka_bootstrap_servers}: {error}") from None
-        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(counts.outcomes.items())) or "no records"
-        err.print(f"rebuilt the store from {', '.join(settings.topic_list)}: {outcomes}; folded {folded} events")
+        err.print(
+            f"rebuilt the store from {', '.join(settings.topic_list)}: {_outcomes(counts.outcomes)}; "
+            f"folded {folded} events"
+        )
         return
     if force:
         raise _fail("--force only applies to --from-kafka")
