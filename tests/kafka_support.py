@@ -175,6 +175,8 @@ def worker_env(bootstrap: str, topic: str, store_env: dict[str, str], **extra: s
         "CHATBRIDGE_GROUP_ID": f"group-{topic}",
         "CHATBRIDGE_DLQ_TOPIC": f"dlq-{topic}",
         "CHATBRIDGE_KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "CHATBRIDGE_HTTP_PORT": "0",  # /healthz, /readyz, /metrics on a free port: replicas run side by side
+        "CHATBRIDGE_LOG_FORMAT": "json",
         **extra,
     }
 
@@ -211,6 +213,16 @@ class Worker:
     def output(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
+
+    def http_port(self, timeout: float = 60) -> int:
+        """The port the worker serves /healthz, /readyz and /metrics on (from its log line)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.output().splitlines():
+                if line.startswith("{") and "serving /healthz" in line:
+                    return int(json.loads(line)["event"].rsplit(" ", 1)[1])
+            time.sleep(0.2)
+        raise AssertionError(f"the worker announced no port\n{self.output()[-3000:]}")
 
 
 def stored_positions(env: dict[str, str], topic: str, partitions: Sequence[int]) -> dict[int, int]:

@@ -37,7 +37,7 @@ def configure(config_path: str, secret_file: str) -> None:
             "tls": False,
             "type": "http",
             "x_forwarded": False,
-            "bind_addresses": ["127.0.0.1"],
+            "bind_addresses": [os.environ.get("SYNAPSE_BIND_ADDRESS", "127.0.0.1")],  # 0.0.0.0 in a container
             "resources": [{"names": ["client"], "compress": False}],
         }
     ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import threading
 import time
@@ -15,11 +14,13 @@ import typer
 from kafka.errors import KafkaError
 from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from chatbridge import services, worker
+from chatbridge import logs, services, worker
 from chatbridge.bootstrap import open_store
+from chatbridge.config_file import ConfigurationError, FileSettings
 from chatbridge.consumers import dlq
 from chatbridge.consumers.jsonl import ingest_file
 from chatbridge.consumers.kafka import IntakeCounts
@@ -35,11 +36,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one problem, one line, also in a log file
 
 
 def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
     return typer.Exit(1)
 
 
@@ -68,11 +69,17 @@ def _parse_duration(value: str) -> timedelta:
 
 
 def _settings() -> Settings:
+    return _load(Settings)  # type: ignore[no-any-return]
+
+
+def _load(settings_class: type[FileSettings]) -> Any:
+    """Settings from the environment and the config file; each bad one gets a line naming it, then exit 1."""
     try:
-        return Settings()
-    except ValidationError as error:
-        problems = "; ".join(f"CHATBRIDGE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in error.errors())
-        raise _fail(f"bad configuration: {problems}") from None
+        return settings_class.load()
+    except ConfigurationError as error:
+        for problem in error.problems[:-1]:
+            err.print(f"[red]error:[/red] {escape(problem)}", highlight=False)
+        raise _fail(error.problems[-1]) from None
 
 
 def _print_json(document: Any) -> None:
@@ -223,8 +230,7 @@ def run(
     Runs until SIGTERM or SIGINT; then it stores and commits the batch in hand and leaves the group.
     """
     settings = _settings()
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    logs.configure(settings.log_format, settings.log_level)
     chat_sync, status_producer = None, None
     if not no_reconcile:
         chat_sync, status_producer = _chat_sync(settings)
@@ -240,8 +246,11 @@ def run(
 
     try:
         counts = worker.run_worker(
-            store, settings, stop, idle_stop=exit_when_idle, on_batch=report, chat_sync=chat_sync
-        )
+            store, settings, stop, idle_stop=exit_when_idle, on_batch=report, chat_sync=chat_sync,
+            http=(settings.http_host, settings.http_port),
+        )  # fmt: skip
+    except OSError as error:  # the port of /metrics is taken: say which, not a traceback
+        raise _fail(f"CHATBRIDGE_HTTP_PORT {settings.http_port}: {error.strerror}") from None
     finally:
         store.close()
         if chat_sync is not None:
@@ -257,17 +266,29 @@ def _chat_sync(settings: Settings) -> tuple[worker.ChatSync, Any]:
     from chatbridge.reconciler.service import open_backend
     from chatbridge.reconciler.status import KafkaStatusPublisher, StatusReporter
 
+    options: ReconcilerSettings = _load(ReconcilerSettings)
+    matrix: MatrixSettings = _load(MatrixSettings)
     try:
-        options = ReconcilerSettings()
-        backend = open_backend(MatrixSettings())
-    except ValidationError as error:
-        problems = "; ".join(f"{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in error.errors())
-        raise _fail(f"bad chat backend configuration: {problems}") from None
+        backend = open_backend(matrix)
     except ValueError as error:
         raise _fail(f"{error} (or run with --no-reconcile)") from None
     status_producer = kafka_producer(settings)
     status = StatusReporter(backend, KafkaStatusPublisher(status_producer, settings.status_topic))
-    return worker.ChatSync(backend, options, status), status_producer
+    return worker.ChatSync(backend, options, status, probe=_matrix_probe(matrix)), status_producer
+
+
+def _matrix_probe(matrix: Any) -> worker.Check:
+    """/readyz's backend check: the homeserver answers its versions endpoint (no token, no side effect)."""
+    import httpx
+
+    def probe() -> str | None:
+        try:
+            response = httpx.get(f"{matrix.base_url.rstrip('/')}/_matrix/client/versions", timeout=3)
+        except httpx.HTTPError as error:
+            return f"chat backend unreachable ({type(error).__name__})"
+        return None if response.status_code == 200 else f"chat backend answered {response.status_code}"
+
+    return probe
 
 
 def _outcomes(outcomes: dict[str, int]) -> str:
@@ -370,6 +391,67 @@ def dlq_redrive(
     err.print(f"re-drove {sent} dead letters")
 
 
+config_app = typer.Typer(
+    help="The effective configuration (environment and CHATBRIDGE_CONFIG_FILE).", no_args_is_help=True
+)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("check")
+def config_check(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the configuration as JSON.")] = False,
+) -> None:
+    """Validate every setting and print the effective configuration, secrets masked; exit 1 on a bad setting.
+
+    Each value shows where it came from: its CHATBRIDGE_… variable, the config file's key, or the default.
+    """
+    from chatbridge.backends.settings import MatrixSettings, ReconcilerSettings
+    from chatbridge.config_file import CONFIG_FILE_VARIABLE, config_file
+
+    rows: list[dict[str, Any]] = []
+    problems: list[str] = []
+    loaded: dict[type[FileSettings], Any] = {}
+    for settings_class in (Settings, MatrixSettings, ReconcilerSettings):
+        try:
+            loaded[settings_class] = settings_class.load()
+        except ConfigurationError as error:
+            problems += error.problems
+            continue
+        values = loaded[settings_class].model_dump(mode="json")
+        for name in settings_class.model_fields:
+            rows.append({"variable": settings_class.variable(name), "value": values[name],
+                         "source": settings_class.source_of(name)})  # fmt: skip
+    if not problems:
+        problems += [
+            f"{config_file()}: unknown key {key!r}" for key in Settings.unknown_file_keys(("matrix", "reconcile"))
+        ]
+        for settings_class in (MatrixSettings, ReconcilerSettings):
+            section = settings_class.file_section[0]
+            problems += [
+                f"{config_file()}: unknown key {key!r} in [{section}]" for key in settings_class.unknown_file_keys()
+            ]
+        try:
+            loaded[MatrixSettings].access_token()
+        except ValueError as error:
+            problems.append(f"{error} (needed unless `run --no-reconcile`)")
+    if as_json:
+        _print_json({"config_file": str(config_file()) if config_file() else None, "settings": rows,
+                     "problems": problems})  # fmt: skip
+    else:
+        table = Table("variable", "value", "source")
+        for row in rows:
+            value = row["value"]
+            table.add_row(row["variable"], "" if value is None else str(value), row["source"])
+        if rows:
+            Console(width=max(Console().width, 132)).print(table)
+        print(f"{CONFIG_FILE_VARIABLE}: {config_file() or '(none)'}")
+    for problem in problems:
+        err.print(f"[red]error:[/red] {escape(problem)}", highlight=False)
+    if problems:
+        raise typer.Exit(1)
+    err.print("configuration ok")
+
+
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of the input messages, for producers."""
@@ -410,12 +492,9 @@ def reconcile(
     from chatbridge.reconciler import service as reconciling
 
     settings = _settings()
+    options: ReconcilerSettings = _load(ReconcilerSettings)
     try:
-        options = ReconcilerSettings()
-        backend = reconciling.open_backend(MatrixSettings())
-    except ValidationError as error:
-        problems = "; ".join(f"{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in error.errors())
-        raise _fail(f"bad chat backend configuration: {problems}") from None
+        backend = reconciling.open_backend(_load(MatrixSettings))
     except ValueError as error:
         raise _fail(str(error)) from None
     moment = _parse_now(now) if now else None
@@ -440,8 +519,7 @@ def reconcile(
                 for outcome in report.failed:
                     print(f"failed {outcome.org}/{outcome.event_id}: {outcome.error}")
             raise typer.Exit(1 if report.failed else 0)
-        log_format = "%(asctime)s %(levelname)s %(name)s %(message)s"
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=log_format)
+        logs.configure(settings.log_format, settings.log_level)
         stop = threading.Event()
         worker.stop_on_signals(stop)
         started = reconciling.utc_now()

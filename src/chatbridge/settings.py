@@ -1,4 +1,5 @@
-"""Configuration from the environment (`CHATBRIDGE_…`), validated once, with sane defaults."""
+"""Configuration from the environment (`CHATBRIDGE_…`) and an optional file (`CHATBRIDGE_CONFIG_FILE`, see
+`config_file`), validated once, with sane defaults."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
+from chatbridge.config_file import FileSettings
 from chatbridge.domain.lifecycle import Policy
 
 MAX_PERIOD = timedelta(days=36500)  # a century: beyond it the deadlines leave the years datetimes can hold
@@ -16,7 +18,7 @@ Period = Annotated[timedelta, Field(ge=timedelta(0), le=MAX_PERIOD)]
 """FULL_USE and VIEW: an ISO 8601 duration between zero and MAX_PERIOD."""
 
 
-class Settings(BaseSettings):
+class Settings(FileSettings):
     model_config = SettingsConfigDict(env_prefix="CHATBRIDGE_", extra="ignore")
 
     store: Literal["sqlite", "postgres"] = Field(
@@ -53,6 +55,14 @@ class Settings(BaseSettings):
     view: Period = Field(default=timedelta(days=30), description="VIEW: read-only before deletion.")
     batch_size: int = Field(
         default=500, ge=1, description="Records applied per transaction (`ingest`; `run` polls up to this many)."
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="Log lines as JSON (production) or for people; auto: console on a terminal."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Least level logged.")
+    http_host: str = Field(default="0.0.0.0", description="Address of `run`'s /healthz, /readyz and /metrics.")
+    http_port: int = Field(
+        default=8080, ge=0, le=65535, description="Port of /healthz, /readyz and /metrics (0: any free port)."
     )
 
     @property

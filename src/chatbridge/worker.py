@@ -1,7 +1,8 @@
 """`chatbridge run`: the background worker operators deploy — Kafka intake, the projection, the reconciler.
 
 One process per replica; several replicas in one consumer group share the partitions (see docs/operations.md).
-Stops cleanly on SIGTERM/SIGINT: the batch in hand is stored and committed, and the consumer leaves the group.
+With `http` it serves /healthz, /readyz and /metrics (`observability`). Stops cleanly on SIGTERM/SIGINT: the
+batch in hand is stored and committed, and the consumer leaves the group.
 """
 
 from __future__ import annotations
@@ -12,20 +13,24 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from types import FrameType
 
 from chatbridge.backends.port import ChatBackend
 from chatbridge.backends.settings import ReconcilerSettings
 from chatbridge.bootstrap import Store
 from chatbridge.consumers.kafka import IntakeCounts, KafkaIngestor
+from chatbridge.observability import Check, HealthServer, InstrumentedBackend, Metrics
 from chatbridge.projections.desired_state import DesiredChat
 from chatbridge.reconciler.loop import StatusListener
-from chatbridge.reconciler.service import ReconcilerWorker
+from chatbridge.reconciler.service import ReconcilerWorker, utc_now
 from chatbridge.settings import Settings
 
 log = logging.getLogger(__name__)
 
 FOLD_INTERVAL = 1.0  # seconds between projection folds while records stream in
+STALE_POLL = 60.0  # seconds without a successful poll after which the broker counts as unreachable (/readyz)
+HUNG_LOOP = 300.0  # seconds without any poll after which the worker counts as hung (/healthz)
 
 
 def stop_on_signals(stop: threading.Event) -> None:
@@ -46,6 +51,7 @@ class ChatSync:
     backend: ChatBackend
     options: ReconcilerSettings
     status: StatusListener | None = None
+    probe: Check | None = None  # None when the backend answers, else why not (for /readyz)
 
 
 def run_worker(
@@ -56,37 +62,72 @@ def run_worker(
     idle_stop: float | None = None,
     on_batch: Callable[[IntakeCounts], None] | None = None,
     chat_sync: ChatSync | None = None,
+    metrics: Metrics | None = None,
+    http: tuple[str, int] | None = None,
 ) -> IntakeCounts:
     """Consume the input topics into the store until `stop` is set, folding the projection as records arrive, and
-    — with `chat_sync` — reconcile the chats this replica owns in a thread beside the consumer."""
+    — with `chat_sync` — reconcile the chats this replica owns in a thread beside the consumer. With `http`
+    (host, port) serve /healthz, /readyz and /metrics while it runs."""
+    metrics = metrics or Metrics()
     ingestor: KafkaIngestor
     reconciler: ReconcilerWorker | None = None
     folded_at, unfolded = time.monotonic(), 0
+    polled_at = [time.monotonic()]
 
     def after_poll(handled: int) -> None:
         # Fold at most once a second while records stream in, and at once when the topics fall quiet: folding
         # after every small batch would cost more than the intake itself.
         nonlocal folded_at, unfolded
+        polled_at[0] = time.monotonic()
         unfolded += handled
         if unfolded and (handled == 0 or time.monotonic() - folded_at >= FOLD_INTERVAL):
             store.projection.catch_up()
             folded_at, unfolded = time.monotonic(), 0
             if reconciler is not None:
                 reconciler.nudge()
+            else:
+                metrics.observe_chats(store.projection.view.desired_chats(), utc_now(), None)
+        metrics.observe_intake(ingestor.counts.by_topic)
+        metrics.observe_lag(ingestor.lag())
         if on_batch and handled:
             on_batch(ingestor.counts)
 
     def owned_rows() -> list[DesiredChat]:
         ownership = ingestor.ownership  # one read: the consumer thread replaces it on a rebalance
-        return [row for row in store.projection.view.desired_chats() if ownership.owns(row.org, row.event_id)]
+        rows = [row for row in store.projection.view.desired_chats() if ownership.owns(row.org, row.event_id)]
+        if reconciler is not None:
+            observe_reconciler(reconciler, rows, reconciler.clock())
+        return rows
+
+    def observe_reconciler(worker: ReconcilerWorker, rows: list[DesiredChat], now: datetime) -> None:
+        states = dict(worker.reconciler.states)
+        metrics.observe_chats(rows, now, {key: state.phase for key, state in states.items()})
+        metrics.parked.set(sum(1 for state in states.values() if state.parked))
 
     ingestor = KafkaIngestor.in_group(store.app, settings, after_poll=after_poll)
     thread = None
+    backend: InstrumentedBackend | None = None
     if chat_sync is not None:
+        backend = InstrumentedBackend(chat_sync.backend, metrics)
         reconciler = ReconcilerWorker(
-            store.app, chat_sync.backend, owned_rows, chat_sync.options, on_change=chat_sync.status
+            store.app,
+            backend,
+            owned_rows,
+            chat_sync.options,
+            on_change=chat_sync.status,  # type: ignore[arg-type]
         )
         thread = threading.Thread(target=reconciler.run, args=(stop,), name="reconciler", daemon=True)
+
+    def alive() -> bool:
+        reconciling = thread is None or thread.is_alive() or stop.is_set()
+        return reconciling and time.monotonic() - polled_at[0] < HUNG_LOOP
+
+    server = None
+    if http is not None:
+        server = HealthServer(metrics, *http, alive=alive, checks=_readiness(store, ingestor, polled_at, chat_sync,
+                                                                             backend))  # fmt: skip
+        server.start()
+    if thread is not None:
         thread.start()
     try:
         counts = ingestor.run(stop, idle_stop=idle_stop)
@@ -96,4 +137,39 @@ def run_worker(
         if reconciler is not None and thread is not None:
             reconciler.nudge()
             thread.join(timeout=60)
+        if server is not None:
+            server.stop()
     return counts
+
+
+def _readiness(
+    store: Store,
+    ingestor: KafkaIngestor,
+    polled_at: list[float],
+    chat_sync: ChatSync | None,
+    backend: InstrumentedBackend | None,
+) -> dict[str, Check]:
+    """/readyz: the broker answered a poll lately, the store answers, partitions are assigned, the backend answers."""
+
+    def broker() -> str | None:
+        silent = time.monotonic() - polled_at[0]
+        return f"no successful poll for {silent:.0f}s" if silent > STALE_POLL else None
+
+    def partitions() -> str | None:
+        return None if ingestor.assigned else "no input partitions assigned to this replica"
+
+    def database() -> str | None:
+        store.app.position("readyz")  # one query; raises when the store does not answer
+        return None
+
+    checks: dict[str, Check] = {"broker": broker, "store": database, "partitions": partitions}
+    if chat_sync is not None:
+
+        def chat_backend() -> str | None:
+            failed_at = backend.last_unavailable if backend is not None else None
+            if failed_at is not None and time.monotonic() - failed_at < STALE_POLL:
+                return "the chat backend did not answer a recent step"
+            return chat_sync.probe() if chat_sync.probe is not None else None
+
+        checks["backend"] = chat_backend
+    return checks

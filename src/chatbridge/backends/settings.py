@@ -11,17 +11,19 @@ from datetime import timedelta
 from pathlib import Path
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from chatbridge.backends.user_ids import DEFAULT_TEMPLATE
+from chatbridge.config_file import FileSettings
 
 
 def _services_dir() -> Path:
     return Path(os.environ.get("CHATBRIDGE_SERVICES_DIR") or Path.home() / ".cache" / "chatbridge-services")
 
 
-class MatrixSettings(BaseSettings):
+class MatrixSettings(FileSettings):
     model_config = SettingsConfigDict(env_prefix="CHATBRIDGE_MATRIX_", extra="ignore")
+    file_section = ("matrix",)
 
     base_url: str = Field(default="http://127.0.0.1:8008", description="The homeserver's client (and admin) API.")
     server_name: str = Field(default="localhost", description="The homeserver's name, the part after ':' in ids.")
@@ -48,8 +50,9 @@ class MatrixSettings(BaseSettings):
             ) from None
 
 
-class ReconcilerSettings(BaseSettings):
+class ReconcilerSettings(FileSettings):
     model_config = SettingsConfigDict(env_prefix="CHATBRIDGE_RECONCILE_", extra="ignore")
+    file_section = ("reconcile",)
 
     concurrency: int = Field(default=4, ge=1, le=64, description="Chats reconciled at the same time.")
     interval: float = Field(default=5.0, gt=0, description="Seconds between passes when nothing is due sooner.")

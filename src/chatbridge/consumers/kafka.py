@@ -89,10 +89,14 @@ class IntakeCounts:
     outcomes: dict[str, int] = field(default_factory=dict)
     batches: int = 0
     redelivered: int = 0  # records skipped because their offset was already stored
+    by_topic: dict[tuple[str, str], int] = field(default_factory=dict)  # (topic, outcome) → records, for /metrics
 
-    def add(self, records: Iterable[IntakeRecord]) -> None:
+    def add(self, records: Iterable[IntakeRecord], topic: str | None = None) -> None:
         for record in records:
             self.outcomes[record.outcome] = self.outcomes.get(record.outcome, 0) + 1
+            if topic is not None:
+                key = (topic, record.outcome)
+                self.by_topic[key] = self.by_topic.get(key, 0) + 1
 
     @property
     def total(self) -> int:
@@ -196,6 +200,14 @@ class KafkaIngestor:
     def assigned(self) -> set[TopicPartition]:
         return set(self._positions)
 
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Records on the broker not yet stored, per assigned partition (for /metrics; call on the poll thread)."""
+        lag = {}
+        for tp, position in self._positions.items():
+            highwater = self._consumer.highwater(tp)  # known after the partition's first fetch
+            lag[(tp.topic, tp.partition)] = max(0, (highwater if highwater is not None else position) - position)
+        return lag
+
     def run(self, stop: threading.Event, *, idle_stop: float | None = None) -> IntakeCounts:
         """Consume until `stop` is set (SIGTERM/SIGINT): the batch in hand is finished, stored and committed.
 
@@ -293,7 +305,7 @@ class KafkaIngestor:
                 self._positions[tp] = self.app.position(source)
                 continue
             self._positions[tp] = pending[-1].offset + 1
-            self.counts.add(outcomes)
+            self.counts.add(outcomes, tp.topic)
             return len(pending)
         raise OperationalError(f"{source}: could not store the batch after 5 attempts")
 
