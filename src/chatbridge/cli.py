@@ -453,8 +453,17 @@ def config_check(
 
 
 @app.command()
-def schema() -> None:
+def schema(
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print the contract as Markdown (docs/contract.md) instead.")
+    ] = False,
+) -> None:
     """Print the JSON Schema of the input messages, for producers."""
+    if markdown:
+        from chatbridge.contract import contract_markdown
+
+        sys.stdout.write(contract_markdown())
+        return
     _print_json(message_json_schema())
 
 
