@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from eventsourcing.persistence import IntegrityError, OperationalError
+from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
@@ -221,7 +221,7 @@ class KafkaIngestor:
                 try:
                     stored = self.poll_once()
                     failures = 0
-                except (KafkaError, OperationalError, OSError) as error:
+                except (KafkaError, OperationalError, InterfaceError, OSError) as error:
                     failures += 1
                     delay = min(0.5 * 2**failures, 30.0)
                     log.warning("intake paused %.1fs after %s: %s", delay, type(error).__name__, error)
