@@ -34,9 +34,10 @@ services:
 services-stop:
 	scripts/services/all.sh stop
 
-demo:
-	@echo "make demo (services, a sample stream, worker, reconciler, report) comes with issue #6."
-	@echo "Meanwhile: $(BIN)/chatbridge simulate examples/sample.jsonl --now 2026-11-28T12:00:00Z"
+## The whole product in one run: services (only those not running are started, and only those stopped after),
+## a sample HiOrg stream, the worker, the reconciler moved through the chats' lives, and a report. DEMO_ARGS=--short
+demo: install
+	$(BIN)/python scripts/demo.py $(DEMO_ARGS)
 
 bench:
 	@echo "make bench (ingest, replay and reconcile beside their baselines) comes with issue #7."
