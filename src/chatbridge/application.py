@@ -16,10 +16,12 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, ProcessingEvent
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import ProcessRecorder, Tracking
+from eventsourcing.persistence import Mapper, ProcessRecorder, StoredEvent, Tracking
 from eventsourcing.popo import POPOFactory
 from eventsourcing.projection import EventSourcedProjection
 
+from chatbridge.audit.settings import AuditKeys
+from chatbridge.audit.shredding import MemoryKeyTable, PersonKeys, PersonSealingMapper, SQLKeyTable
 from chatbridge.domain.aggregates import ChatGroup, Organisation, Person
 from chatbridge.domain.messages import (
     EventCancelled,
@@ -57,6 +59,7 @@ class _UnitOfWork:
     """
 
     def __init__(self, app: ChatBridge, processing_event: ProcessingEvent[UUID]):
+        self.app = app
         self._app = app
         self._processing_event = processing_event
         self._loaded: dict[UUID, Aggregate | None] = {}
@@ -88,6 +91,7 @@ class _Batch:
     source: str
     records: Sequence[Received]
     outcomes: list[IntakeRecord] = field(default_factory=list)
+    forgotten: list[tuple[str, str]] = field(default_factory=list)  # (org, person_id): keys to destroy once stored
 
 
 class ChatBridge(EventSourcedProjection[UUID]):
@@ -99,6 +103,29 @@ class ChatBridge(EventSourcedProjection[UUID]):
 
     name = "ChatBridge"
     env = {"AGGREGATE_CACHE_MAXSIZE": "5000"}
+
+    def __init__(self, env: Any = None, keys: AuditKeys | None = None):
+        # the audit's keys (audit.settings): checkpoint signing, and the persons' pseudonyms
+        self.keys = keys or AuditKeys.ephemeral()
+        super().__init__(env)
+        table: Any = MemoryKeyTable()
+        if hasattr(self.recorder, "datastore"):
+            table = SQLKeyTable(self.recorder.datastore, getattr(self.recorder, "placeholder", "?"))
+            table.create_table()
+            self.recorder.chain_signer = self.keys.signing_key  # type: ignore[attr-defined]
+            self.recorder.create_chain_tables()  # type: ignore[attr-defined]
+        self.persons = PersonKeys(self.keys.pseudonym_key, table)
+        mapper = cast(PersonSealingMapper, self.mapper)
+        mapper.persons = self.persons
+        mapper.first_event = self._first_event
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        # persons' ids are sealed with their own keys (crypto-shredding, audit.shredding)
+        return self.factory.mapper(transcoder=self.construct_transcoder(), mapper_class=PersonSealingMapper)
+
+    def _first_event(self, originator_id: UUID) -> StoredEvent | None:
+        events = self.recorder.select_events(originator_id, lte=1)
+        return events[0] if events else None
 
     def construct_recorder(self) -> ProcessRecorder:
         if isinstance(self.factory, POPOFactory):  # the in-memory factory takes no recorder topic
@@ -122,6 +149,8 @@ class ChatBridge(EventSourcedProjection[UUID]):
             return []
         processing = _Batch(source, batch)
         self.process_event(processing, Tracking(source, batch[-1].position))  # type: ignore[arg-type]
+        for org, person_id in processing.forgotten:  # deleted persons: their keys go once their facts are stored
+            self.persons.forget(org, person_id)
         return processing.outcomes
 
     def policy(self, domain_event: Any, processing_event: ProcessingEvent[UUID]) -> None:
@@ -140,6 +169,8 @@ class ChatBridge(EventSourcedProjection[UUID]):
                 continue
             seen.add(message.id)
             outcome = _HANDLERS[type(message)](message, unit)
+            if isinstance(message, PersonStatusChanged) and message.data.status == "deleted":
+                batch.forgotten.append((message.org, message.data.person_id))
             outcomes.append(IntakeRecord(batch.source, record.position, outcome, message.id))
             unit.collect()
         unit.collect(intake=outcomes)
@@ -168,11 +199,14 @@ def _chat_disabled(message: OrganisationChatDisabled, unit: _UnitOfWork) -> str:
 
 
 def _person_status_changed(message: PersonStatusChanged, unit: _UnitOfWork) -> str:
-    person = unit.get(Person.create_id(message.org, message.data.person_id))
+    pseudonym = unit.app.persons.pseudonym(message.org, message.data.person_id)
+    person = unit.get(Person.create_id(message.org, pseudonym))  # never the HiOrg id: nothing may link back
     if person is None:
-        person = Person(message.org, message.data.person_id, message.id, message.occurred_at)
+        person = Person(message.org, pseudonym, message.data.person_id, message.id, message.occurred_at)
         unit.add(person)
     person.change_status(message.id, message.occurred_at, message.data.status)
+    if message.data.status == "deleted":  # crypto-shredding: the key is destroyed once this batch is stored
+        person.forget(pseudonym, message.occurred_at, "person deleted")
     return APPLIED
 
 

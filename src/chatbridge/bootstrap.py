@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from chatbridge.application import ChatBridge
+from chatbridge.audit import chain
+from chatbridge.audit.settings import AuditKeys, AuditSettings, default_key_file, load_keys
 from chatbridge.domain.lifecycle import Policy
 from chatbridge.projections.store import DesiredStateProjection, PostgresDesiredStateView, SQLiteDesiredStateView
 from chatbridge.settings import Settings
@@ -53,8 +55,13 @@ def store_env(settings: Settings) -> dict[str, str]:
     }
 
 
-def open_store(settings: Settings, policy: Policy | None = None) -> Store:
-    app = ChatBridge(env=store_env(settings))
+def audit_keys(settings: Settings, *, create: bool = True) -> AuditKeys:
+    """The audit's keys (`CHATBRIDGE_AUDIT_…`, or the key file, made on first use); raises `AuditKeyError`."""
+    return load_keys(AuditSettings(), default_key_file(settings.store, settings.database), create=create)
+
+
+def open_store(settings: Settings, policy: Policy | None = None, keys: AuditKeys | None = None) -> Store:
+    app = ChatBridge(env=store_env(settings), keys=keys or audit_keys(settings))
     view_class = PostgresDesiredStateView if settings.store == "postgres" else SQLiteDesiredStateView
     view = app.factory.tracking_recorder(view_class)  # type: ignore[arg-type]
     assert isinstance(view, view_class)
@@ -96,5 +103,5 @@ def wipe_store(settings: Settings) -> None:
             settings.database.with_name(settings.database.name + suffix).unlink(missing_ok=True)
         return
     with _postgres_connection(settings) as connection:
-        for table in _ALL_TABLES:
+        for table in (*_ALL_TABLES, *chain.TABLES):  # the key table stays: forgotten persons stay forgotten
             connection.execute(f"DROP TABLE IF EXISTS {table} CASCADE")

@@ -22,6 +22,8 @@ from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
 from eventsourcing.sqlite import SQLiteCursor, SQLiteProcessRecorder
 from psycopg.sql import SQL, Composed
 
+from chatbridge.audit import chain
+
 APPLIED, IGNORED, DUPLICATE, REJECTED = "applied", "ignored", "duplicate", "rejected"
 
 
@@ -81,9 +83,15 @@ class _IntakeTable:
     )
 
     datastore: Any
+    chain_signer: Any = None  # the audit's Ed25519 key: each transaction signs its last link (audit.chain)
 
     def _sql(self, statement: str) -> str:
         return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)
+
+    def create_chain_tables(self) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            for statement in chain.CREATE_STATEMENTS:
+                c.execute(statement)
 
     def _write_intake(self, c: Any, intake: Sequence[IntakeRecord]) -> None:
         if intake:
@@ -143,6 +151,8 @@ class SQLiteIntakeRecorder(_IntakeTable, SQLiteProcessRecorder):
     ) -> Sequence[int] | None:
         returning = super()._insert_events(c, stored_events, **kwargs)
         self._write_intake(c, kwargs.get("intake", ()))
+        if returning:  # the audit's hash chain, in the same transaction as the events
+            chain.link(c, self._sql, zip(returning, stored_events, strict=True), self.chain_signer)
         return returning
 
 
@@ -158,6 +168,14 @@ class PostgresIntakeRecorder(_IntakeTable, PostgresProcessRecorder):
     def _insert_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
         super()._insert_events(curs, stored_events, **kwargs)
         self._write_intake(curs, kwargs.get("intake", ()))
+
+    def _fetch_ids_after_insert_events(
+        self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        notification_ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        if notification_ids:  # the audit's hash chain, in the same transaction (and table lock) as the events
+            chain.link(curs, self._sql, zip(notification_ids, stored_events, strict=True), self.chain_signer)
+        return notification_ids
 
 
 class POPOIntakeRecorder(POPOProcessRecorder):

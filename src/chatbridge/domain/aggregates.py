@@ -6,7 +6,8 @@ projection from these facts with `domain.lifecycle`, because it depends on sever
 deadlines depend on its organisation's feature switch, its members on each person's status), and those
 aggregates arrive on different Kafka partitions.
 
-No names or e-mail addresses of persons are stored; a person appears only by its pseudonymous HiOrg id.
+No names or e-mail addresses of persons are stored; a person appears only by its pseudonymous HiOrg id, which the
+event mapper stores encrypted with the person's own key (audit.shredding: crypto-shredding).
 """
 
 from __future__ import annotations
@@ -171,11 +172,13 @@ class Person(Aggregate):
     """A person's status within one organisation (HiOrg's Personal-Status)."""
 
     @staticmethod
-    def create_id(org: str, person_id: str) -> UUID:
-        return uuid5(NAMESPACE_URL, f"/chatbridge/person/{org}/{person_id}")
+    def create_id(org: str, pseudonym: str) -> UUID:
+        """From the person's keyed pseudonym (audit.shredding), never the HiOrg id: nothing may link back to it."""
+        return uuid5(NAMESPACE_URL, f"/chatbridge/person/{org}/{pseudonym}")
 
     @event("Registered")
-    def __init__(self, org: str, person_id: str, message_id: str, occurred_at: datetime) -> None:
+    def __init__(self, org: str, pseudonym: str, person_id: str, message_id: str, occurred_at: datetime) -> None:
+        # `pseudonym` gives the aggregate its id; `person_id` is stored sealed with the person's key
         self.org = org
         self.person_id = person_id
         self.status = "active"
@@ -183,3 +186,12 @@ class Person(Aggregate):
     @event("StatusChanged")
     def change_status(self, message_id: str, occurred_at: datetime, status: str) -> None:
         self.status = status
+
+    @event("Forgotten")
+    def forget(self, pseudonym: str, at: datetime, reason: str) -> None:
+        """The person's key was destroyed (crypto-shredding): from now on the person is `pseudonym` only.
+
+        `reason`: "person deleted" (HiOrg-Server's status) or "gdpr forget" (an operator's erasure).
+        """
+        self.person_id = pseudonym
+        self.status = "deleted"

@@ -9,6 +9,7 @@ so all three answer alike by construction.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -55,6 +56,7 @@ class Changes:
     organisations: set[str]
     persons: set[PersonKey]
     index_entries: set[tuple[str, str, str]]
+    forgotten: set[PersonKey] = field(default_factory=set)  # persons now known by pseudonym: drop their old rows
 
 
 @dataclass
@@ -69,6 +71,8 @@ class ChatRecord:
 @dataclass
 class DesiredStateFold:
     policy: Policy = field(default_factory=Policy)
+    # the persons' keyed pseudonyms (audit.shredding): the Person aggregates' ids derive from them
+    pseudonym: Callable[[str, str], str] | None = None
     organisations: dict[str, OrganisationFeature] = field(default_factory=dict)
     chats: dict[ChatKey, ChatRecord] = field(default_factory=dict)
     person_statuses: dict[PersonKey, str] = field(default_factory=dict)
@@ -83,6 +87,7 @@ class DesiredStateFold:
     dirty_organisations: set[str] = field(default_factory=set)
     dirty_persons: set[PersonKey] = field(default_factory=set)
     new_index_entries: set[tuple[str, str, str]] = field(default_factory=set)  # (org, person_id, event_id)
+    forgotten_persons: set[PersonKey] = field(default_factory=set)
 
     # -- loading ---------------------------------------------------------------------------------------------
 
@@ -100,7 +105,8 @@ class DesiredStateFold:
 
     def load_person(self, key: PersonKey, status: str) -> None:
         self.person_statuses[key] = status
-        self.person_keys[Person.create_id(*key)] = key
+        org, person_id = key
+        self.person_keys[Person.create_id(org, self.pseudonym(org, person_id) if self.pseudonym else person_id)] = key
 
     # -- folding ---------------------------------------------------------------------------------------------
 
@@ -210,6 +216,44 @@ class DesiredStateFold:
         self.person_statuses[key] = event.status
         self.dirty_persons.add(key)
 
+    def _person_forgotten(self, event: Any) -> None:
+        # The key is gone: the person is known by the pseudonym from now on, in every row that named them.
+        org = self.person_keys[event.originator_id][0]
+        new = (org, event.pseudonym)
+        olds = {self.person_keys[event.originator_id]} - {new}
+        if self.pseudonym is not None:  # rows folded while the key existed may hold the HiOrg id
+            known = set(self.person_statuses) | set(self.person_chats)
+            olds |= {k for k in known if k[0] == org and k != new and self.pseudonym(*k) == event.pseudonym}
+        for old in olds:
+            self._rename_person(old, new)
+        self.person_keys[event.originator_id] = new
+        for event_id in sorted(self.person_chats.get(new, ())):
+            if new[1] in self.named((org, event_id)):
+                self._touch_chat((org, event_id), event.at)
+        self.person_statuses[new] = "deleted"
+        self.dirty_persons.add(new)
+
+    def _rename_person(self, old: PersonKey, new: PersonKey) -> None:
+        org = old[0]
+        if old in self.person_statuses:
+            self.person_statuses.setdefault(new, self.person_statuses.pop(old))
+        events = self.person_chats.pop(old, set())
+        self.person_chats.setdefault(new, set()).update(events)
+        self.new_index_entries = {e for e in self.new_index_entries if (e[0], e[1]) != old}
+        self.new_index_entries.update((org, new[1], event_id) for event_id in events)
+        for event_id in events:
+            life = self.chats[(org, event_id)].life
+            if old[1] in life.staff:
+                life.staff[new[1]] = life.staff.pop(old[1])
+            if life.responsible == old[1]:
+                life.responsible = new[1]
+            self.dirty_chats.add((org, event_id))
+        for aggregate_id, key in list(self.person_keys.items()):
+            if key == old:
+                self.person_keys[aggregate_id] = new
+        self.dirty_persons.discard(old)
+        self.forgotten_persons.add(old)
+
     # -- reading ---------------------------------------------------------------------------------------------
 
     def desired(self, key: ChatKey) -> DesiredChat:
@@ -242,9 +286,12 @@ class DesiredStateFold:
         """What changed since the last call; person status changes also dirty the chats that name the person."""
         for key in self.dirty_persons:
             self.dirty_chats.update((key[0], e) for e in self.person_chats.get(key, ()))
-        changes = Changes(self.dirty_chats, self.dirty_organisations, self.dirty_persons, self.new_index_entries)
+        changes = Changes(
+            self.dirty_chats, self.dirty_organisations, self.dirty_persons, self.new_index_entries,
+            self.forgotten_persons,
+        )  # fmt: skip
         self.dirty_chats, self.dirty_organisations, self.dirty_persons = set(), set(), set()
-        self.new_index_entries = set()
+        self.new_index_entries, self.forgotten_persons = set(), set()
         return changes
 
     def everything(self) -> Changes:
@@ -266,4 +313,5 @@ _DISPATCH: dict[str, Any] = {
     "Organisation.ChatDisabled": DesiredStateFold._organisation_chat_disabled,
     "Person.Registered": DesiredStateFold._person_registered,
     "Person.StatusChanged": DesiredStateFold._person_status_changed,
+    "Person.Forgotten": DesiredStateFold._person_forgotten,
 }

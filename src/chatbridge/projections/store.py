@@ -108,9 +108,11 @@ class _DesiredStateTables:
             row = c.fetchone()
         return None if row is None else str(row["value"])
 
-    def load_fold(self, policy: Policy) -> tuple[DesiredStateFold, int]:
+    def load_fold(
+        self, policy: Policy, pseudonym: Callable[[str, str], str] | None = None
+    ) -> tuple[DesiredStateFold, int]:
         """The stored state as a fold, with the position it was folded to (read in the same transaction)."""
-        fold = DesiredStateFold(policy=policy)
+        fold = DesiredStateFold(policy=policy, pseudonym=pseudonym)
         with self.datastore.transaction(commit=False) as c:
             position = self._max_tracking_id(PROJECTION_NAME, c) or 0
             c.execute("SELECT org, fold_state FROM organisation_feature")
@@ -149,6 +151,9 @@ class _DesiredStateTables:
             c.execute(self._sql(_WRITE_META), ("policy", _policy_text(fold.policy)))
 
     def _write_rows(self, c: Any, fold: DesiredStateFold, changes: Changes) -> None:
+        for org, person_id in changes.forgotten:  # crypto-shredding: rows under the HiOrg id go
+            for table in ("person_status", "person_chats"):
+                c.execute(self._sql(f"DELETE FROM {table} WHERE org = ? AND person_id = ?"), (org, person_id))
         features = [(org, _feature.dump_json(fold.organisations[org]).decode()) for org in changes.organisations]
         persons = [(k[0], k[1], fold.person_statuses[k]) for k in changes.persons if k in fold.person_statuses]
         chats = []
@@ -245,7 +250,7 @@ class DesiredStateProjection:
         for _attempt in range(3):
             if self._fold is None or self.position() != self._folded_to:
                 # first use, or another process (a replica, `replay`) moved the stored projection on
-                self._fold, self._folded_to = self.view.load_fold(self.policy)
+                self._fold, self._folded_to = self.view.load_fold(self.policy, self.app.persons.pseudonym)
             try:
                 return self._fold_from(self._fold, self._folded_to, progress, replace_all=False)
             except IntegrityError:
@@ -254,7 +259,7 @@ class DesiredStateProjection:
 
     def rebuild(self, progress: Progress | None = None) -> int:
         """Refold the whole log into empty tables (replay after a bug fix or a policy change)."""
-        self._fold, self._folded_to = DesiredStateFold(policy=self.policy), 0
+        self._fold, self._folded_to = DesiredStateFold(policy=self.policy, pseudonym=self.app.persons.pseudonym), 0
         return self._fold_from(self._fold, 0, progress, replace_all=True)
 
     def _fold_from(self, fold: DesiredStateFold, start: int, progress: Progress | None, *, replace_all: bool) -> int:
