@@ -288,7 +288,8 @@ def main() -> int:
             ("a month later (the first chats deleted)", story["first_end"] + timedelta(days=32, hours=1)),
             ("after every chat's life", story["last_end"] + timedelta(days=32, hours=1)),
         ]
-        report: dict[str, Any] = {"run": run, "topic": topic, "database": str(database), "stops": []}
+        report: dict[str, Any] = {"run": run, "topic": topic, "database": str(database), "stops": [],
+                                  "cancelled": story["cancelled"], "deleted": story["deleted"]}  # fmt: skip
         say("5. chatbridge reconcile --once --now T, at four moments of the chats' lives")
         for title, moment in stops:
             passed = json.loads(chatbridge(env, "reconcile", "--once", "--json", "--now", z(moment)).stdout)
