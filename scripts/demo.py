@@ -257,6 +257,7 @@ def main() -> int:
     began = time.monotonic()
     run = uuid.uuid4().hex[:6]
     args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / ".gitignore").write_text("*\n")  # the demo's output never shows up as a change to commit
     database = args.out / f"chatbridge-{run}.db"
     topic = f"hiorg.demo.{run}"
     say(f"chatbridge demo {run}{' (short)' if args.short else ''}")
