@@ -22,7 +22,16 @@ from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
 from chatbridge.backends.port import AddOutcome, BackendUnavailable, ChatBackend
 from chatbridge.domain.lifecycle import Phase
@@ -40,6 +49,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, …
+        PlatformCollector(registry=r)
         self.records = Counter(
             "chatbridge_records", "Input records by topic and outcome (applied, ignored, duplicate, rejected).",
             ["topic", "outcome"], registry=r,
