@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from chatbridge import logs, services, worker
+from chatbridge.audit.cli import audit_app, gdpr_app
 from chatbridge.bootstrap import open_store
 from chatbridge.config_file import ConfigurationError, FileSettings
 from chatbridge.consumers import dlq
@@ -297,6 +298,8 @@ def _outcomes(outcomes: dict[str, int]) -> str:
 
 dlq_app = typer.Typer(help="Dead letters: list rejected records, re-drive them once the cause is fixed.")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(audit_app, name="audit")  # issue 5: audit queries and `audit verify`
+app.add_typer(gdpr_app, name="gdpr")  # issue 5: `gdpr forget`
 
 Reason = Annotated[str | None, typer.Option("--reason", help="Only letters whose reason contains this text.")]
 Since = Annotated[str | None, typer.Option("--since", help="Only letters dead-lettered at or after (ISO 8601).")]

@@ -3,7 +3,7 @@
 Each stored event gets a link in `audit_chain`, written by the event store's own transaction (see
 `persistence`), so no event is ever stored without its link:
 
-    record_hash(n) = SHA-256(n, originator id, originator version, topic, state bytes)   (length-prefixed)
+    record_hash(n) = SHA-256(originator id, originator version, topic, state bytes)   (length-prefixed)
     chain_hash(n)  = SHA-256(chain_hash(previous link) ‖ record_hash(n))                 (genesis: 32 zero bytes)
 
 Every transaction also signs its last chain hash into `audit_checkpoints` (the notification id, the hash, the
@@ -40,10 +40,11 @@ def _field(value: bytes) -> bytes:
     return len(value).to_bytes(8, "big") + value
 
 
-def record_hash(notification_id: int, originator_id: UUID | str, version: int, topic: str, state: bytes) -> bytes:
+def record_hash(originator_id: UUID | str, version: int, topic: str, state: bytes) -> bytes:
+    """The stored event's own hash; its position is covered by the chain (so a moved record is recognised)."""
     originator = originator_id.hex if isinstance(originator_id, UUID) else str(originator_id)
     digest = hashlib.sha256()
-    for part in (str(notification_id).encode(), originator.encode(), str(version).encode(), topic.encode(), state):
+    for part in (originator.encode(), str(version).encode(), topic.encode(), state):
         digest.update(_field(part))
     return digest.digest()
 
@@ -74,9 +75,7 @@ def link(c: Any, sql: Any, links: Iterable[tuple[int, Any]], signer: Ed25519Priv
     previous = bytes.fromhex(last["chain_hash"]) if last else GENESIS
     values = []
     for notification_id, stored in rows:
-        record = record_hash(
-            notification_id, stored.originator_id, stored.originator_version, stored.topic, stored.state
-        )
+        record = record_hash(stored.originator_id, stored.originator_version, stored.topic, stored.state)
         previous = chain_hash(previous, record)
         values.append((notification_id, record.hex(), previous.hex()))
     c.executemany(sql("INSERT INTO audit_chain (notification_id, record_hash, chain_hash) VALUES (?, ?, ?)"), values)

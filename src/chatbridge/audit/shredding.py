@@ -231,6 +231,10 @@ class PersonKeys:
     def is_forgotten(self, org: str, person_id: str) -> bool:
         return self.table.get(self.pseudonym(org, person_id)) == _FORGOTTEN
 
+    def forget_pseudonym(self, org: str, pseudonym: str) -> None:
+        if self._cache.get(pseudonym) != _FORGOTTEN:
+            self.forget(org, pseudonym)
+
     def forget(self, org: str, person_id: str) -> bool:
         """Destroy the person's key; True if there was one to destroy."""
         pseudonym = self.pseudonym(org, person_id)
@@ -284,6 +288,10 @@ class PersonSealingMapper(Mapper[UUID]):
         domain_event = super().to_domain_event(stored_event)
         qualname = type(domain_event).__qualname__
         fields = PERSON_FIELDS.get(qualname)
+        if qualname == "Person.Forgotten":  # the key goes with the fact, even if a crash came between them
+            self.persons.forget_pseudonym(
+                self._org(qualname, domain_event.originator_id, {}), domain_event.__dict__["pseudonym"]
+            )
         if fields is not None:
             state = domain_event.__dict__
             if "org" in state:

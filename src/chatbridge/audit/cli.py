@@ -1,0 +1,246 @@
+"""`chatbridge audit …` and `chatbridge gdpr …`: parse, call the audit's use cases, print.
+
+Exit codes: 0 done (verify: the log is intact); 1 not found, or verify found the log altered; 2 the audit keys
+or the configuration are missing or broken.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from chatbridge.audit import queries
+from chatbridge.audit.queries import NotFound
+from chatbridge.audit.service import compact, forget_person, records_of_processing, verify_log
+from chatbridge.audit.settings import AuditKeyError, AuditKeys, AuditSettings
+from chatbridge.bootstrap import Store, audit_keys, open_store
+from chatbridge.domain.lifecycle import Policy
+from chatbridge.settings import Settings
+
+audit_app = typer.Typer(help="Proof for auditors, from the event log alone: timelines, access, deletions, transfers.")
+gdpr_app = typer.Typer(help="Data-subject rights: erase a person's personal data by destroying their key.")
+err = Console(stderr=True)
+
+
+class Format(StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+FormatOption = Annotated[Format, typer.Option("--format", help="table, json or csv.")]
+Org = Annotated[str, typer.Option("--org", help="The organisation's short code.")]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    return typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as error:
+        problems = "; ".join(f"{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in error.errors())
+        raise _fail(f"bad configuration: {problems}", 2) from None
+
+
+@contextmanager
+def _store(settings: Settings, keys: AuditKeys | None = None) -> Iterator[Store]:
+    try:
+        store = open_store(settings, keys=keys or audit_keys(settings))
+    except AuditKeyError as error:
+        raise _fail(str(error), 2) from None
+    try:
+        yield store
+    except NotFound as error:
+        raise _fail(str(error)) from None
+    finally:
+        store.close()
+
+
+def _moment(value: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not an ISO 8601 date-time (e.g. 2026-12-01T12:00:00Z)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return str(value)
+
+
+def _emit(document: dict[str, Any], rows: list[dict[str, Any]], columns: list[str], fmt: Format, title: str) -> None:
+    if fmt == Format.json:
+        sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    elif fmt == Format.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([_cell(row.get(column)) for column in columns] for row in rows)
+    else:
+        table = Table(*columns, title=title)
+        for row in rows:
+            table.add_row(*(_cell(row.get(column)) for column in columns))
+        Console(width=200).print(table)
+
+
+def _policy(settings: Settings) -> Policy:
+    return settings.policy
+
+
+@audit_app.command("chat")
+def chat(
+    org: Org,
+    event: Annotated[str, typer.Option("--event", help="The HiOrg event id.")],
+    fmt: FormatOption = Format.table,
+) -> None:
+    """The chat's full timeline: enabled, staffing, access granted and revoked, read-only, deletion, generations."""
+    settings = _settings()
+    with _store(settings) as store:
+        document = queries.chat_timeline(store.app, org, event, _policy(settings))
+    if fmt == Format.table:
+        _emit(document, document["generations"], list(document["generations"][0]), fmt, f"{org}/{event}: generations")
+    _emit(document, document["entries"], ["at", "generation", "what", "details", "source"], fmt, f"{org}/{event}")
+
+
+@audit_app.command("person")
+def person(
+    org: Org,
+    person_id: Annotated[str, typer.Option("--person", help="The HiOrg user id (or a forgotten person's pseudonym).")],
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Every chat the person had access to, from when to when (an Art. 15 access request)."""
+    settings = _settings()
+    with _store(settings) as store:
+        document = queries.person_access(store.app, org, person_id, _policy(settings))
+    columns = ["event_id", "generation", "chat_id", "from", "until", "ended_by"]
+    title = f"{org}: access of {document['person']}" + (" (forgotten)" if document["forgotten"] else "")
+    _emit(document, document["access"], columns, fmt, title)
+
+
+@audit_app.command("deletions")
+def deletions(
+    org: Org,
+    since: Annotated[str | None, typer.Option("--since", help="Only deletions at or after (ISO 8601).")] = None,
+    now: Annotated[str | None, typer.Option("--now", help="The clock for `overdue` (default: now).")] = None,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Every chat deleted, when, by which rule, with the backend's confirmation — and those overdue (Art. 17)."""
+    settings = _settings()
+    moment = _moment(now) if now else datetime.now(UTC)
+    with _store(settings) as store:
+        document = queries.deletions(store.app, org, _policy(settings), moment, _moment(since) if since else None)
+    rows = [{**row, "state": "deleted"} for row in document["deleted"]]
+    rows += [{**row, "state": "OVERDUE"} for row in document["overdue"]]
+    columns = ["state", "event_id", "generation", "chat_id", "deletion_rule", "delete_at", "deleted_at",
+               "confirmation", "note"]  # fmt: skip
+    _emit(document, rows, columns, fmt, f"{org}: deletions ({len(document['overdue'])} overdue)")
+    if document["overdue"]:
+        err.print(f"{len(document['overdue'])} chat generations are overdue for deletion", highlight=False)
+
+
+@audit_app.command("transfers")
+def transfers(org: Org, fmt: FormatOption = Format.table) -> None:
+    """Every transfer of organisation data to the chat operator, with the exact fields (Art. 28/30)."""
+    settings = _settings()
+    with _store(settings) as store:
+        document = queries.transfers(store.app, org, _policy(settings))
+    _emit(document, document["transfers"], ["at", "what", "tenant_id", "fields", "source"], fmt, f"{org}: transfers")
+
+
+@audit_app.command("records-of-processing")
+def records(fmt: FormatOption = Format.table) -> None:
+    """The Art. 30 records of processing, generated from the configuration and the lifecycle policy."""
+    settings = _settings()
+    rows = records_of_processing(settings, settings.policy)
+    _emit({"records_of_processing": rows}, rows, ["section", "entry"], fmt, "Records of processing (Art. 30)")
+
+
+@audit_app.command("verify")
+def verify(fmt: FormatOption = Format.table) -> None:
+    """Recompute the hash chain over the event log and check the signed checkpoints; exit 1 if altered."""
+    settings = _settings()
+    try:
+        keys = audit_keys(settings, create=False)
+    except AuditKeyError as error:
+        keys = _verify_only_keys(error)
+    if keys.verify_key is None:
+        raise _fail("no key to verify with: set CHATBRIDGE_AUDIT_VERIFY_KEY or CHATBRIDGE_AUDIT_SIGNING_KEY", 2)
+    verify_key = keys.verify_key
+    with _store(settings, keys) as store:
+        result = verify_log(store.app, verify_key)
+    problems = [_finding(f) for f in sorted(result.findings, key=lambda f: f.notification_id)]
+    document: dict[str, Any] = {
+        "ok": result.ok,
+        "records": result.records,
+        "links": result.links,
+        "checkpoints": result.checkpoints,
+        "last_checkpoint": result.last_checkpoint,
+        "unsigned_tail": result.unsigned_tail,
+        "first_problem": None if result.first is None else _finding(result.first),
+        "problems": problems,
+    }
+    if fmt != Format.table:
+        _emit(document, problems, ["record", "problem", "detail"], fmt, "verify")
+    elif result.ok:
+        print(f"OK: {result.records} records, chain intact, {result.checkpoints} signed checkpoints valid")
+    else:
+        print(f"ALTERED: {result.first}")
+        for finding in sorted(result.findings, key=lambda f: f.notification_id)[1:20]:
+            print(f"  also {finding}")
+    raise typer.Exit(0 if result.ok else 1)
+
+
+def _finding(finding: Any) -> dict[str, Any]:
+    return {"record": finding.notification_id, "problem": finding.problem, "detail": finding.detail}
+
+
+def _verify_only_keys(error: AuditKeyError) -> AuditKeys:
+    """An auditor may hold only the public key: verify needs nothing else."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    audit = AuditSettings()
+    if not audit.verify_key:
+        raise _fail(str(error), 2)
+    try:
+        public = Ed25519PublicKey.from_public_bytes(bytes.fromhex(audit.verify_key))
+    except ValueError:
+        raise _fail("CHATBRIDGE_AUDIT_VERIFY_KEY is not a 32-byte Ed25519 public key in hex", 2) from None
+    return AuditKeys(None, public, AuditKeys.ephemeral().pseudonym_key)
+
+
+@gdpr_app.command("forget")
+def forget(
+    org: Org,
+    person_id: Annotated[str, typer.Option("--person", help="The HiOrg user id.")],
+) -> None:
+    """Erase a person: destroy their key, so that the store names them by pseudonym only, for good."""
+    settings = _settings()
+    with _store(settings) as store:
+        result = forget_person(store, settings, org, person_id, datetime.now(UTC))
+    state = "key destroyed" if result.key_destroyed else "the key was already destroyed"
+    print(f"forgot the person of {org}: {state}; from now on known as {result.pseudonym}")
+
+
+@gdpr_app.command("compact")
+def compact_command() -> None:
+    """Rewrite the database so that no deleted row leaves bytes behind (after persons were deleted by HiOrg)."""
+    settings = _settings()
+    compact(settings)
+    print("compacted")

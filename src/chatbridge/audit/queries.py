@@ -1,0 +1,345 @@
+"""The auditors' questions, answered from the event log alone (so `replay` cannot change an answer).
+
+Each query reads the notification log in order through the application's mapper — persons appear by their
+HiOrg id while their key exists, by their pseudonym once it is destroyed — and folds it with the same
+`DesiredStateFold` the projection uses, to tell each fact's generation and each generation's deadlines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from chatbridge.application import ChatBridge
+from chatbridge.domain import lifecycle
+from chatbridge.domain.aggregates import ChatGroup, Organisation
+from chatbridge.domain.lifecycle import OrganisationFeature, Policy
+from chatbridge.projections.desired_state import ChatKey, DesiredStateFold
+from chatbridge.projections.document import utc_z
+
+
+class NotFound(Exception):
+    """An unknown organisation, event or person (the message says which)."""
+
+
+def events(app: ChatBridge, page_size: int = 1000) -> Iterator[Any]:
+    """Every stored event, decoded, in notification order."""
+    position = 0
+    while True:
+        page = app.recorder.select_notifications(start=position, limit=page_size, inclusive_of_start=False)
+        if not page:
+            return
+        for notification in page:
+            yield app.mapper.to_domain_event(notification)
+        position = page[-1].id
+
+
+def _name(event: Any) -> str:
+    return type(event).__qualname__
+
+
+def _time(moment: datetime | None) -> str | None:
+    return None if moment is None else utc_z(moment)
+
+
+@dataclass
+class GenerationRecord:
+    """What the log says about one generation of one chat."""
+
+    number: int
+    enabled_at: datetime
+    read_only_at: datetime | None = None
+    delete_at: datetime | None = None
+    rule: str | None = None
+    settled: bool = False
+    chat_id: str | None = None
+    made_read_only_at: datetime | None = None
+    deleted_at: datetime | None = None  # confirmed by the backend
+    confirmation: dict[str, Any] | None = None
+
+
+def deletion_rule(life: lifecycle.ChatLife, organisation: OrganisationFeature, policy: Policy) -> str:
+    """Which term of the policy sets the chat's deletion: the earliest one."""
+    terms = [
+        (lifecycle.end_eff(life) + policy.full_use + policy.view, "retention"),
+        (_plus(life.generation.chat_disabled_at, policy), "chat disabled"),
+        (_plus(lifecycle.org_disabled_at(life.generation, organisation), policy), "organisation disabled"),
+        (life.deleted_at, "event deleted"),
+    ]
+    present = [(moment, rule) for moment, rule in terms if moment is not None]
+    return min(present, key=lambda term: term[0])[1]
+
+
+def _plus(moment: datetime | None, policy: Policy) -> datetime | None:
+    return None if moment is None else moment + policy.view
+
+
+@dataclass
+class ChatHistory:
+    org: str
+    event_id: str
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    generations: dict[int, GenerationRecord] = field(default_factory=dict)
+
+
+class LogFold:
+    """The log folded once: every chat's generations and outcomes, and the chosen chats' timelines."""
+
+    def __init__(self, app: ChatBridge, policy: Policy, timelines_of: set[ChatKey] | None = None):
+        self.app = app
+        self.policy = policy
+        self.fold = DesiredStateFold(policy=policy, pseudonym=app.persons.pseudonym)
+        self.histories: dict[ChatKey, ChatHistory] = {}
+        self.organisations: dict[str, list[dict[str, Any]]] = {}  # org → its facts, for transfers and timelines
+        self.timelines_of = timelines_of
+        self.access: dict[ChatKey, list[dict[str, Any]]] = {}  # (org, event_id) → access outcomes in order
+        for event in events(app):
+            self._apply(event)
+
+    def _apply(self, event: Any) -> None:
+        name = _name(event)
+        if name.startswith("Organisation."):
+            org = self.fold.organisation_keys.get(event.originator_id)
+            for event_id in self.fold.chats_of_organisation.get(org or "", ()):
+                self._update((org or "", event_id), after=False)
+            self.fold.apply(event)
+            org = self.fold.organisation_keys[event.originator_id]
+            self.organisations.setdefault(org, []).append(self._organisation_entry(name, event))
+            for event_id in self.fold.chats_of_organisation.get(org, ()):
+                self._update((org, event_id), after=True)
+            if name in ("Organisation.ChatEnabled", "Organisation.ChatDisabled"):
+                for event_id in self.fold.chats_of_organisation.get(org, ()):
+                    self._entry((org, event_id), self.organisations[org][-1])
+            return
+        if not name.startswith("ChatGroup."):
+            self.fold.apply(event)
+            return
+        before = self.fold.chat_keys.get(event.originator_id)
+        generation_before = self.fold.chats[before].life.generation.number if before else None
+        if before:
+            self._update(before, after=False)
+        self.fold.apply(event)
+        key = self.fold.chat_keys[event.originator_id]
+        history = self.histories.setdefault(key, ChatHistory(*key))
+        self._update(key, after=True)
+        generation = self.fold.chats[key].life.generation.number
+        entry = self._chat_entry(name, event, generation)
+        if generation_before not in (None, generation) and name == "ChatGroup.EventRecorded":
+            entry["what"] = "chat enabled, generation started"
+        self._entry(key, entry)
+        record = history.generations.get(getattr(event, "generation", generation))
+        if record is None:
+            return
+        if name == "ChatGroup.ChatCreated":
+            record.chat_id = event.chat_id
+        elif name == "ChatGroup.MadeReadOnly" and record.made_read_only_at is None:
+            record.made_read_only_at = event.at
+        elif name == "ChatGroup.ChatDeleted":
+            record.deleted_at, record.confirmation = event.at, event.confirmation
+        if name in ("ChatGroup.AccessGranted", "ChatGroup.AccessRevoked", "ChatGroup.ChatDeleted"):
+            self.access.setdefault(key, []).append(entry)
+
+    def _entry(self, key: ChatKey, entry: dict[str, Any]) -> None:
+        if self.timelines_of is None or key in self.timelines_of:
+            self.histories[key].entries.append(entry)
+
+    def _update(self, key: ChatKey, *, after: bool) -> None:
+        """Keep the current generation's deadlines; a generation deleted for good keeps those it had before the
+        fact that settled it (which may go on to change the chat, e.g. disable it to start a new generation)."""
+        chat = self.fold.chats[key]
+        life = chat.life
+        history = self.histories.setdefault(key, ChatHistory(*key))
+        record = history.generations.setdefault(
+            life.generation.number, GenerationRecord(life.generation.number, life.generation.enabled_at)
+        )
+        if record.settled:
+            return
+        if after and life.generation.deleted and record.delete_at is not None:
+            record.settled = True
+            return
+        organisation = self.fold.organisations.get(key[0]) or OrganisationFeature()
+        record.read_only_at = lifecycle.read_only_at(life, organisation, self.policy)
+        record.delete_at = lifecycle.delete_at(life, organisation, self.policy)
+        record.rule = deletion_rule(life, organisation, self.policy)
+        record.settled = life.generation.deleted
+
+    @staticmethod
+    def _organisation_entry(name: str, event: Any) -> dict[str, Any]:
+        what = {
+            "Organisation.Registered": "organisation known",
+            "Organisation.ChatEnabled": "organisation chat enabled",
+            "Organisation.ChatDisabled": "organisation chat disabled",
+            "Organisation.TenantProvisioned": "tenant provisioned at the chat operator",
+        }[name]
+        details: dict[str, Any] = {}
+        if name == "Organisation.ChatEnabled":
+            details["tenant"] = event.tenant
+        if name == "Organisation.TenantProvisioned":
+            details = {"tenant_id": event.tenant_id, "transferred": event.transferred}
+        at = getattr(event, "occurred_at", None) or event.at
+        return {"at": _time(at), "what": what, "generation": None, "source": getattr(event, "message_id", None),
+                "details": details}  # fmt: skip
+
+    @staticmethod
+    def _chat_entry(name: str, event: Any, generation: int) -> dict[str, Any]:
+        short = name.split(".", 1)[1]
+        details: dict[str, Any] = {}
+        what = short
+        if short in ("Registered", "EventRecorded"):
+            what = "chat enabled" if short == "Registered" else "event record"
+            details = {"title": event.title, "start": _time(event.start), "end": _time(event.end),
+                       "responsible": event.responsible}  # fmt: skip
+            if short == "EventRecorded":
+                details["chat_enabled"] = event.chat_enabled
+            if event.staff is not None:
+                details["staff"] = dict(sorted(event.staff.items()))
+        elif short == "StaffingChanged":
+            what, details = "staffing changed", {"person": event.person_id, "status": event.status}
+        elif short == "Cancelled":
+            what = "event cancelled"
+        elif short == "Deleted":
+            what = "event deleted"
+        elif short == "ChatCreated":
+            what, details = "chat created (backend confirmed)", {"chat_id": event.chat_id}
+        elif short == "AccessGranted":
+            what, details = "access granted", {"person": event.person_id}
+        elif short == "AccessRevoked":
+            what, details = "access revoked", {"person": event.person_id}
+            if event.person_id is None:
+                details["note"] = "an account chatbridge had not added was removed"
+        elif short == "ModeratorChanged":
+            what, details = "moderator " + ("granted" if event.moderator else "revoked"), {"person": event.person_id}
+        elif short == "MadeReadOnly":
+            what = "made read-only (backend confirmed)"
+        elif short == "Reopened":
+            what = "reopened (backend confirmed)"
+        elif short == "ChatDeleted":
+            what, details = "chat deleted with all content (backend confirmed)", {"confirmation": event.confirmation}
+        at = getattr(event, "occurred_at", None) or event.at
+        return {"at": _time(at), "what": what, "generation": getattr(event, "generation", generation),
+                "source": getattr(event, "message_id", None), "details": details}  # fmt: skip
+
+
+def _known_organisation(app: ChatBridge, org: str) -> None:
+    if not app.recorder.select_events(Organisation.create_id(org), limit=1) and not _has_chats(app, org):
+        raise NotFound(f"organisation {org!r} not found")
+
+
+def _has_chats(app: ChatBridge, org: str) -> bool:
+    return any(_name(e) == "ChatGroup.Registered" and e.org == org for e in events(app))
+
+
+def chat_timeline(app: ChatBridge, org: str, event_id: str, policy: Policy) -> dict[str, Any]:
+    """`audit chat`: every fact and confirmed outcome of one chat, in order, with its generations."""
+    if not app.recorder.select_events(ChatGroup.create_id(org, event_id), limit=1):
+        _known_organisation(app, org)
+        raise NotFound(f"event {event_id!r} of organisation {org!r} not found (or never had chat enabled)")
+    log = LogFold(app, policy, {(org, event_id)})
+    history = log.histories[(org, event_id)]
+    return {
+        "org": org,
+        "event_id": event_id,
+        "generations": [_generation_row(g) for g in sorted(history.generations.values(), key=lambda g: g.number)],
+        "entries": history.entries,
+    }
+
+
+def _generation_row(record: GenerationRecord) -> dict[str, Any]:
+    return {
+        "generation": record.number,
+        "enabled_at": _time(record.enabled_at),
+        "chat_id": record.chat_id,
+        "read_only_at": _time(record.read_only_at),
+        "made_read_only_at": _time(record.made_read_only_at),
+        "delete_at": _time(record.delete_at),
+        "deletion_rule": record.rule,
+        "deleted_at": _time(record.deleted_at),
+    }
+
+
+def person_access(app: ChatBridge, org: str, person_id: str, policy: Policy) -> dict[str, Any]:
+    """`audit person` (Art. 15): every chat the person had access to, from when to when."""
+    if not app.persons.is_known(org, person_id):
+        raise NotFound(f"person {person_id!r} of organisation {org!r} not found")
+    names = {person_id, app.persons.pseudonym(org, person_id)}
+    log = LogFold(app, policy, set())
+    rows: list[dict[str, Any]] = []
+    for (chat_org, event_id), entries in sorted(log.access.items()):
+        if chat_org != org:
+            continue
+        open_since: dict[int, str] = {}
+        for entry in entries:
+            generation = entry["generation"]
+            person = entry["details"].get("person")
+            if entry["what"] == "access granted" and person in names:
+                open_since.setdefault(generation, entry["at"])
+            elif generation in open_since and (
+                (entry["what"] == "access revoked" and person in names) or entry["what"].startswith("chat deleted")
+            ):
+                ended = "revoked" if entry["what"] == "access revoked" else "chat deleted"
+                rows.append(_access_row(event_id, generation, open_since.pop(generation), entry["at"], ended, log))
+        for generation, since in open_since.items():
+            rows.append(_access_row(event_id, generation, since, None, None, log))
+    forgotten = app.persons.is_forgotten(org, person_id)
+    return {
+        "org": org,
+        "person": app.persons.pseudonym(org, person_id) if forgotten else person_id,
+        "forgotten": forgotten,
+        "access": sorted(rows, key=lambda r: (r["from"], r["event_id"], r["generation"])),
+    }
+
+
+def _access_row(
+    event_id: str, generation: int, since: str, until: str | None, ended: str | None, log: LogFold
+) -> dict[str, Any]:
+    history = next(h for k, h in log.histories.items() if k[1] == event_id)
+    record = history.generations.get(generation)
+    return {"event_id": event_id, "generation": generation, "chat_id": record.chat_id if record else None,
+            "from": since, "until": until, "ended_by": ended}  # fmt: skip
+
+
+def deletions(app: ChatBridge, org: str, policy: Policy, now: datetime, since: datetime | None) -> dict[str, Any]:
+    """`audit deletions` (Art. 17): every chat generation deleted, when, by which rule, with the backend's
+    confirmation — and the generations overdue for deletion (which should be none)."""
+    _known_organisation(app, org)
+    log = LogFold(app, policy, set())
+    deleted, overdue = [], []
+    for (chat_org, event_id), history in sorted(log.histories.items()):
+        if chat_org != org:
+            continue
+        for record in sorted(history.generations.values(), key=lambda g: g.number):
+            due = record.delete_at is not None and record.delete_at <= now
+            row = {"event_id": event_id, **_generation_row(record), "confirmation": record.confirmation}
+            if record.deleted_at is not None:
+                if since is None or record.deleted_at >= since:
+                    deleted.append(row)
+            elif due and record.chat_id is not None:
+                overdue.append(row)
+            elif due and (since is None or (record.delete_at is not None and record.delete_at >= since)):
+                deleted.append({**row, "note": "never created at the chat backend: nothing to delete"})
+    return {"org": org, "now": utc_z(now), "deleted": deleted, "overdue": overdue}
+
+
+def transfers(app: ChatBridge, org: str, policy: Policy) -> dict[str, Any]:
+    """`audit transfers` (Art. 28/30): each transfer of organisation data to the chat operator, field by field."""
+    _known_organisation(app, org)
+    log = LogFold(app, policy, set())
+    rows = []
+    for entry in log.organisations.get(org, []):
+        details = entry["details"]
+        if entry["what"] == "organisation chat enabled":
+            what, fields, tenant_id = "requested by the organisation (chat enabled)", details["tenant"], None
+        elif entry["what"] == "tenant provisioned at the chat operator":
+            what, fields, tenant_id = (
+                "transferred (chat operator confirmed)",
+                details["transferred"],
+                details["tenant_id"],
+            )
+        else:
+            continue
+        rows.append(
+            {"at": entry["at"], "what": what, "source": entry["source"], "tenant_id": tenant_id, "fields": fields}
+        )
+    return {"org": org, "transfers": rows}

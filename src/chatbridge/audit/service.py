@@ -1,0 +1,151 @@
+"""The audit's use cases beside the queries: verify the log, forget a person, the records of processing."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from eventsourcing.application import AggregateNotFoundError
+
+from chatbridge.application import ChatBridge
+from chatbridge.audit import chain
+from chatbridge.audit.queries import NotFound
+from chatbridge.audit.shredding import KEY_TABLE
+from chatbridge.bootstrap import Store
+from chatbridge.domain.aggregates import Person
+from chatbridge.domain.lifecycle import Policy
+from chatbridge.settings import Settings
+
+
+def _records(app: ChatBridge, page_size: int = 1000) -> Iterator[tuple[int, bytes]]:
+    position = 0
+    while True:
+        page = app.recorder.select_notifications(start=position, limit=page_size, inclusive_of_start=False)
+        if not page:
+            return
+        for n in page:
+            yield n.id, chain.record_hash(n.originator_id, n.originator_version, n.topic, n.state)
+        position = page[-1].id
+
+
+def verify_log(app: ChatBridge, verify_key: Ed25519PublicKey) -> chain.Verification:
+    """Recompute the hash chain from the stored events and check it against its links and signed checkpoints."""
+    datastore = getattr(app.recorder, "datastore", None)
+    if datastore is None:
+        raise ValueError("the in-memory store keeps no hash chain")
+    with datastore.transaction(commit=False) as c:
+        c.execute("SELECT notification_id, record_hash, chain_hash FROM audit_chain ORDER BY notification_id")
+        links = [chain.Link(r["notification_id"], r["record_hash"], r["chain_hash"]) for r in c.fetchall()]
+        c.execute(
+            "SELECT notification_id, chain_hash, signed_at, key_id, signature FROM audit_checkpoints "
+            "ORDER BY notification_id"
+        )
+        checkpoints = [
+            chain.Checkpoint(r["notification_id"], r["chain_hash"], r["signed_at"], r["key_id"], r["signature"])
+            for r in c.fetchall()
+        ]
+    return chain.verify(_records(app), links, checkpoints, verify_key)
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    org: str
+    pseudonym: str
+    key_destroyed: bool  # False: it was destroyed before (the person was deleted or forgotten already)
+
+
+def forget_person(store: Store, settings: Settings, org: str, person_id: str, at: datetime) -> Forgotten:
+    """`gdpr forget`: record the erasure, rename the person in the projection, destroy the key, wipe free space.
+
+    The projection is brought up to date while the key still exists, so every row that names the person is
+    rewritten under the pseudonym before the key goes; the database is then compacted so that no old row
+    version survives in free pages or the write-ahead log.
+    """
+    app = store.app
+    persons = app.persons
+    if not persons.is_known(org, person_id):
+        raise NotFound(f"person {person_id!r} of organisation {org!r} not found")
+    pseudonym = persons.pseudonym(org, person_id)
+    already = persons.is_forgotten(org, person_id)
+    try:
+        person: Person = app.repository.get(Person.create_id(org, pseudonym))
+    except AggregateNotFoundError:
+        person = Person(org, pseudonym, person_id, "gdpr forget", at)
+    if person.person_id != pseudonym:  # not forgotten yet (a Forgotten event renames it)
+        person.forget(pseudonym, at, "gdpr forget")
+        app.save(person)
+    store.projection.catch_up()  # folding the Forgotten event renames the rows, and its decoding destroys the key
+    persons.forget(org, person_id)  # (in case the projection had folded it before)
+    compact(settings)
+    return Forgotten(org, pseudonym, not already)
+
+
+def compact(settings: Settings) -> None:
+    """Rewrite the database so that deleted and overwritten rows leave no bytes behind."""
+    if settings.store == "sqlite":
+        with sqlite3.connect(settings.database, timeout=30, isolation_level=None) as db:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            db.execute("VACUUM")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return
+    from chatbridge.bootstrap import _postgres_connection
+
+    with _postgres_connection(settings) as connection:
+        for table in ("desired_state", "person_status", "person_chats", KEY_TABLE):
+            connection.execute(f"VACUUM FULL {table}")
+
+
+def records_of_processing(settings: Settings, policy: Policy) -> list[dict[str, Any]]:
+    """Art. 30 records of processing, from the configuration and the lifecycle policy."""
+    from chatbridge.backends.settings import MatrixSettings
+
+    try:
+        matrix = MatrixSettings()
+        operator = f"Matrix homeserver {matrix.server_name} ({matrix.base_url})"
+    except Exception:  # an unreadable backend configuration must not hide the report
+        operator = "the configured Matrix homeserver"
+    full_use, view = policy.full_use, policy.view
+    rows = [
+        ("controller", "each organisation using HiOrg-Server's chat feature; HiOrg-Server and chatbridge's "
+         "operator act as processors"),
+        ("purpose", "a group chat per HiOrg-Server event (Dienst, Termin) for the persons responsible for and "
+         "firmly assigned to it, kept in step with the staffing, and deleted after the event"),
+        ("purpose", "proof for data-protection officers: who had access to which chat and when, deletions, "
+         "transfers (this audit)"),
+        ("legal basis", "the organisation's decision to enable the chat feature (Art. 6 (1) b/f GDPR), set in "
+         "HiOrg-Server"),
+        ("categories of persons", "members of the organisation responsible for or staffed on an event with chat"),
+        ("categories of data", "persons: HiOrg user id (pseudonymous), staffing status per event, person status "
+         "(active/restricted/external/blocked/deleted); no names or e-mail addresses"),
+        ("categories of data", "organisation: short code, name, e-mail, postal address (the tenant at the chat "
+         "operator)"),
+        ("categories of data", "events: id, title, start, end, chat flag, cancellation, deletion"),
+        ("categories of data", "chat content: end-to-end encrypted at the chat server; chatbridge never holds "
+         "room keys and cannot read it"),
+        ("recipients", f"chat operator: {operator} — tenant data, the members' chat account ids "
+         "(derived from the HiOrg user id), chat membership and roles"),
+        ("recipients", f"HiOrg-Server: chat status (link, phase, member counts) on {settings.status_topic}"),
+        ("transfers to third countries", "none by chatbridge; depends on where the chat operator runs"),
+        ("retention", f"chat active until {_days(full_use)} after the event ends (FULL_USE), then read-only for "
+         f"{_days(view)} (VIEW), then deleted with all content; earlier when the chat, the organisation's "
+         "feature or the event is disabled or deleted"),
+        ("retention", "event log: kept as proof; a deleted or forgotten person's key is destroyed "
+         "(crypto-shredding), after which the log names the person by pseudonym only"),
+        ("technical measures", "per-person AES-256-GCM keys and keyed pseudonyms (HMAC-SHA256); hash chain over "
+         "the event log with Ed25519-signed checkpoints; end-to-end encrypted, invite-only chats"),
+        ("store", f"{settings.store} (" + (str(settings.database) if settings.store == "sqlite"
+                                             else f"{settings.postgres_host}:{settings.postgres_port}/"
+                                             f"{settings.postgres_dbname}") + ")"),
+    ]  # fmt: skip
+    return [{"section": section, "entry": entry} for section, entry in rows]
+
+
+def _days(period: Any) -> str:
+    seconds = int(period.total_seconds())
+    if seconds % 86400 == 0:
+        return f"{seconds // 86400} days"
+    return f"{seconds / 3600:g} hours"
