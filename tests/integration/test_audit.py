@@ -299,3 +299,97 @@ def test_verify_rejects_a_chain_recomputed_without_the_key(tmp_path: Path) -> No
     finally:
         store.close()
     assert not result.ok and result.first is not None and result.first.problem == "checkpoint invalid"
+
+
+# -- the same on PostgreSQL --------------------------------------------------------------------------------------
+
+
+def _postgres(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], tmp_path: Path) -> Settings:
+    for name, value in {**env, "CHATBRIDGE_AUDIT_KEY_FILE": str(tmp_path / "keys")}.items():
+        monkeypatch.setenv(name, value)
+    return Settings()
+
+
+def _postgres_tamper(settings: Settings, tampering: str) -> None:
+    import psycopg
+
+    table = "chatbridge_events"
+    with psycopg.connect(
+        host=settings.postgres_host, port=settings.postgres_port, dbname=settings.postgres_dbname,
+        user=settings.postgres_user, password=settings.postgres_password.get_secret_value(), autocommit=True,
+    ) as db:  # fmt: skip
+        if tampering == "modified":
+            db.execute(f"UPDATE {table} SET state = '{{}}'::bytea WHERE notification_id = 5")
+        elif tampering == "deleted":
+            db.execute(f"DELETE FROM {table} WHERE notification_id = 5")
+        elif tampering == "inserted":
+            db.execute(
+                f"INSERT INTO {table} (originator_id, originator_version, topic, state) "
+                f"SELECT originator_id, originator_version + 1000, topic, state FROM {table} WHERE notification_id = 5"
+            )
+        else:  # swapped: rows 5 and 6 trade places
+            rows = db.execute(
+                f"SELECT notification_id, originator_id, originator_version, topic, state FROM {table} "
+                "WHERE notification_id IN (5, 6) ORDER BY notification_id"
+            ).fetchall()
+            db.execute(f"UPDATE {table} SET originator_version = -notification_id WHERE notification_id IN (5, 6)")
+            for (target, *_), (_, originator, version, topic, state) in zip(rows, reversed(rows), strict=True):
+                db.execute(
+                    f"UPDATE {table} SET originator_id = %s, originator_version = %s, topic = %s, state = %s "
+                    "WHERE notification_id = %s",
+                    (originator, version, topic, state, target),
+                )
+
+
+@pytest.mark.parametrize("tampering", sorted(TAMPERING))
+def test_verify_finds_the_first_tampered_record_on_postgres(
+    postgres_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tampering: str
+) -> None:
+    settings = _postgres(monkeypatch, postgres_env, tmp_path)
+    store = open_store(settings)
+    try:
+        tell(Story(store))
+        key = store.app.keys.signing_key.public_key()  # type: ignore[union-attr]
+        assert verify_log(store.app, key).ok
+        _postgres_tamper(settings, tampering)
+        result = verify_log(store.app, key)
+    finally:
+        store.close()
+    first = result.first
+    assert first is not None
+    if tampering == "inserted":
+        assert first.problem == "inserted" and first.notification_id > 5
+    else:
+        assert (first.notification_id, first.problem) == EXPECTED[tampering]
+
+
+def test_forgetting_on_postgres_leaves_no_plaintext_in_the_tables(
+    postgres_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import psycopg
+
+    settings = _postgres(monkeypatch, postgres_env, tmp_path)
+    store = open_store(settings)
+    try:
+        story = Story(store)
+        tell(story)
+        forget_person(store, settings, ORG, BOB, jan(7))
+        story.reconcile(jan(8))
+        access = queries.person_access(store.app, ORG, BOB, POLICY)
+    finally:
+        store.close()
+    assert access["forgotten"] and len(access["access"]) == 3
+    with psycopg.connect(
+        host=settings.postgres_host, port=settings.postgres_port, dbname=settings.postgres_dbname,
+        user=settings.postgres_user, password=settings.postgres_password.get_secret_value(), autocommit=True,
+    ) as db:  # fmt: skip
+        tables = [r[0] for r in db.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()]
+        for table in tables:
+            dump = str(db.execute(f"SELECT * FROM {table}").fetchall())
+            assert BOB not in dump, table
+            found = db.execute(
+                f"SELECT count(*) FROM {table} WHERE position(%s::bytea in convert_to({table}::text, 'UTF8')) > 0",
+                (BOB.encode(),),
+            ).fetchone()
+            assert found == (0,), table
+        assert ALICE in str(db.execute("SELECT * FROM person_chats").fetchall())
