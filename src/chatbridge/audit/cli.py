@@ -44,7 +44,7 @@ Org = Annotated[str, typer.Option("--org", help="The organisation's short code."
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    err.print(f"error: {message}", highlight=False, markup=False, soft_wrap=True)
     return typer.Exit(code)
 
 
