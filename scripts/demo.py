@@ -308,8 +308,8 @@ def main() -> int:
         audit = subprocess.run([CHATBRIDGE, "audit", "person", "--help"], capture_output=True, env=env)
         if audit.returncode == 0:
             say(f"\n== chatbridge audit person ({org}, the responsible of its events) ==")
-            result = subprocess.run([CHATBRIDGE, "audit", "person", org, person], capture_output=True, text=True,
-                                    env=env)  # fmt: skip
+            result = subprocess.run([CHATBRIDGE, "audit", "person", "--org", org, "--person", person],
+                                    capture_output=True, text=True, env={**env, "COLUMNS": "140"})  # fmt: skip
             say(result.stdout.rstrip() or result.stderr.rstrip())
         else:
             say(f"\n== access timeline of one person ({org}, the responsible of its events), from the event log ==")
