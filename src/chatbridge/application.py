@@ -148,6 +148,7 @@ class ChatBridge(EventSourcedProjection[UUID]):
         if not batch:
             return []
         processing = _Batch(source, batch)
+        self.persons.prepare(_persons_named(batch))  # their keys in one transaction, not one per new person
         self.process_event(processing, Tracking(source, batch[-1].position))  # type: ignore[arg-type]
         for org, person_id in processing.forgotten:  # deleted persons: their keys go once their facts are stored
             self.persons.forget(org, person_id)
@@ -264,6 +265,21 @@ def _staffing_changed(message: StaffingChanged, unit: _UnitOfWork) -> str:
     return _on_live_chat(
         message, unit, lambda chat: chat.change_staffing(message.id, message.occurred_at, data.person_id, data.status)
     )
+
+
+def _persons_named(batch: Sequence[Received]) -> set[tuple[str, str]]:
+    """(org, person_id) of every person the batch's messages name: their events will be sealed with their keys."""
+    named: set[tuple[str, str]] = set()
+    for record in batch:
+        message = record.parsed
+        if isinstance(message, EventUpserted):
+            data = message.data
+            named.update((message.org, s.person_id) for s in data.staff or ())
+            if data.responsible:
+                named.add((message.org, data.responsible))
+        elif isinstance(message, StaffingChanged | PersonStatusChanged):
+            named.add((message.org, message.data.person_id))
+    return named
 
 
 _HANDLERS: dict[type, Callable[[Any, _UnitOfWork], str]] = {

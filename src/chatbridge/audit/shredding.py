@@ -58,6 +58,7 @@ def _now() -> str:
 
 class KeyTable(Protocol):
     def get_or_create(self, pseudonym: str, org: str) -> bytes: ...  # b"" when forgotten
+    def get_or_create_many(self, wanted: dict[str, str]) -> dict[str, bytes]: ...  # pseudonym → org
     def get(self, pseudonym: str) -> bytes | None: ...  # None: no such person; b"": forgotten
     def destroy(self, pseudonym: str, org: str) -> bool: ...  # True if a key was destroyed now
     def forgotten_count(self) -> int: ...
@@ -71,6 +72,9 @@ class MemoryKeyTable:
     def get_or_create(self, pseudonym: str, org: str) -> bytes:
         with self._lock:
             return self._keys.setdefault(pseudonym, AESGCM.generate_key(256))
+
+    def get_or_create_many(self, wanted: dict[str, str]) -> dict[str, bytes]:
+        return {pseudonym: self.get_or_create(pseudonym, org) for pseudonym, org in wanted.items()}
 
     def get(self, pseudonym: str) -> bytes | None:
         return self._keys.get(pseudonym)
@@ -112,6 +116,31 @@ class SQLKeyTable:
             c.execute(self._sql(f"SELECT person_key FROM {KEY_TABLE} WHERE pseudonym = ?"), (pseudonym,))
             row = c.fetchone()
         return bytes.fromhex(row["person_key"]) if row["person_key"] else _FORGOTTEN
+
+    def get_or_create_many(self, wanted: dict[str, str]) -> dict[str, bytes]:
+        """Keys for many persons in one transaction (a batch's new persons)."""
+        keys: dict[str, bytes] = {}
+        pseudonyms = list(wanted)
+        with self.datastore.transaction(commit=True) as c:
+            c.executemany(
+                self._sql(
+                    f"INSERT INTO {KEY_TABLE} (pseudonym, org, person_key, created_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (pseudonym) DO NOTHING"
+                ),
+                [(p, wanted[p], AESGCM.generate_key(256).hex(), _now()) for p in pseudonyms],
+            )
+            for start in range(0, len(pseudonyms), 500):
+                chunk = pseudonyms[start : start + 500]
+                c.execute(
+                    self._sql(
+                        f"SELECT pseudonym, person_key FROM {KEY_TABLE} "
+                        f"WHERE pseudonym IN ({','.join('?' * len(chunk))})"
+                    ),
+                    chunk,
+                )
+                for row in c.fetchall():
+                    keys[row["pseudonym"]] = bytes.fromhex(row["person_key"]) if row["person_key"] else _FORGOTTEN
+        return keys
 
     def get(self, pseudonym: str) -> bytes | None:
         with self.datastore.transaction(commit=False) as c:
@@ -197,6 +226,19 @@ class PersonKeys:
         if cipher is None:
             cipher = self._ciphers[pseudonym] = AESGCM(key)
         return cipher
+
+    def prepare(self, persons: set[tuple[str, str]]) -> None:
+        """Fetch or create the keys of these (org, person_id) in one transaction, before a batch is sealed."""
+        self._refresh()
+        wanted = {}
+        for org, person_id in persons:
+            pseudonym = self.pseudonym(org, person_id)
+            if pseudonym != person_id and pseudonym not in self._cache:
+                wanted[pseudonym] = org
+        if wanted:
+            keys = self.table.get_or_create_many(wanted)
+            with self._lock:
+                self._cache.update(keys)
 
     def seal(self, org: str, person_id: str) -> str:
         pseudonym = self.pseudonym(org, person_id)
