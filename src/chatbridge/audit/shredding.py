@@ -189,13 +189,20 @@ class PersonKeys:
         self._checked = 0.0
         self._forgotten_seen = -1
         self._lock = threading.Lock()
+        self._pseudonyms: dict[tuple[str, str], str] = {}
 
     def pseudonym(self, org: str, person_id: str) -> str:
         """The person's keyed pseudonym; a pseudonym is its own pseudonym (a forgotten person stays one)."""
+        known = self._pseudonyms.get((org, person_id))
+        if known is not None:
+            return known
         if PSEUDONYM.fullmatch(person_id):
             return person_id
         mac = hmac.new(self._pseudonym_key, f"{org}/{person_id}".encode(), hashlib.sha256)
-        return "ps-" + mac.hexdigest()[:32]
+        if len(self._pseudonyms) > 200_000:  # bounded: a remembered pseudonym only saves the HMAC
+            self._pseudonyms.clear()
+        pseudonym = self._pseudonyms[(org, person_id)] = "ps-" + mac.hexdigest()[:32]
+        return pseudonym
 
     def _refresh(self) -> None:
         # Another process (`gdpr forget`) may have destroyed keys this process still holds: look now and then.
