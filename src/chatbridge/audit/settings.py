@@ -70,12 +70,30 @@ def _hex_bytes(value: str, name: str, length: int) -> bytes:
     return raw
 
 
+def _create_key_file(path: Path) -> None:
+    """Fresh keys, written whole and then linked into place: processes starting together agree on one file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = {"signing_key": secrets.token_hex(32), "pseudonym_key": secrets.token_hex(32)}
+    draft = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w") as file:
+            json.dump(keys, file)
+        os.link(draft, path)
+    except FileExistsError:
+        pass  # another process made it first: use theirs
+    finally:
+        draft.unlink(missing_ok=True)
+
+
 def load_keys(settings: AuditSettings, default_file: Path, *, create: bool) -> AuditKeys:
     """The configured keys; with `create`, a missing key file is made with fresh keys (the first run)."""
     path = settings.key_file or default_file
     stored: dict[str, str] = {}
     direct = settings.signing_key is not None and settings.pseudonym_key is not None
     if not direct:
+        if not path.is_file() and create:
+            _create_key_file(path)
         if path.is_file():
             try:
                 stored = json.loads(path.read_text())
@@ -83,12 +101,6 @@ def load_keys(settings: AuditSettings, default_file: Path, *, create: bool) -> A
                 raise AuditKeyError(f"the audit key file {path} is unreadable") from None
             if not isinstance(stored, dict):
                 raise AuditKeyError(f"the audit key file {path} is not a JSON object")
-        elif create:
-            stored = {"signing_key": secrets.token_hex(32), "pseudonym_key": secrets.token_hex(32)}
-            path.parent.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "w") as file:
-                json.dump(stored, file)
         elif settings.verify_key is None or settings.pseudonym_key is None:
             raise AuditKeyError(f"no audit keys: set CHATBRIDGE_AUDIT_SIGNING_KEY or provide the key file {path}")
     signing_text = settings.signing_key.get_secret_value() if settings.signing_key else stored.get("signing_key")
