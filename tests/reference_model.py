@@ -81,7 +81,8 @@ def reference_document(lines: list[bytes], now: datetime, full_use: timedelta, v
                     if e["org"] == message.org and (data.person_id in e["staff"] or data.person_id == e["responsible"])
                 )
             )
-            persons[(message.org, data.person_id)] = data.status
+            if persons.get((message.org, data.person_id)) != "deleted":  # for good: the person's data is shredded
+                persons[(message.org, data.person_id)] = data.status
             continue
         key = (message.org, data.event_id)
         event = events.get(key)

@@ -213,7 +213,8 @@ class DesiredStateFold:
         for event_id in sorted(self.person_chats.get(key, ())):
             if key[1] in self.named((key[0], event_id)):
                 self._touch_chat((key[0], event_id), event.occurred_at)
-        self.person_statuses[key] = event.status
+        if self.person_statuses.get(key) != "deleted":  # for good: the person's key was destroyed (shredding)
+            self.person_statuses[key] = event.status
         self.dirty_persons.add(key)
 
     def _person_forgotten(self, event: Any) -> None:
