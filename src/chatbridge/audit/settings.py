@@ -93,7 +93,10 @@ def load_keys(settings: AuditSettings, default_file: Path, *, create: bool) -> A
     direct = settings.signing_key is not None and settings.pseudonym_key is not None
     if not direct:
         if not path.is_file() and create:
-            _create_key_file(path)
+            try:
+                _create_key_file(path)
+            except OSError as error:
+                raise AuditKeyError(f"cannot create the audit key file {path}: {error.strerror}") from None
         if path.is_file():
             try:
                 stored = json.loads(path.read_text())
