@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError, StoredEvent
 from eventsourcing.popo import POPOProcessRecorder
@@ -61,6 +62,7 @@ class IntakeSummary:
 
 class IntakeLedger(Protocol):
     def known_message_ids(self, message_ids: Iterable[str]) -> set[str]: ...
+    def stored_versions(self, originator_ids: Iterable[UUID]) -> dict[UUID, int]: ...
     def intake_summary(self) -> IntakeSummary: ...
     def is_empty(self) -> bool: ...
 
@@ -84,6 +86,7 @@ class _IntakeTable:
 
     datastore: Any
     chain_signer: Any = None  # the audit's Ed25519 key: each transaction signs its last link (audit.chain)
+    events_table_name: str
 
     def _sql(self, statement: str) -> str:
         return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)
@@ -118,6 +121,30 @@ class _IntakeTable:
                 )
                 known.update(row["message_id"] for row in c.fetchall())
         return known
+
+    def stored_versions(self, originator_ids: Iterable[UUID]) -> dict[UUID, int]:
+        """The latest stored version of each aggregate that has events (one query for a whole batch, where
+        `repository.get` would ask once per aggregate)."""
+        ids = list(originator_ids)
+        versions: dict[UUID, int] = {}
+        with self.datastore.transaction(commit=False) as c:
+            for start in range(0, len(ids), 500):
+                chunk = [self._originator_param(i) for i in ids[start : start + 500]]
+                c.execute(
+                    self._sql(
+                        f"SELECT originator_id, MAX(originator_version) AS version FROM {self.events_table_name} "
+                        f"WHERE originator_id IN ({','.join('?' * len(chunk))}) GROUP BY originator_id"
+                    ),
+                    chunk,
+                )
+                for row in c.fetchall():
+                    originator = row["originator_id"]
+                    versions[originator if isinstance(originator, UUID) else UUID(originator)] = row["version"]
+        return versions
+
+    @staticmethod
+    def _originator_param(originator_id: UUID) -> Any:
+        return originator_id.hex  # SQLite stores ids as hex text; PostgreSQL overrides this
 
     def intake_summary(self) -> IntakeSummary:
         with self.datastore.transaction(commit=False) as c:
@@ -165,6 +192,10 @@ class PostgresIntakeRecorder(_IntakeTable, PostgresProcessRecorder):
         super().__init__(datastore, **kwargs)
         self.sql_create_statements.extend(Composed([SQL(statement)]) for statement in self.CREATE_STATEMENTS)
 
+    @staticmethod
+    def _originator_param(originator_id: UUID) -> Any:
+        return originator_id
+
     def _insert_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
         super()._insert_events(curs, stored_events, **kwargs)
         self._write_intake(curs, kwargs.get("intake", ()))
@@ -211,6 +242,15 @@ class POPOIntakeRecorder(POPOProcessRecorder):
     def known_message_ids(self, message_ids: Iterable[str]) -> set[str]:
         with self._database_lock:
             return self._remembered_ids.intersection(message_ids)
+
+    def stored_versions(self, originator_ids: Iterable[UUID]) -> dict[UUID, int]:
+        with self._database_lock:
+            versions = {}
+            for originator_id in originator_ids:
+                index = self._stored_events_index.get(str(originator_id))
+                if index:
+                    versions[originator_id] = max(index)
+            return versions
 
     def intake_summary(self) -> IntakeSummary:
         with self._database_lock:

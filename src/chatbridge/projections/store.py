@@ -36,7 +36,12 @@ _feature = TypeAdapter(OrganisationFeature)
 
 def _stamp(moment: datetime | None) -> str | None:
     # one fixed format, so that SQL comparisons of deadlines (next_due <= now) are correct as text
-    return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if moment is None:
+        return None
+    utc = moment.astimezone(UTC)
+    if utc.year < 1000:  # isoformat pads the year to four digits, strftime may not: keep the one format
+        return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"  # strftime's result, 5× faster
 
 
 def _unstamp(text: str | None) -> datetime | None:
@@ -232,7 +237,9 @@ DesiredStateView = SQLiteDesiredStateView | PostgresDesiredStateView
 class DesiredStateProjection:
     """Follows the application's notification log into its view (`SQLiteDesiredStateView` or the PostgreSQL one)."""
 
-    def __init__(self, app: ChatBridge, view: DesiredStateView, policy: Policy, page_size: int = 1000):
+    # Each page is folded, then its changed rows are written with the position: a chat touched on many pages is
+    # written many times, so pages are large (a worker's fold a second is about one page).
+    def __init__(self, app: ChatBridge, view: DesiredStateView, policy: Policy, page_size: int = 5000):
         self.app = app
         self.view = view
         self.policy = policy
