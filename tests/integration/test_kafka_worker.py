@@ -85,6 +85,8 @@ def no_message_stored_twice(env: dict[str, str]) -> None:
         seen: set[tuple[Any, ...]] = set()
         for notification in store.app.recorder.select_notifications(start=None, limit=10**7):
             event = store.app.mapper.to_domain_event(notification)
+            if not hasattr(event, "message_id"):
+                continue  # a fact chatbridge recorded itself (a person forgotten), not one a message brought
             key = (event.originator_id, type(event).__qualname__, event.message_id)
             assert key not in seen, f"{key} stored twice"
             seen.add(key)
