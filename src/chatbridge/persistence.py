@@ -12,6 +12,7 @@ The recorder classes are chosen by `bootstrap` through the library's `PROCESS_RE
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -67,6 +68,35 @@ class IntakeLedger(Protocol):
     def is_empty(self) -> bool: ...
 
 
+_ROW = re.compile(r"VALUES \((\?(?:, \?)*)\)")
+
+
+def insert_rows(c: Any, statement: str, rows: Iterable[Sequence[Any]], placeholder: str) -> None:
+    """Run a one-row `INSERT … VALUES (?, …)` statement (upserts too) for many rows.
+
+    SQLite: `executemany`, a C loop over one prepared statement. PostgreSQL: one statement for all rows, the
+    columns passed as arrays (`SELECT * FROM unnest(%s::text[], …)`) — psycopg's `executemany` costs a round trip
+    per row. The rows must not share a conflict key (they never do here: each is a set member or a ledger
+    position).
+    """
+    rows = list(rows)
+    if not rows:
+        return
+    if placeholder == "?":
+        c.executemany(statement, rows)
+        return
+    match = _ROW.search(statement)
+    assert match is not None, statement
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    arrays = ", ".join(f"%s::{_pg_type(column)}[]" for column in columns)
+    c.execute(f"{statement[: match.start()]}SELECT * FROM unnest({arrays}){statement[match.end() :]}", columns)
+
+
+def _pg_type(column: Sequence[Any]) -> str:
+    value = next((v for v in column if v is not None), None)
+    return "bigint" if isinstance(value, int) and not isinstance(value, bool) else "text"
+
+
 def _remembered(record: IntakeRecord) -> bool:
     return record.outcome in (APPLIED, IGNORED)
 
@@ -98,12 +128,11 @@ class _IntakeTable:
 
     def _write_intake(self, c: Any, intake: Sequence[IntakeRecord]) -> None:
         if intake:
-            c.executemany(
-                self._sql(
-                    "INSERT INTO chatbridge_intake (source, position, outcome, message_id, reason) "
-                    "VALUES (?, ?, ?, ?, ?)"
-                ),
+            insert_rows(
+                c,
+                "INSERT INTO chatbridge_intake (source, position, outcome, message_id, reason) VALUES (?, ?, ?, ?, ?)",
                 [(r.source, r.position, r.outcome, r.message_id, r.reason) for r in intake],
+                self.placeholder,
             )
 
     def known_message_ids(self, message_ids: Iterable[str]) -> set[str]:

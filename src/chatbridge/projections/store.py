@@ -25,6 +25,7 @@ from pydantic import TypeAdapter
 
 from chatbridge.application import ChatBridge
 from chatbridge.domain.lifecycle import OrganisationFeature, Policy
+from chatbridge.persistence import insert_rows
 from chatbridge.projections.desired_state import Changes, ChatRecord, DesiredChat, DesiredStateFold
 
 PROJECTION_NAME = "desired_state"
@@ -178,8 +179,7 @@ class _DesiredStateTables:
             (_WRITE_CHAT, chats),
             (_WRITE_INDEX, changes.index_entries),
         ):
-            if rows:
-                c.executemany(self._sql(statement), rows)
+            insert_rows(c, statement, rows, self.placeholder)
 
     def desired_chats(self) -> list[DesiredChat]:
         with self.datastore.transaction(commit=False) as c:
