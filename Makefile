@@ -39,8 +39,10 @@ services-stop:
 demo: install
 	$(BIN)/python scripts/demo.py $(DEMO_ARGS)
 
-bench:
-	@echo "make bench (ingest, replay and reconcile beside their baselines) comes with issue #7."
+## Benchmarks, each beside its baseline measured in the same run (bench/README.md): bench/results/latest.{json,md}.
+## QUICK=1: small sizes (minutes); ONLY=name,name: some figures. Starts the local services itself.
+bench: install
+	$(BIN)/python -m bench $(if $(QUICK),--quick) $(if $(ONLY),--only $(ONLY))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache

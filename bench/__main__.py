@@ -1,0 +1,65 @@
+"""`python -m bench [--quick] [--only name,…]`: run the benchmarks and write bench/results/latest.{json,md}."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import subprocess
+import time
+
+from bench import ingest, reconcile
+from bench.common import ROOT, Result, Sizes, log, write_results
+
+ORDER = [
+    "raw_consume",
+    "raw_store_sqlite",
+    "raw_store_postgres",
+    "ingest_sqlite",
+    "ingest_postgres",
+    "ingest_naive_sqlite",
+    "ingest_at_1m",
+    "replay_sqlite",
+    "reconcile_steps",
+    "change_to_visible_p99",
+    "resync_noop",
+    "worker_rss_100k",
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes (development, smoke runs)")
+    parser.add_argument("--only", help="comma-separated figure names (default: all)")
+    parser.add_argument("--no-services", action="store_true", help="do not run scripts/services/all.sh start")
+    args = parser.parse_args()
+    sizes = Sizes.quick() if args.quick else Sizes.full()
+    only = set(args.only.split(",")) if args.only else None
+    if only and (unknown := only - set(ORDER)):
+        parser.error(f"unknown figures: {', '.join(sorted(unknown))}")
+    if not args.no_services:
+        subprocess.run([str(ROOT / "scripts" / "services" / "all.sh"), "start"], check=True)
+    started = time.monotonic()
+    results: list[Result] = []
+    results += ingest.run(sizes, only)
+    results += reconcile.run(sizes, only)
+    results.sort(key=lambda r: ORDER.index(r.name))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
+    header = (
+        f"# chatbridge bench — {'quick' if args.quick else 'full'} sizes, median of {sizes.repetitions}\n\n"
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit.strip() or '?'}, "
+        f"{platform.python_implementation()} {platform.python_version()}, {_cores()} cores, "
+        f"{(time.monotonic() - started) / 60:.1f} min. Ratios: value / baseline (latency: baseline / value)."
+    )
+    json_path, md_path = write_results(results, header)
+    log(f"wrote {json_path} and {md_path}")
+    print(md_path.read_text())
+
+
+def _cores() -> int:
+    import os
+
+    return os.cpu_count() or 0
+
+
+if __name__ == "__main__":
+    main()
