@@ -9,7 +9,7 @@ nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from copy import deepcopy
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -18,7 +18,7 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, ProcessingEvent
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import Mapper, ProcessRecorder, StoredEvent, Tracking
+from eventsourcing.persistence import Mapper, Notification, ProcessRecorder, StoredEvent, Tracking
 from eventsourcing.popo import POPOFactory
 from eventsourcing.projection import EventSourcedProjection
 
@@ -176,6 +176,13 @@ class ChatBridge(EventSourcedProjection[UUID]):
     @property
     def ledger(self) -> IntakeLedger:
         return cast(IntakeLedger, self.recorder)
+
+    def notifications(self, page_size: int = 1000) -> Iterator[Notification]:
+        """Every stored event record, in notification-log order, read a page at a time (audit, verification)."""
+        position = 0
+        while page := self.recorder.select_notifications(start=position, limit=page_size, inclusive_of_start=False):
+            yield from page
+            position = page[-1].id
 
     def position(self, source: str) -> int:
         """The last position of `source` stored (0 if none): the next read starts after it."""

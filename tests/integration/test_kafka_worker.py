@@ -83,7 +83,7 @@ def no_message_stored_twice(env: dict[str, str]) -> None:
     store = open_store(settings_of(env))
     try:
         seen: set[tuple[Any, ...]] = set()
-        for notification in store.app.recorder.select_notifications(start=None, limit=10**7):
+        for notification in store.app.notifications():
             event = store.app.mapper.to_domain_event(notification)
             if not hasattr(event, "message_id"):
                 continue  # a fact chatbridge recorded itself (a person forgotten), not one a message brought

@@ -24,16 +24,9 @@ class NotFound(Exception):
     """An unknown organisation, event or person (the message says which)."""
 
 
-def events(app: ChatBridge, page_size: int = 1000) -> Iterator[Any]:
+def events(app: ChatBridge) -> Iterator[Any]:
     """Every stored event, decoded, in notification order."""
-    position = 0
-    while True:
-        page = app.recorder.select_notifications(start=position, limit=page_size, inclusive_of_start=False)
-        if not page:
-            return
-        for notification in page:
-            yield app.mapper.to_domain_event(notification)
-        position = page[-1].id
+    return (app.mapper.to_domain_event(notification) for notification in app.notifications())
 
 
 def _name(event: Any) -> str:

@@ -21,15 +21,9 @@ from chatbridge.domain.lifecycle import Policy
 from chatbridge.settings import Settings
 
 
-def _records(app: ChatBridge, page_size: int = 1000) -> Iterator[tuple[int, bytes]]:
-    position = 0
-    while True:
-        page = app.recorder.select_notifications(start=position, limit=page_size, inclusive_of_start=False)
-        if not page:
-            return
-        for n in page:
-            yield n.id, chain.record_hash(n.originator_id, n.originator_version, n.topic, n.state)
-        position = page[-1].id
+def _records(app: ChatBridge) -> Iterator[tuple[int, bytes]]:
+    for n in app.notifications():
+        yield n.id, chain.record_hash(n.originator_id, n.originator_version, n.topic, n.state)
 
 
 def verify_log(app: ChatBridge, verify_key: Ed25519PublicKey) -> chain.Verification:
