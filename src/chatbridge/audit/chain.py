@@ -78,7 +78,11 @@ def link(c: Any, sql: Any, links: Iterable[tuple[int, Any]], signer: Ed25519Priv
         record = record_hash(stored.originator_id, stored.originator_version, stored.topic, stored.state)
         previous = chain_hash(previous, record)
         values.append((notification_id, record.hex(), previous.hex()))
-    c.executemany(sql("INSERT INTO audit_chain (notification_id, record_hash, chain_hash) VALUES (?, ?, ?)"), values)
+    from chatbridge.persistence import insert_rows  # here: persistence imports this module
+
+    # one statement for all links on PostgreSQL (executemany would cost a round trip per link)
+    statement = "INSERT INTO audit_chain (notification_id, record_hash, chain_hash) VALUES (?, ?, ?)"
+    insert_rows(c, statement, values, "?" if sql("?") == "?" else "%s")
     if signer is not None:
         signed_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         last_id = rows[-1][0]
