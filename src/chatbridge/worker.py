@@ -75,12 +75,14 @@ def run_worker(
     polled_at = [time.monotonic()]
 
     def after_poll(handled: int) -> None:
-        # Fold at most once a second while records stream in, and at once when the topics fall quiet: folding
-        # after every small batch would cost more than the intake itself.
+        # Fold at most once a second while full batches stream in, and at once when a poll took all there was
+        # (the topics are quiet or trickle: a change is then folded and reconciled without waiting for an empty
+        # poll's timeout). Folding after every batch of a backlog would cost more than the intake itself.
         nonlocal folded_at, unfolded
         polled_at[0] = time.monotonic()
         unfolded += handled
-        if unfolded and (handled == 0 or time.monotonic() - folded_at >= FOLD_INTERVAL):
+        caught_up = handled < settings.batch_size
+        if unfolded and (caught_up or time.monotonic() - folded_at >= FOLD_INTERVAL):
             store.projection.catch_up()
             folded_at, unfolded = time.monotonic(), 0
             if reconciler is not None:
