@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,8 @@ def sqlite_database(copy_of: Path | None = None) -> Iterator[dict[str, str]]:
     database = directory / "chatbridge.db"
     if copy_of is not None:
         shutil.copyfile(copy_of, database)
+        if _keys(copy_of).exists():  # the audit's keys beside the file (pseudonyms, checkpoint signatures)
+            shutil.copyfile(_keys(copy_of), _keys(database))
     try:
         yield {"store": "sqlite", "database": str(database)}
     finally:
@@ -99,6 +102,7 @@ def raw_consume(topic: str) -> float:
 # -- the store's ceiling --------------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=2)
 def domain_events(count: int, prefix: str) -> list[Any]:
     """The domain events the intake makes of the generated messages (made in memory, once)."""
     app = in_memory_app()
@@ -156,7 +160,8 @@ class OneByOne(KafkaIngestor):
 
 def ingest(settings: Settings, ingestor_class: type[KafkaIngestor] = KafkaIngestor) -> tuple[float, int]:
     """Messages/s from the topic's start to its end into stored events and the folded projection, as the worker
-    does it (fold at most once per FOLD_INTERVAL while records stream, and at the end). Returns (rate, count)."""
+    does it (`worker.run_worker`: fold at most once per FOLD_INTERVAL while full batches stream, at once when a poll
+    took all there was, and at the end). Returns (rate, count)."""
     store = open_store(settings)
     try:
         ends = end_offsets(KAFKA, settings.topic_list[0])
@@ -166,7 +171,7 @@ def ingest(settings: Settings, ingestor_class: type[KafkaIngestor] = KafkaIngest
         def after_poll(handled: int) -> None:
             nonlocal folded_at, unfolded
             unfolded += handled
-            if unfolded and (handled == 0 or time.monotonic() - folded_at >= FOLD_INTERVAL):
+            if unfolded and (handled < settings.batch_size or time.monotonic() - folded_at >= FOLD_INTERVAL):
                 store.projection.catch_up()
                 folded_at, unfolded = time.monotonic(), 0
 
@@ -213,12 +218,17 @@ def history_store(sizes: Sizes) -> Path:
     finally:
         store.close()
     building.rename(path)
+    _keys(building).rename(_keys(path))
     return path
+
+
+def _keys(database: Path) -> Path:
+    return database.with_name(database.name + ".audit-keys")
 
 
 def stored_events(path: Path) -> int:
     with sqlite3.connect(path) as connection:
-        return int(connection.execute("SELECT MAX(notification_id) FROM stored_events").fetchone()[0] or 0)
+        return int(connection.execute("SELECT MAX(rowid) FROM stored_events").fetchone()[0] or 0)
 
 
 def replay(path: Path) -> tuple[float, int]:
@@ -238,8 +248,7 @@ def raw_read(path: Path) -> float:
     count = 0
     with sqlite3.connect(path) as connection:
         cursor = connection.execute(
-            "SELECT notification_id, originator_id, originator_version, topic, state FROM stored_events "
-            "ORDER BY notification_id"
+            "SELECT rowid, originator_id, originator_version, topic, state FROM stored_events ORDER BY rowid"
         )
         while rows := cursor.fetchmany(5000):
             for row in rows:

@@ -540,6 +540,9 @@ def worker_rss(sizes: Sizes) -> Result:
 # -- the figures ----------------------------------------------------------------------------------------------
 
 
+FIGURES = ("reconcile_steps", "change_to_visible_p99", "resync_noop", "worker_rss_100k")
+
+
 def run(sizes: Sizes, only: set[str] | None = None) -> list[Result]:
     def wanted(*names: str) -> bool:
         return only is None or bool(only.intersection(names))
