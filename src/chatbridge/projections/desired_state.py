@@ -244,8 +244,8 @@ class DesiredStateFold:
         self.new_index_entries.update((org, new[1], event_id) for event_id in events)
         for event_id in events:
             life = self.chats[(org, event_id)].life
-            if old[1] in life.staff:
-                life.staff[new[1]] = life.staff.pop(old[1])
+            if old[1] in life.staff:  # renamed in place: a rebuild from the log sees the pseudonym at this position
+                life.staff = {(new[1] if person == old[1] else person): status for person, status in life.staff.items()}
             if life.responsible == old[1]:
                 life.responsible = new[1]
             self.dirty_chats.add((org, event_id))
