@@ -6,9 +6,10 @@ import argparse
 import platform
 import subprocess
 import time
+from pathlib import Path
 
 from bench import ingest, reconcile
-from bench.common import ROOT, Result, Sizes, log, write_results
+from bench.common import RESULTS, ROOT, Result, Sizes, log, write_results
 
 ORDER = [
     "raw_consume",
@@ -42,8 +43,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes (development, smoke runs)")
     parser.add_argument("--only", help="comma-separated figure names (default: all)")
     parser.add_argument("--no-services", action="store_true", help="do not run scripts/services/all.sh start")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repetition (the test suite's run)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.json and latest.md go")
     args = parser.parse_args()
-    sizes = Sizes.quick() if args.quick else Sizes.full()
+    sizes = Sizes.smoke() if args.smoke else Sizes.quick() if args.quick else Sizes.full()
+    label = "smoke" if args.smoke else "quick" if args.quick else "full"
     only = set(args.only.split(",")) if args.only else None
     if only and (unknown := only - set(ORDER)):
         parser.error(f"unknown figures: {', '.join(sorted(unknown))}")
@@ -63,25 +67,27 @@ def main() -> None:
             log(f"{', '.join(sorted(names))} failed: {type(error).__name__}: {error}")
             failures.append(f"{', '.join(sorted(names))}: {type(error).__name__}: {error}")
         results.sort(key=lambda r: ORDER.index(r.name))
-        _write(results, failures, sizes, args.quick, started)
-    json_path, md_path = _write(results, failures, sizes, args.quick, started)
+        _write(results, failures, sizes, label, started, args.out)
+    json_path, md_path = _write(results, failures, sizes, label, started, args.out)
     log(f"wrote {json_path} and {md_path}")
     print(md_path.read_text())
     if failures:
         raise SystemExit(1)
 
 
-def _write(results: list[Result], failures: list[str], sizes: Sizes, quick: bool, started: float) -> tuple:
+def _write(
+    results: list[Result], failures: list[str], sizes: Sizes, label: str, started: float, directory: Path
+) -> tuple:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
     header = (
-        f"# chatbridge bench — {'quick' if quick else 'full'} sizes, median of {sizes.repetitions}\n\n"
+        f"# chatbridge bench — {label} sizes, median of {sizes.repetitions}\n\n"
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit.strip() or '?'}, "
         f"{platform.python_implementation()} {platform.python_version()}, {_cores()} cores, "
         f"{(time.monotonic() - started) / 60:.1f} min. Ratios: value / baseline (latency: baseline / value)."
     )
     if failures:
         header += "\n\nFailed: " + "; ".join(failures)
-    return write_results(results, header)
+    return write_results(results, header, directory)
 
 
 def _cores() -> int:

@@ -43,6 +43,14 @@ class Sizes:
         return cls()
 
     @classmethod
+    def smoke(cls) -> Sizes:
+        """Tiny sizes, one repetition: `make test` runs the bench this way so that it cannot rot."""
+        return cls(
+            repetitions=1, messages=300, partitions=2, raw_store_events=300, naive_messages=100,
+            history_events=600, history_chats=60, reconcile_steps=10, change_seconds=2.0, resync_chats=5,
+        )  # fmt: skip
+
+    @classmethod
     def quick(cls) -> Sizes:
         return cls(
             messages=20_000,
@@ -104,9 +112,9 @@ def result(
     )
 
 
-def write_results(results: list[Result], header: str) -> tuple[Path, Path]:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = RESULTS / "latest.json", RESULTS / "latest.md"
+def write_results(results: list[Result], header: str, directory: Path = RESULTS) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = directory / "latest.json", directory / "latest.md"
     json_path.write_text(json.dumps([r.contract() for r in results], indent=2) + "\n")
     lines = [
         header,
