@@ -13,9 +13,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from eventsourcing.application import Application
 from kafka import KafkaConsumer
+from tests.services import throwaway_postgres_database
 
 from bench.common import CACHE, KAFKA, POSTGRES, Result, Sizes, log, median, result, timed
 from bench.stream import end_offsets, prefilled_topic, records
@@ -35,10 +35,7 @@ HISTORY_VERSION = 1  # bump when the generated history changes, so a cached stor
 @contextmanager
 def postgres_database() -> Iterator[dict[str, str]]:
     """A throwaway PostgreSQL database, as chatbridge settings."""
-    name = f"cbbench_{uuid.uuid4().hex[:10]}"
-    admin = psycopg.connect(dbname="chatbridge", autocommit=True, **POSTGRES)  # type: ignore[arg-type]
-    admin.execute(f"CREATE DATABASE {name}")
-    try:
+    with throwaway_postgres_database(POSTGRES, prefix="cbbench") as name:
         yield {
             "store": "postgres",
             "postgres_host": str(POSTGRES["host"]),
@@ -47,9 +44,6 @@ def postgres_database() -> Iterator[dict[str, str]]:
             "postgres_user": str(POSTGRES["user"]),
             "postgres_password": str(POSTGRES["password"]),
         }
-    finally:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
 
 
 @contextmanager

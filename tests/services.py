@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -72,13 +73,23 @@ def postgres_server() -> dict[str, object]:
     return POSTGRES
 
 
+@contextmanager
+def throwaway_postgres_database(server: dict[str, object], prefix: str = "cbtest") -> Iterator[str]:
+    """A fresh, empty database (its name) on `server`, dropped afterwards — for tests and benchmarks."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = psycopg.connect(dbname="chatbridge", autocommit=True, **server)  # type: ignore[arg-type]
+    admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield name
+    finally:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
 @pytest.fixture
 def postgres_env(postgres_server: dict[str, object]) -> Iterator[dict[str, str]]:
     """A fresh, empty database for one test, as chatbridge's environment variables."""
-    name = f"cbtest_{uuid.uuid4().hex[:12]}"
-    admin = psycopg.connect(dbname="chatbridge", autocommit=True, **postgres_server)  # type: ignore[arg-type]
-    admin.execute(f"CREATE DATABASE {name}")
-    try:
+    with throwaway_postgres_database(postgres_server) as name:
         yield {
             "CHATBRIDGE_STORE": "postgres",
             "CHATBRIDGE_POSTGRES_HOST": str(postgres_server["host"]),
@@ -87,6 +98,3 @@ def postgres_env(postgres_server: dict[str, object]) -> Iterator[dict[str, str]]
             "CHATBRIDGE_POSTGRES_USER": str(postgres_server["user"]),
             "CHATBRIDGE_POSTGRES_PASSWORD": str(postgres_server["password"]),
         }
-    finally:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
