@@ -157,6 +157,7 @@ class KafkaIngestor:
         self._in_group = False
         # replaced whole, never changed in place: the reconciler's thread reads it while this one polls
         self.ownership = Ownership(settings.topic_list[0], frozenset(), 1)
+        self._assigned: frozenset[TopicPartition] = frozenset()
 
     @classmethod
     def in_group(cls, app: ChatBridge, settings: Settings, **options: Any) -> KafkaIngestor:
@@ -197,8 +198,9 @@ class KafkaIngestor:
             self.close()
 
     @property
-    def assigned(self) -> set[TopicPartition]:
-        return set(self._positions)
+    def assigned(self) -> frozenset[TopicPartition]:
+        """The partitions this consumer holds; safe to read from another thread (/readyz)."""
+        return self._assigned
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Records on the broker not yet stored, per assigned partition (for /metrics; call on the poll thread)."""
@@ -270,6 +272,7 @@ class KafkaIngestor:
                 self._consumer.seek_to_beginning(tp)
         if assigned or revoked:
             log.info("partitions now %s", sorted(f"{tp.topic}:{tp.partition}" for tp in self._positions))
+            self._assigned = frozenset(self._positions)
             topic = self.ownership.topic
             self.ownership = Ownership(
                 topic,
