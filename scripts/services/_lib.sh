@@ -115,6 +115,14 @@ svc_status() {
 
 # svc_main ACTION -> runs do_start / do_stop / do_status / do_restart (default: stop, start), or prints usage and exits 2
 svc_main() {
+    # One start/stop at a time per service: a test session and `make services` starting the same broker at once
+    # would otherwise race for its port and data directory.
+    # (`flock -o`: the server this start launches must not inherit the lock, or it would hold it while it runs.)
+    if [[ "${1:-}" != status && -z "${_SVC_LOCKED:-}" ]] && command -v flock >/dev/null; then
+        mkdir -p "$SERVICES_DIR"
+        _SVC_LOCKED=1 exec flock -o "$SERVICES_DIR/.${_svc_name}.lock" "$0" "$@"
+    fi
+    unset _SVC_LOCKED
     case "${1:-}" in
         start) do_start ;;
         stop) do_stop ;;
