@@ -153,9 +153,11 @@ def test_the_person_index_lists_every_chat_that_named_the_person(tmp_path):
     try:
         ingest_lines(store.app, "test", stream.numbered())
         store.projection.catch_up()
-        assert store.projection.view.chats_of_person("drk-koeln", BOB) == ["4711", "4712"]
-        assert store.projection.view.chats_of_person("drk-koeln", CAROL) == ["4711"]
-        assert store.projection.view.chats_of_person("asb-bonn", BOB) == []
+        pseudonym = store.app.persons.pseudonym  # the index knows persons by pseudonym, never the HiOrg id
+        view = store.projection.view
+        assert view.chats_of_person("drk-koeln", pseudonym("drk-koeln", BOB)) == ["4711", "4712"]
+        assert view.chats_of_person("drk-koeln", pseudonym("drk-koeln", CAROL)) == ["4711"]
+        assert view.chats_of_person("asb-bonn", pseudonym("asb-bonn", BOB)) == []
     finally:
         store.close()
 

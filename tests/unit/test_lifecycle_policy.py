@@ -77,9 +77,13 @@ def test_cancellation_before_the_end_counts_from_the_cancellation():
 
 def test_cancellation_after_the_end_changes_nothing_and_a_second_cancellation_neither():
     stream = staffed_event()
-    stream.cancel("4711", at(1, 10))
-    stream.cancel("4711", at(1, 8))  # a second cancellation changes nothing, even an earlier one
-    assert stream.chat("4711", at(1, 12))["read_only_at"] == z(at(3, 10))
+    stream.cancel("4711", at(1, 8))
+    stream.cancel("4711", at(1, 10))  # a second cancellation changes nothing
+    assert stream.chat("4711", at(1, 12))["read_only_at"] == z(at(3, 8))
+    late_copy = staffed_event()
+    late_copy.cancel("4711", at(1, 10))
+    late_copy.cancel("4711", at(1, 8))  # stored second, but first in event time: the first cancellation counts
+    assert late_copy.chat("4711", at(1, 12))["read_only_at"] == z(at(3, 8))
     late = staffed_event()
     late.cancel("4711", at(2, 10))
     assert late.chat("4711", at(1, 12))["read_only_at"] == z(READ_ONLY)

@@ -13,9 +13,8 @@ from datetime import datetime
 from typing import Any
 
 from chatbridge.application import ChatBridge
-from chatbridge.domain import lifecycle
 from chatbridge.domain.aggregates import ChatGroup, Organisation
-from chatbridge.domain.lifecycle import OrganisationFeature, Policy
+from chatbridge.domain.lifecycle import Policy
 from chatbridge.projections.desired_state import ChatKey, DesiredStateFold
 from chatbridge.projections.document import utc_z
 
@@ -53,22 +52,6 @@ class GenerationRecord:
     confirmation: dict[str, Any] | None = None
 
 
-def deletion_rule(life: lifecycle.ChatLife, organisation: OrganisationFeature, policy: Policy) -> str:
-    """Which term of the policy sets the chat's deletion: the earliest one."""
-    terms = [
-        (lifecycle.end_eff(life) + policy.full_use + policy.view, "retention"),
-        (_plus(life.generation.chat_disabled_at, policy), "chat disabled"),
-        (_plus(lifecycle.org_disabled_at(life.generation, organisation), policy), "organisation disabled"),
-        (life.deleted_at, "event deleted"),
-    ]
-    present = [(moment, rule) for moment, rule in terms if moment is not None]
-    return min(present, key=lambda term: term[0])[1]
-
-
-def _plus(moment: datetime | None, policy: Policy) -> datetime | None:
-    return None if moment is None else moment + policy.view
-
-
 @dataclass
 class ChatHistory:
     org: str
@@ -78,7 +61,12 @@ class ChatHistory:
 
 
 class LogFold:
-    """The log folded once: every chat's generations and outcomes, and the chosen chats' timelines."""
+    """The log folded once: every chat's generations and outcomes, and the chosen chats' timelines.
+
+    Facts are folded by the projection's own fold (event time); a fact's generation and each generation's deadlines
+    are read off the chat's walk once the whole log is folded, so a fact that arrived late is shown in the
+    generation it belongs to, and a deleted generation with the deadlines it had when it was deleted.
+    """
 
     def __init__(self, app: ChatBridge, policy: Policy, timelines_of: set[ChatKey] | None = None):
         self.app = app
@@ -88,75 +76,67 @@ class LogFold:
         self.organisations: dict[str, list[dict[str, Any]]] = {}  # org → its facts, for transfers and timelines
         self.timelines_of = timelines_of
         self.access: dict[ChatKey, list[dict[str, Any]]] = {}  # (org, event_id) → access outcomes in order
-        for event in events(app):
-            self._apply(event)
+        self._outcomes: dict[ChatKey, list[Any]] = {}
+        self._facts: list[tuple[ChatKey, int, dict[str, Any]]] = []  # entries whose generation the walk tells
+        for notification in app.notifications():
+            self._apply(app.mapper.to_domain_event(notification), notification.id)
+        self._finish()
 
-    def _apply(self, event: Any) -> None:
+    def _apply(self, event: Any, seq: int) -> None:
+        self.fold.apply(event, seq)
         name = _name(event)
         if name.startswith("Organisation."):
-            org = self.fold.organisation_keys.get(event.originator_id)
-            for event_id in self.fold.chats_of_organisation.get(org or "", ()):
-                self._update((org or "", event_id), after=False)
-            self.fold.apply(event)
             org = self.fold.organisation_keys[event.originator_id]
-            self.organisations.setdefault(org, []).append(self._organisation_entry(name, event))
-            for event_id in self.fold.chats_of_organisation.get(org, ()):
-                self._update((org, event_id), after=True)
+            entry = self._organisation_entry(name, event)
+            self.organisations.setdefault(org, []).append(entry)
             if name in ("Organisation.ChatEnabled", "Organisation.ChatDisabled"):
                 for event_id in self.fold.chats_of_organisation.get(org, ()):
-                    self._entry((org, event_id), self.organisations[org][-1])
+                    self._entry((org, event_id), entry)
             return
         if not name.startswith("ChatGroup."):
-            self.fold.apply(event)
             return
-        before = self.fold.chat_keys.get(event.originator_id)
-        generation_before = self.fold.chats[before].life.generation.number if before else None
-        if before:
-            self._update(before, after=False)
-        self.fold.apply(event)
         key = self.fold.chat_keys[event.originator_id]
-        history = self.histories.setdefault(key, ChatHistory(*key))
-        self._update(key, after=True)
-        generation = self.fold.chats[key].life.generation.number
+        self.histories.setdefault(key, ChatHistory(*key))
+        generation = getattr(event, "generation", None)
         entry = self._chat_entry(name, event, generation)
-        if generation_before not in (None, generation) and name == "ChatGroup.EventRecorded":
-            entry["what"] = "chat enabled, generation started"
         self._entry(key, entry)
-        record = history.generations.get(getattr(event, "generation", generation))
-        if record is None:
-            return
-        if name == "ChatGroup.ChatCreated":
-            record.chat_id = event.chat_id
-        elif name == "ChatGroup.MadeReadOnly" and record.made_read_only_at is None:
-            record.made_read_only_at = event.at
-        elif name == "ChatGroup.ChatDeleted":
-            record.deleted_at, record.confirmation = event.at, event.confirmation
+        if generation is None:
+            self._facts.append((key, seq, entry))
+        else:
+            self._outcomes.setdefault(key, []).append(event)
         if name in ("ChatGroup.AccessGranted", "ChatGroup.AccessRevoked", "ChatGroup.ChatDeleted"):
             self.access.setdefault(key, []).append(entry)
+
+    def _finish(self) -> None:
+        walks = {key: self.fold.walk(key) for key in self.histories}
+        for key, walk in walks.items():
+            history = self.histories[key]
+            for view in walk.generations:
+                history.generations[view.number] = GenerationRecord(
+                    view.number, view.enabled_at, view.read_only_at, view.delete_at, view.rule, view.deleted
+                )
+        for key, seq, entry in self._facts:
+            walk = walks[key]
+            entry["generation"] = walk.fact_generation.get(seq)  # None: the fact changed nothing (ignored)
+            if seq in walk.started_generation:
+                entry["what"] = "chat enabled, generation started"
+        for key, outcomes in self._outcomes.items():
+            history = self.histories[key]
+            for event in outcomes:
+                record = history.generations.get(event.generation)
+                if record is None:
+                    continue
+                name = _name(event)
+                if name == "ChatGroup.ChatCreated":
+                    record.chat_id = event.chat_id
+                elif name == "ChatGroup.MadeReadOnly" and record.made_read_only_at is None:
+                    record.made_read_only_at = event.at
+                elif name == "ChatGroup.ChatDeleted":
+                    record.deleted_at, record.confirmation = event.at, event.confirmation
 
     def _entry(self, key: ChatKey, entry: dict[str, Any]) -> None:
         if self.timelines_of is None or key in self.timelines_of:
             self.histories[key].entries.append(entry)
-
-    def _update(self, key: ChatKey, *, after: bool) -> None:
-        """Keep the current generation's deadlines; a generation deleted for good keeps those it had before the
-        fact that settled it (which may go on to change the chat, e.g. disable it to start a new generation)."""
-        chat = self.fold.chats[key]
-        life = chat.life
-        history = self.histories.setdefault(key, ChatHistory(*key))
-        record = history.generations.setdefault(
-            life.generation.number, GenerationRecord(life.generation.number, life.generation.enabled_at)
-        )
-        if record.settled:
-            return
-        if after and life.generation.deleted and record.delete_at is not None:
-            record.settled = True
-            return
-        organisation = self.fold.organisations.get(key[0]) or OrganisationFeature()
-        record.read_only_at = lifecycle.read_only_at(life, organisation, self.policy)
-        record.delete_at = lifecycle.delete_at(life, organisation, self.policy)
-        record.rule = deletion_rule(life, organisation, self.policy)
-        record.settled = life.generation.deleted
 
     @staticmethod
     def _organisation_entry(name: str, event: Any) -> dict[str, Any]:
@@ -176,7 +156,7 @@ class LogFold:
                 "details": details}  # fmt: skip
 
     @staticmethod
-    def _chat_entry(name: str, event: Any, generation: int) -> dict[str, Any]:
+    def _chat_entry(name: str, event: Any, generation: int | None) -> dict[str, Any]:
         short = name.split(".", 1)[1]
         details: dict[str, Any] = {}
         what = short
@@ -211,7 +191,7 @@ class LogFold:
         elif short == "ChatDeleted":
             what, details = "chat deleted with all content (backend confirmed)", {"confirmation": event.confirmation}
         at = getattr(event, "occurred_at", None) or event.at
-        return {"at": _time(at), "what": what, "generation": getattr(event, "generation", generation),
+        return {"at": _time(at), "what": what, "generation": generation,
                 "source": getattr(event, "message_id", None), "details": details}  # fmt: skip
 
 
@@ -272,9 +252,10 @@ def person_access(app: ChatBridge, org: str, person_id: str, policy: Policy) -> 
                 (entry["what"] == "access revoked" and person in names) or entry["what"].startswith("chat deleted")
             ):
                 ended = "revoked" if entry["what"] == "access revoked" else "chat deleted"
-                rows.append(_access_row(event_id, generation, open_since.pop(generation), entry["at"], ended, log))
+                rows.append(_access_row(chat_org, event_id, generation, open_since.pop(generation), entry["at"],
+                                        ended, log))  # fmt: skip
         for generation, since in open_since.items():
-            rows.append(_access_row(event_id, generation, since, None, None, log))
+            rows.append(_access_row(chat_org, event_id, generation, since, None, None, log))
     forgotten = app.persons.is_forgotten(org, person_id)
     return {
         "org": org,
@@ -285,9 +266,9 @@ def person_access(app: ChatBridge, org: str, person_id: str, policy: Policy) -> 
 
 
 def _access_row(
-    event_id: str, generation: int, since: str, until: str | None, ended: str | None, log: LogFold
+    org: str, event_id: str, generation: int, since: str, until: str | None, ended: str | None, log: LogFold
 ) -> dict[str, Any]:
-    history = next(h for k, h in log.histories.items() if k[1] == event_id)
+    history = log.histories[(org, event_id)]  # the organisation's own chat: event ids repeat across organisations
     record = history.generations.get(generation)
     return {"event_id": event_id, "generation": generation, "chat_id": record.chat_id if record else None,
             "from": since, "until": until, "ended_by": ended}  # fmt: skip

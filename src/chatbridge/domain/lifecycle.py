@@ -8,9 +8,13 @@ been on since the generation began:
     read_only_at = min(end_eff + FULL_USE, chat_disabled_at, org_disabled_at, deleted_at)
     delete_at    = min(read_only_at + VIEW, deleted_at)
 
-The projection folds the event log through the transition functions here (`switch_chat`, `switch_organisation`,
-`settle`); the formulas (`read_only_at`, `delete_at`, `phase`) and the membership rule (`desired_members`) are
-used by the projection, `simulate`, `state` and later the reconciler alike, so a rule is written down once.
+The projection walks each chat's facts in event time (`occurred_at`, stored order breaking ties) through the
+transition functions here (`switch_chat`, `switch_organisation`, `settle`, `delete_event`, `confirm_deleted`);
+the formulas (`read_only_at`, `delete_at`, `deletion_rule`, `phase`) and the membership rule (`desired_members`)
+serve the projection, `simulate`, `state`, the audit and the reconciler alike, so a rule is written down once.
+
+A generation keeps the deadlines it had when it was deleted (`Generation.frozen`): later facts change only a
+later generation, so an auditor never sees a deleted chat with a `delete_at` after the moment it was deleted.
 """
 
 from __future__ import annotations
@@ -49,6 +53,13 @@ class OrganisationFeature:
     times_switched_on: int = 0  # lets a generation tell whether the feature was on at any time since it began
 
 
+@dataclass(frozen=True)
+class Deadlines:
+    read_only_at: datetime
+    delete_at: datetime
+    rule: str  # which term set delete_at: "retention", "chat disabled", "organisation disabled", "event deleted"
+
+
 @dataclass
 class Generation:
     """One chat at the backend; a new one starts when chat is enabled again after the previous was deleted."""
@@ -59,6 +70,8 @@ class Generation:
     organisation_switches_at_start: int
     chat_disabled_at: datetime | None = None
     deleted: bool = False  # settled: deleted for good, nothing revives it
+    frozen: Deadlines | None = None  # the deadlines at the moment the generation was deleted
+
 
 
 @dataclass
@@ -94,6 +107,8 @@ def org_disabled_at(generation: Generation, organisation: OrganisationFeature) -
 
 
 def read_only_at(chat: ChatLife, organisation: OrganisationFeature, policy: Policy) -> datetime:
+    if chat.generation.frozen is not None:
+        return chat.generation.frozen.read_only_at
     terms = [
         end_eff(chat) + policy.full_use,
         chat.generation.chat_disabled_at,
@@ -104,8 +119,40 @@ def read_only_at(chat: ChatLife, organisation: OrganisationFeature, policy: Poli
 
 
 def delete_at(chat: ChatLife, organisation: OrganisationFeature, policy: Policy) -> datetime:
+    if chat.generation.frozen is not None:
+        return chat.generation.frozen.delete_at
     terms = [read_only_at(chat, organisation, policy) + policy.view, chat.deleted_at]
     return min(t for t in terms if t is not None)
+
+
+def deletion_rule(chat: ChatLife, organisation: OrganisationFeature, policy: Policy) -> str:
+    """Which term of the policy sets `delete_at`: the earliest one (the first named on a tie)."""
+    if chat.generation.frozen is not None:
+        return chat.generation.frozen.rule
+    org_term = org_disabled_at(chat.generation, organisation)
+    terms = [
+        (end_eff(chat) + policy.full_use + policy.view, "retention"),
+        (None if chat.generation.chat_disabled_at is None else chat.generation.chat_disabled_at + policy.view,
+         "chat disabled"),
+        (None if org_term is None else org_term + policy.view, "organisation disabled"),
+        (chat.deleted_at, "event deleted"),
+    ]  # fmt: skip
+    return min(((t, rule) for t, rule in terms if t is not None), key=lambda term: term[0])[1]
+
+
+def freeze(chat: ChatLife, organisation: OrganisationFeature, policy: Policy, at: datetime | None = None) -> None:
+    """Fix the generation's deadlines as they are now (it is being deleted); `at` caps them (deleted earlier
+    than the policy says, e.g. confirmed deleted by the backend before a late fact moved the deadline)."""
+    generation = chat.generation
+    if generation.frozen is not None:
+        return
+    read_only, delete, rule = (
+        read_only_at(chat, organisation, policy), delete_at(chat, organisation, policy),
+        deletion_rule(chat, organisation, policy),
+    )  # fmt: skip
+    if at is not None and at < delete:
+        read_only, delete, rule = min(read_only, at), at, "deleted at the chat backend"
+    generation.frozen = Deadlines(read_only, delete, rule)
 
 
 def phase(chat: ChatLife, organisation: OrganisationFeature, policy: Policy, now: datetime) -> Phase:
@@ -134,6 +181,22 @@ def phase_at(
 def settle(chat: ChatLife, organisation: OrganisationFeature, policy: Policy, at: datetime) -> None:
     """Before a message at time `at` touches the chat: a generation past its `delete_at` is deleted for good."""
     if not chat.generation.deleted and delete_at(chat, organisation, policy) <= at:
+        freeze(chat, organisation, policy)
+        chat.generation.deleted = True
+
+
+def delete_event(chat: ChatLife, organisation: OrganisationFeature, policy: Policy, at: datetime) -> None:
+    """`event.deleted` at `at` (call `settle` first): the chat's deadlines become fixed at once."""
+    chat.deleted_at = at
+    freeze(chat, organisation, policy)
+
+
+def confirm_deleted(
+    chat: ChatLife, organisation: OrganisationFeature, policy: Policy, generation: int, at: datetime
+) -> None:
+    """The backend confirmed generation `generation` deleted at `at`: whatever arrives later, it stays deleted."""
+    if chat.generation.number == generation and not chat.generation.deleted:
+        freeze(chat, organisation, policy, at)
         chat.generation.deleted = True
 
 

@@ -6,8 +6,13 @@ a crash loses nothing and a restart resumes where it stopped. `rebuild` folds th
 and replaces every row; by construction it gives the rows the live projection has.
 
 Tables (the same on SQLite and PostgreSQL, in the event store's database):
-    desired_state   one row per chat: generation, deadlines, next_due, members, moderators, and the fold's state
-    organisation_feature, person_status, person_chats (the person index), desired_state_meta (policy in force)
+    desired_state   one row per chat: generation, deadlines, next_due, members, moderators, and the chat's facts
+    organisation_feature (feature switches), person_status (by pseudonym: status facts and erasures),
+    person_chats (the person index, by pseudonym), desired_state_meta (policy and fold version in force)
+
+The facts are kept in the rows because order is event time: a fact arriving late is inserted among them and the
+chat is walked again. A meta row names the fold's version: rows written by another version are rebuilt from the
+log rather than read (the projection is derived; the log is the truth).
 """
 
 from __future__ import annotations
@@ -16,23 +21,76 @@ import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError, Tracking
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteTrackingRecorder
 from psycopg.sql import SQL, Composed
-from pydantic import TypeAdapter
 
 from chatbridge.application import ChatBridge
-from chatbridge.domain.lifecycle import OrganisationFeature, Policy
+from chatbridge.domain.lifecycle import Policy
 from chatbridge.persistence import insert_rows
-from chatbridge.projections.desired_state import Changes, ChatRecord, DesiredChat, DesiredStateFold
+from chatbridge.projections.desired_state import (
+    UPSERT,
+    Changes,
+    ChatFact,
+    ChatRecord,
+    DesiredChat,
+    DesiredStateFold,
+    PersonRecord,
+    Switch,
+)
 
 PROJECTION_NAME = "desired_state"
+FOLD_VERSION = "2"  # facts in event time; persons by pseudonym
 Progress = Callable[[int, int], None]  # (notifications folded so far, notifications to fold in all)
 
-_chat_record = TypeAdapter(ChatRecord)
-_feature = TypeAdapter(OrganisationFeature)
+
+def _chat_json(record: ChatRecord) -> str:
+    facts = []
+    for fact in record.facts:
+        row = [fact[0].isoformat(), *fact[1:]]
+        if fact[2] == UPSERT:
+            row[3] = fact[3].isoformat()
+        facts.append(row)
+    return json.dumps({"id": str(record.aggregate_id), "facts": facts})
+
+
+def _chat_from_json(text: str) -> ChatRecord:
+    state = json.loads(text)
+    facts: list[ChatFact] = []
+    for row in state["facts"]:
+        row[0] = datetime.fromisoformat(row[0])
+        if row[2] == UPSERT:
+            row[3] = datetime.fromisoformat(row[3])
+        facts.append(tuple(row))
+    return ChatRecord(UUID(state["id"]), facts)
+
+
+def _switches_json(switches: list[Switch]) -> str:
+    return json.dumps([[at.isoformat(), seq, on] for at, seq, on in switches])
+
+
+def _switches_from_json(text: str) -> list[Switch]:
+    return [(datetime.fromisoformat(at), seq, on) for at, seq, on in json.loads(text)]
+
+
+def _person_json(record: PersonRecord) -> str:
+    return json.dumps(
+        {
+            "statuses": [[at.isoformat(), seq, status] for at, seq, status in record.statuses],
+            "erasures": [[at.isoformat(), seq] for at, seq in record.erasures],
+        }
+    )
+
+
+def _person_from_json(text: str) -> PersonRecord:
+    state = json.loads(text)
+    return PersonRecord(
+        [(datetime.fromisoformat(at), seq, status) for at, seq, status in state["statuses"]],
+        [(datetime.fromisoformat(at), seq) for at, seq in state["erasures"]],
+    )
 
 
 def _stamp(moment: datetime | None) -> str | None:
@@ -67,10 +125,13 @@ _DESIRED_COLUMNS = (
     "members", "moderators", "fold_state",
 )  # fmt: skip
 _WRITE_FEATURE = _upsert("organisation_feature", ("org", "fold_state"), ("org",))
-_WRITE_PERSON = _upsert("person_status", ("org", "person_id", "status"), ("org", "person_id"))
+_WRITE_PERSON = _upsert("person_status", ("org", "person_id", "status", "fold_state"), ("org", "person_id"))
 _WRITE_CHAT = _upsert("desired_state", _DESIRED_COLUMNS, ("org", "event_id"))
 _WRITE_META = _upsert("desired_state_meta", ("key", "value"), ("key",))
 _WRITE_INDEX = "INSERT INTO person_chats (org, person_id, event_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+
+
+PROJECTION_TABLES = ("desired_state", "organisation_feature", "person_status", "person_chats")
 
 
 class _DesiredStateTables:
@@ -101,7 +162,8 @@ class _DesiredStateTables:
         "CREATE INDEX IF NOT EXISTS desired_state_next_due ON desired_state (next_due)",
         "CREATE TABLE IF NOT EXISTS organisation_feature (org TEXT PRIMARY KEY, fold_state TEXT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS person_status ("
-        "org TEXT NOT NULL, person_id TEXT NOT NULL, status TEXT NOT NULL, PRIMARY KEY (org, person_id))",
+        "org TEXT NOT NULL, person_id TEXT NOT NULL, status TEXT NOT NULL, fold_state TEXT NOT NULL, "
+        "PRIMARY KEY (org, person_id))",
         "CREATE TABLE IF NOT EXISTS person_chats ("
         "org TEXT NOT NULL, person_id TEXT NOT NULL, event_id TEXT NOT NULL, "
         "PRIMARY KEY (org, person_id, event_id))",
@@ -109,10 +171,21 @@ class _DesiredStateTables:
     )
 
     def stored_policy(self) -> str | None:
+        return self._meta("policy")
+
+    def stored_fold_version(self) -> str | None:
+        return self._meta("fold_version")
+
+    def _meta(self, key: str) -> str | None:
         with self.datastore.transaction(commit=False) as c:
-            c.execute("SELECT value FROM desired_state_meta WHERE key = 'policy'")
+            c.execute(self._sql("SELECT value FROM desired_state_meta WHERE key = ?"), (key,))
             row = c.fetchone()
         return None if row is None else str(row["value"])
+
+    def is_empty(self) -> bool:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT 1 FROM desired_state LIMIT 1")
+            return c.fetchone() is None and self._max_tracking_id(PROJECTION_NAME, c) is None
 
     def load_fold(
         self, policy: Policy, pseudonym: Callable[[str, str], str] | None = None
@@ -123,16 +196,16 @@ class _DesiredStateTables:
             position = self._max_tracking_id(PROJECTION_NAME, c) or 0
             c.execute("SELECT org, fold_state FROM organisation_feature")
             for row in c.fetchall():
-                fold.load_organisation(row["org"], _feature.validate_json(row["fold_state"]))
-            c.execute("SELECT org, person_id, status FROM person_status")
+                fold.load_organisation(row["org"], _switches_from_json(row["fold_state"]))
+            c.execute("SELECT org, person_id, fold_state FROM person_status")
             for row in c.fetchall():
-                fold.load_person((row["org"], row["person_id"]), row["status"])
+                fold.load_person((row["org"], row["person_id"]), _person_from_json(row["fold_state"]))
             c.execute("SELECT org, person_id, event_id FROM person_chats")
             for row in c.fetchall():
                 fold.load_index_entry(row["org"], row["person_id"], row["event_id"])
             c.execute("SELECT org, event_id, fold_state FROM desired_state")
             for row in c.fetchall():
-                fold.load_chat((row["org"], row["event_id"]), _chat_record.validate_json(row["fold_state"]))
+                fold.load_chat((row["org"], row["event_id"]), _chat_from_json(row["fold_state"]))
         return fold, position
 
     def write(self, fold: DesiredStateFold, tracking: Tracking | None, *, replace_all: bool = False) -> None:
@@ -143,8 +216,10 @@ class _DesiredStateTables:
         """
         with self.datastore.transaction(commit=True) as c:
             if replace_all:
-                for table in ("desired_state", "organisation_feature", "person_status", "person_chats"):
-                    c.execute(f"DELETE FROM {table}")
+                for table in PROJECTION_TABLES:  # rows of another fold version may have another shape
+                    c.execute(f"DROP TABLE IF EXISTS {table}")
+                for statement in self.CREATE_STATEMENTS:
+                    c.execute(statement)
                 c.execute(
                     self._sql(f"DELETE FROM {self.tracking_table} WHERE application_name = ?"), (PROJECTION_NAME,)
                 )
@@ -155,13 +230,14 @@ class _DesiredStateTables:
                 self._insert_tracking(c, tracking)
             self._write_rows(c, fold, changes)
             c.execute(self._sql(_WRITE_META), ("policy", _policy_text(fold.policy)))
+            c.execute(self._sql(_WRITE_META), ("fold_version", FOLD_VERSION))
 
     def _write_rows(self, c: Any, fold: DesiredStateFold, changes: Changes) -> None:
-        for org, person_id in changes.forgotten:  # crypto-shredding: rows under the HiOrg id go
-            for table in ("person_status", "person_chats"):
-                c.execute(self._sql(f"DELETE FROM {table} WHERE org = ? AND person_id = ?"), (org, person_id))
-        features = [(org, _feature.dump_json(fold.organisations[org]).decode()) for org in changes.organisations]
-        persons = [(k[0], k[1], fold.person_statuses[k]) for k in changes.persons if k in fold.person_statuses]
+        features = [(org, _switches_json(fold.organisations[org])) for org in changes.organisations]
+        persons = []
+        for key in changes.persons:
+            record = fold.persons[key]
+            persons.append((key[0], key[1], record.status() or "", _person_json(record)))
         chats = []
         for key in changes.chats:
             desired = fold.desired(key)
@@ -170,7 +246,7 @@ class _DesiredStateTables:
                     desired.org, desired.event_id, desired.generation, int(desired.deleted),
                     int(desired.awaiting_organisation), _stamp(desired.read_only_at), _stamp(desired.delete_at),
                     _stamp(desired.next_due), json.dumps(desired.members), json.dumps(desired.moderators),
-                    _chat_record.dump_json(fold.chats[key]).decode(),
+                    _chat_json(fold.chats[key]),
                 )
             )  # fmt: skip
         for statement, rows in (
@@ -203,12 +279,12 @@ class _DesiredStateTables:
                 for row in c.fetchall()
             ]
 
-    def chats_of_person(self, org: str, person_id: str) -> list[str]:
-        """The person index: every event whose chat named the person."""
+    def chats_of_person(self, org: str, pseudonym: str) -> list[str]:
+        """The person index: every event whose chat named the person (known by their pseudonym)."""
         with self.datastore.transaction(commit=False) as c:
             c.execute(
                 self._sql("SELECT event_id FROM person_chats WHERE org = ? AND person_id = ? ORDER BY event_id"),
-                (org, person_id),
+                (org, pseudonym),
             )
             return [row["event_id"] for row in c.fetchall()]
 
@@ -254,6 +330,9 @@ class DesiredStateProjection:
         """Fold every notification not yet folded; returns how many. Rebuilds if the policy changed."""
         if self.view.stored_policy() not in (None, _policy_text(self.policy)):
             return self.rebuild(progress)  # stored deadlines were computed under another FULL_USE / VIEW
+        written_before = self.view.stored_policy() is not None or not self.view.is_empty()
+        if self.view.stored_fold_version() != FOLD_VERSION and written_before:
+            return self.rebuild(progress)  # rows of an earlier version of the fold: derive them again
         for _attempt in range(3):
             if self._fold is None or self.position() != self._folded_to:
                 # first use, or another process (a replica, `replay`) moved the stored projection on
@@ -293,7 +372,7 @@ def fold_pages(app: ChatBridge, fold: DesiredStateFold, start: int, last: int, p
             start=position, limit=page_size, stop=last, inclusive_of_start=False
         )
         for notification in notifications:
-            fold.apply(app.mapper.to_domain_event(notification))
+            fold.apply(app.mapper.to_domain_event(notification), notification.id)
             position = notification.id
         if not notifications:
             position = last  # nothing left before `last` (a gap in the ids)
