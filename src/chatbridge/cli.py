@@ -498,9 +498,13 @@ def reconcile(
     """Bring the chats at the chat backend (Matrix) in line with the desired state.
 
     Without --dry-run or --once it runs until SIGTERM/SIGINT, reconciling chats as they become dirty or due.
+    When the input is Kafka (CHATBRIDGE_TOPICS or CHATBRIDGE_KAFKA_BOOTSTRAP_SERVERS set), a chat is deleted only
+    once the store holds every input partition up to end offsets read after its deadline; until then its
+    deletion waits (shown in the plan) and everything else goes on.
     """
     from chatbridge.backends.port import BackendError
     from chatbridge.backends.settings import MatrixSettings, ReconcilerSettings
+    from chatbridge.consumers.kafka import EndOffsetReader
     from chatbridge.reconciler import service as reconciling
 
     settings = _settings()
@@ -511,10 +515,15 @@ def reconcile(
         raise _fail(str(error)) from None
     moment = _parse_now(now) if now else None
     store = open_store(settings)
+    # Kafka is the input when it is configured; otherwise (a store fed by `ingest FILE`) the store is all of it
+    kafka_input = any(Settings.source_of(name) != "default" for name in ("topics", "kafka_bootstrap_servers"))
+    end_offsets = EndOffsetReader(settings) if kafka_input else None
+    gate = reconciling.deletion_gate(store, end_offsets)
     try:
         if dry_run:
             at = moment or reconciling.utc_now()
-            plans = reconciling.dry_run(store.app, reconciling.desired_rows(store), backend, at)
+            gate.survey(at)  # before the rows: they must reflect what the gate counts as stored
+            plans = reconciling.dry_run(store.app, reconciling.desired_rows(store), backend, at, gate)
             if as_json:
                 _print_json(reconciling.plan_document(plans, at))
             else:
@@ -522,7 +531,7 @@ def reconcile(
             raise typer.Exit(1 if any(p.error for p in plans) else 2 if any(p.steps for p in plans) else 0)
         if once:
             at = moment or reconciling.utc_now()
-            report = reconciling.reconcile_once(store, backend, at, options)
+            report = reconciling.reconcile_once(store, backend, at, options, gate=gate)
             if as_json:
                 _print_json(reconciling.pass_document(report, at))
             else:
@@ -530,6 +539,9 @@ def reconcile(
                 print(", ".join(f"{key} {value}" for key, value in summary.items()))
                 for outcome in report.failed:
                     print(f"failed {outcome.org}/{outcome.event_id}: {outcome.error}")
+                for outcome in report.waiting:
+                    assert outcome.waiting is not None
+                    print(f"deletion of {outcome.org}/{outcome.event_id} {outcome.waiting.reason}")
             raise typer.Exit(1 if report.failed else 0)
         logs.configure(settings.log_format, settings.log_level)
         stop = threading.Event()
@@ -542,9 +554,11 @@ def reconcile(
         def rows() -> list[Any]:
             return reconciling.desired_rows(store)
 
-        reconciling.ReconcilerWorker(store.app, backend, rows, options, clock=clock).run(stop)
+        reconciling.ReconcilerWorker(store.app, backend, rows, options, clock=clock, gate=gate).run(stop)
     except BackendError as error:
         raise _fail(f"chat backend: {error}") from None
     finally:
+        if end_offsets is not None:
+            end_offsets.close()
         backend.close()
         store.close()

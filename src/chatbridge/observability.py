@@ -2,11 +2,15 @@
 
 - `/healthz` (liveness): 200 while the worker's threads are alive. An orchestrator restarts the process otherwise.
 - `/readyz` (readiness): 200 when the broker answered a poll recently, the store answers a query, the chat backend
-  answers, and this replica owns partitions; otherwise 503 with the failing checks in a JSON body.
+  answers, and this replica owns partitions; otherwise 503 with the failing checks in a JSON body. Its `notes` say
+  what waits without making the replica unready: `deletions` names chat deletions held back until the input is
+  complete (reconciler.knowledge), with the partitions that lag and by how much.
 - `/metrics`: Prometheus text format (names below, all prefixed `chatbridge_`).
 
 The metrics are fed from the worker's threads: intake counts and consumer lag after every poll (consumer thread),
-chats by phase, parked chats and the oldest overdue deadline every reconcile round (reconciler thread), and every
+chats by phase, parked chats, the oldest overdue deadline and the deletion gate (deletions waiting, the store's lag
+behind the gate's last reading, up to when the input is known complete) every reconcile round (reconciler thread),
+and every
 backend step through `InstrumentedBackend` (the reconciler's pool). Labels carry topics, partitions, phases and step
 kinds — never an org, an event or a person, so the number of series stays small and holds no personal data.
 """
@@ -83,6 +87,21 @@ class Metrics:
             "Age of the oldest deadline (read-only or deletion) passed but not yet brought about at the backend.",
             registry=r,
         )
+        self.deletions_waiting = Gauge(
+            "chatbridge_deletions_waiting",
+            "Chats whose deletion waits until the store holds the input up to end offsets read after the deadline.",
+            registry=r,
+        )
+        self.gate_lag = Gauge(
+            "chatbridge_deletion_gate_lag",
+            "Records the store lacks behind the end offsets the deletion gate read last, per input partition.",
+            ["topic", "partition"], registry=r,
+        )  # fmt: skip
+        self.known_complete = Gauge(
+            "chatbridge_input_complete_until_timestamp_seconds",
+            "The reconciler's time up to which the store holds all input (deletions with deadlines up to it may go).",
+            registry=r,
+        )
         for phase in Phase:
             self.chats.labels(phase=str(phase))
         self._seen: dict[tuple[str, str], int] = {}
@@ -126,6 +145,15 @@ class Metrics:
         for phase_name, count in counts.items():
             self.chats.labels(phase=phase_name).set(count)
         self.overdue.set(oldest)
+
+    def observe_gate(self, waiting: int, lag: Mapping[tuple[str, int], int], known_at: datetime | None) -> None:
+        """The deletion gate: chats waiting, the lag behind its last reading, and up to when the input is known."""
+        self.deletions_waiting.set(waiting)
+        self.gate_lag.clear()
+        for (topic, partition), behind in lag.items():
+            self.gate_lag.labels(topic=topic, partition=str(partition)).set(behind)
+        if known_at is not None and known_at.year < 9999:  # the store as the whole input knows no bound
+            self.known_complete.set(known_at.timestamp())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -190,10 +218,12 @@ class HealthServer:
         *,
         alive: Callable[[], bool] = lambda: True,
         checks: Mapping[str, Check] | None = None,
+        notes: Mapping[str, Check] | None = None,
     ):
         self.metrics = metrics
         self.alive = alive
         self.checks = dict(checks or {})
+        self.notes = dict(notes or {})  # said in /readyz's body, never failing it
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -205,9 +235,12 @@ class HealthServer:
                     ok = server.alive()
                     self._json(200 if ok else 503, {"status": "ok" if ok else "failing"})
                 elif path == "/readyz":
-                    failing = server.readiness()
-                    self._json(503 if failing else 200, {"status": "failing" if failing else "ok", "checks": {
-                        name: failing.get(name, "ok") for name in server.checks}})  # fmt: skip
+                    failing, notes = server.readiness(), server.noted()
+                    body: dict[str, Any] = {"status": "failing" if failing else "ok", "checks": {
+                        name: failing.get(name, "ok") for name in server.checks}}  # fmt: skip
+                    if notes:
+                        body["notes"] = notes
+                    self._json(503 if failing else 200, body)
                 else:
                     self._json(404, {"error": "not found", "paths": ["/healthz", "/readyz", "/metrics"]})
 
@@ -243,6 +276,18 @@ class HealthServer:
             if problem:
                 failing[name] = problem
         return failing
+
+    def noted(self) -> dict[str, str]:
+        """What the notes say (empty: nothing to say)."""
+        said = {}
+        for name, note in self.notes.items():
+            try:
+                text = note()
+            except Exception as error:
+                text = f"note failed: {type(error).__name__}"
+            if text:
+                said[name] = text
+        return said
 
     def start(self) -> HealthServer:
         self._thread.start()

@@ -19,11 +19,12 @@ from types import FrameType
 from chatbridge.backends.port import ChatBackend
 from chatbridge.backends.settings import ReconcilerSettings
 from chatbridge.bootstrap import Store
-from chatbridge.consumers.kafka import IntakeCounts, KafkaIngestor
+from chatbridge.consumers.kafka import EndOffsetReader, IntakeCounts, KafkaIngestor
 from chatbridge.observability import Check, HealthServer, InstrumentedBackend, Metrics
 from chatbridge.projections.desired_state import DesiredChat
+from chatbridge.reconciler.knowledge import KnowledgeGate
 from chatbridge.reconciler.loop import StatusListener
-from chatbridge.reconciler.service import ReconcilerWorker, utc_now
+from chatbridge.reconciler.service import ReconcilerWorker, deletion_gate, utc_now
 from chatbridge.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def run_worker(
     reconciler: ReconcilerWorker | None = None
     folded_at, unfolded = time.monotonic(), 0
     polled_at = [time.monotonic()]
+    fold_wanted = threading.Event()  # the deletion gate asks for the rows to reflect the whole log (see knowledge)
 
     def after_poll(handled: int) -> None:
         # Fold at most once a second while full batches stream in, and at once when a poll took all there was
@@ -82,7 +84,8 @@ def run_worker(
         polled_at[0] = time.monotonic()
         unfolded += handled
         caught_up = handled < settings.batch_size
-        if unfolded and (caught_up or time.monotonic() - folded_at >= FOLD_INTERVAL):
+        if fold_wanted.is_set() or (unfolded and (caught_up or time.monotonic() - folded_at >= FOLD_INTERVAL)):
+            fold_wanted.clear()
             store.projection.catch_up()
             folded_at, unfolded = time.monotonic(), 0
             if reconciler is not None:
@@ -105,18 +108,25 @@ def run_worker(
         states = dict(worker.reconciler.states)
         metrics.observe_chats(rows, now, {key: state.phase for key, state in states.items()})
         metrics.parked.set(sum(1 for state in states.values() if state.parked))
+        gate = worker.reconciler.gate
+        lag = gate.lag() if isinstance(gate, KnowledgeGate) else {}
+        metrics.observe_gate(sum(1 for state in states.values() if state.waiting), lag, gate.known_at)
 
     ingestor = KafkaIngestor.in_group(store.app, settings, after_poll=after_poll)
     thread = None
     backend: InstrumentedBackend | None = None
+    end_offsets: EndOffsetReader | None = None
     if chat_sync is not None:
         backend = InstrumentedBackend(chat_sync.backend, metrics)
+        # the input is Kafka: deletions wait for the store to hold it (all replicas' positions) past the deadline
+        end_offsets = EndOffsetReader(settings)
         reconciler = ReconcilerWorker(
             store.app,
             backend,
             owned_rows,
             chat_sync.options,
             on_change=chat_sync.status,  # type: ignore[arg-type]
+            gate=deletion_gate(store, end_offsets, fold=fold_wanted.set),
         )
         thread = threading.Thread(target=reconciler.run, args=(stop,), name="reconciler", daemon=True)
 
@@ -127,7 +137,8 @@ def run_worker(
     server = None
     if http is not None:
         server = HealthServer(metrics, *http, alive=alive, checks=_readiness(store, ingestor, polled_at, chat_sync,
-                                                                             backend))  # fmt: skip
+                                                                             backend),
+                              notes={"deletions": _deletions_note(reconciler)} if reconciler else None)  # fmt: skip
         server.start()
     if thread is not None:
         thread.start()
@@ -139,9 +150,25 @@ def run_worker(
         if reconciler is not None and thread is not None:
             reconciler.nudge()
             thread.join(timeout=60)
+        if end_offsets is not None:
+            end_offsets.close()
         if server is not None:
             server.stop()
     return counts
+
+
+def _deletions_note(worker: ReconcilerWorker) -> Check:
+    """/readyz's note on deletions held back until the input is complete: how many, and the first one's reason."""
+
+    def note() -> str | None:
+        waiting = worker.reconciler.waiting()
+        if not waiting:
+            return None
+        (org, event_id), wait = sorted(waiting.items())[0]
+        more = f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""
+        return f"{len(waiting)} chat deletions wait; {org}/{event_id}{more} {wait.reason}"
+
+    return note
 
 
 def _readiness(

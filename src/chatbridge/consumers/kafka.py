@@ -82,6 +82,43 @@ def producer(settings: Settings) -> KafkaProducer:
     )
 
 
+class EndOffsetReader:
+    """The input topics' end offsets, every partition, for the reconciler's deletion gate (reconciler.knowledge).
+
+    A consumer outside any group that reads metadata and offsets only, never records. Raises `KafkaError` (or
+    `OSError`) when the broker cannot be read or a topic is missing, so that the gate waits rather than guesses.
+    One thread at a time: the gate reads once per pass, under its lock.
+    """
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._consumer: KafkaConsumer | None = None
+
+    def __call__(self) -> dict[tuple[str, int], int]:
+        try:
+            if self._consumer is None:
+                self._consumer = KafkaConsumer(
+                    **consumer_config(self.settings, group_id=None, client_id="chatbridge-gate"),
+                    bootstrap_timeout_ms=5000,  # an unreachable broker is an answer within a pass, not a hang
+                    request_timeout_ms=10000,
+                )
+            tps = []
+            for topic in self.settings.topic_list:
+                partitions = self._consumer.partitions_for_topic(topic)
+                if not partitions:
+                    raise KafkaError(f"topic {topic!r} not found")
+                tps += [TopicPartition(topic, p) for p in sorted(partitions)]
+            return {(tp.topic, tp.partition): int(end) for tp, end in self._consumer.end_offsets(tps).items()}
+        except Exception:
+            self.close()  # a fresh connection next time
+            raise
+
+    def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            consumer.close(autocommit=False)
+
+
 @dataclass
 class IntakeCounts:
     """What the worker did since it started, for its log lines and its summary."""

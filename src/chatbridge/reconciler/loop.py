@@ -14,6 +14,11 @@ thread pool, so one slow chat (a long purge) does not hold the rest. What the lo
 backoff, pending) lives in memory: after a restart every chat is read once more, which reads but changes nothing
 where nothing drifted.
 
+Deletion is gated (`knowledge`): a chat is deleted only from complete knowledge of the input. While its deletion
+waits, the chat is locked read-only instead, its other steps and all other chats go on, and it is looked at again
+whenever the gate learns more. A generation the backend confirmed deleted stays deleted: it is never created again,
+whatever the desired rows say later.
+
 Logs name chats by org and event id and count persons; they never name a person or an account.
 """
 
@@ -37,7 +42,8 @@ from chatbridge.backends.settings import ReconcilerSettings
 from chatbridge.domain.aggregates import ChatGroup, Organisation
 from chatbridge.domain.lifecycle import MEMBER_PHASES, Phase
 from chatbridge.projections.desired_state import ChatKey, DesiredChat
-from chatbridge.reconciler.plan import Step, StepKind, plan
+from chatbridge.reconciler.knowledge import CompleteInput, DeletionGate, Wait
+from chatbridge.reconciler.plan import Step, StepKind, hold_deletion, plan
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +61,11 @@ class ChatState:
     pending: frozenset[str] = frozenset()  # persons without a usable account (never logged)
     chat_id: str | None = None
     members_synced: int = 0
-    phase: Phase | None = None
+    phase: Phase | None = None  # the phase brought about at the backend
+    waiting: Wait | None = None  # why a deletion of this chat (any generation) waits for complete input
+    waiting_known: datetime | None = None  # the gate's knowledge when it last waited: looked at again once it moves
+    deletion_wanted: dict[int, datetime] = field(default_factory=dict)  # earlier generation → first seen to go
+    stays_deleted: bool = False  # the desired generation was confirmed deleted: never created again
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,7 @@ class ChatOutcome:
     applied: list[Step]
     pending: int
     error: str | None = None
+    waiting: Wait | None = None  # a deletion held back until the input is complete
 
 
 @dataclass
@@ -89,6 +100,10 @@ class PassReport:
     def pending(self) -> int:
         return sum(o.pending for o in self.outcomes)
 
+    @property
+    def waiting(self) -> list[ChatOutcome]:
+        return [o for o in self.outcomes if o.waiting is not None]
+
     def summary(self) -> dict[str, Any]:
         return {
             "considered": self.considered,
@@ -96,6 +111,7 @@ class PassReport:
             "steps": self.steps,
             "failed": len(self.failed),
             "pending": self.pending,
+            "deletions_waiting": len(self.waiting),
         }
 
 
@@ -113,11 +129,13 @@ class Reconciler:
         *,
         on_change: StatusListener | None = None,
         jitter: Callable[[], float] = random.random,
+        gate: DeletionGate | None = None,
     ):
         self.app = app
         self.backend = backend
         self.settings = settings or ReconcilerSettings()
         self.on_change = on_change
+        self.gate: DeletionGate = gate or CompleteInput()
         self._jitter = jitter
         self.states: dict[ChatKey, ChatState] = {}
         self._lock = threading.Lock()
@@ -136,12 +154,19 @@ class Reconciler:
             return True
         if state.retry_at is not None and now < state.retry_at:
             return False
+        if state.waiting is not None and self.gate.known_at != state.waiting_known:
+            return True  # the gate learnt more: the held deletion may go now
         if state.fingerprint != (desired, desired.phase(now)):
             return True  # dirty, or due: the phase moved with the clock
         assert state.checked_at is not None
         if state.pending and now - state.checked_at >= self.settings.pending_retry:
             return True
         return state.phase != Phase.DELETED and now - state.checked_at >= self.settings.resync
+
+    def waiting(self) -> dict[ChatKey, Wait]:
+        """The chats whose deletion waits for complete input, with why."""
+        with self._lock:
+            return {key: state.waiting for key, state in self.states.items() if state.waiting is not None}
 
     def parked(self) -> dict[ChatKey, str]:
         with self._lock:
@@ -197,33 +222,62 @@ class Reconciler:
         phase = desired.phase(now)
         applied: list[Step] = []
         pending: set[str] = set()
+        waits: list[Wait] = []
         before = (state.phase, state.chat_id, state.members_synced, state.pending)
+        stays_deleted = False
         try:
-            self._delete_earlier_generations(desired, now)
+            self._delete_earlier_generations(desired, state, now, waits)
             if phase == Phase.DELETED and desired.generation in self._chat_group(desired).chats_deleted:
                 actual = None  # its deletion is confirmed and recorded: no need to ask the backend again
             else:
                 actual = self.backend.get_chat(*key, desired.generation)
-            if phase in MEMBER_PHASES:  # the tenant first: a chat lives in it, and its data may have changed
+            if actual is None and phase in MEMBER_PHASES:
+                # gone at the backend: recreated while its phase wants it (drift) — unless the backend confirmed
+                # deleting this generation: what the backend did cannot be undone, it stays deleted
+                stays_deleted = desired.generation in self._chat_group(desired).chats_deleted
+            if phase in MEMBER_PHASES and not stays_deleted:  # the tenant first: a chat lives in it
                 self._ensure_tenant(desired.org, now)
-            steps = plan(desired, actual, now, self.backend)
+            steps = [] if stays_deleted else plan(desired, actual, now, self.backend)
+            if any(step.kind == StepKind.DELETE_CHAT for step in steps):
+                wait = self.gate.check(desired.delete_at)
+                if wait is not None:
+                    steps = hold_deletion(actual, steps)
+                    waits.append(wait)
             actual = self._apply(desired, actual, steps, now, applied, pending)
         except Exception as error:  # a bug or a refusal in one chat must not stop the others
             self._failed(key, state, error, now)
             log.warning("chat %s/%s: %s", *key, state.last_error)
             return ChatOutcome(*key, desired.generation, phase, applied, len(pending), state.last_error)
+        if stays_deleted and not state.stays_deleted:
+            log.warning("chat %s/%s: generation %d was confirmed deleted; it stays deleted (not created again)",
+                        *key, desired.generation)  # fmt: skip
+        state.stays_deleted = stays_deleted
+        self._note_waiting(key, state, waits[0] if waits else None)
         state.fingerprint = (desired, phase)
         state.checked_at = now
         state.failures, state.retry_at, state.parked, state.last_error = 0, None, False, None
         state.pending = frozenset(pending)
-        state.phase = phase
+        # what is brought about: a chat whose deletion waits is read-only, not deleted (status, overdue metric)
+        if stays_deleted:
+            state.phase = Phase.DELETED
+        else:
+            state.phase = Phase.READ_ONLY if phase == Phase.DELETED and actual is not None else phase
         state.chat_id = actual.chat_id if actual is not None else None
         state.members_synced = len(actual.members) if actual is not None else 0
         if applied:
             log.info("chat %s/%s: %d steps applied, %d pending", *key, len(applied), len(pending))
         if self.on_change is not None and before != (state.phase, state.chat_id, state.members_synced, state.pending):
             self.on_change(desired, state, now)
-        return ChatOutcome(*key, desired.generation, phase, applied, len(pending))
+        return ChatOutcome(*key, desired.generation, phase, applied, len(pending), waiting=state.waiting)
+
+    def _note_waiting(self, key: ChatKey, state: ChatState, wait: Wait | None) -> None:
+        """Remember (and log, once per change) why a deletion waits; the chat is looked at again as the gate learns."""
+        if wait is not None and (state.waiting is None or state.waiting.lag.keys() != wait.lag.keys()):
+            log.info("chat %s/%s: deletion %s", *key, wait.reason)
+        elif wait is None and state.waiting is not None:
+            log.info("chat %s/%s: deletion no longer waits: the input is complete", *key)
+        state.waiting = wait
+        state.waiting_known = self.gate.known_at
 
     def _failed(self, key: ChatKey, state: ChatState, error: Exception, now: datetime) -> None:
         state.failures += 1
@@ -296,13 +350,22 @@ class Reconciler:
             actual = ActualChat(chat_id, frozenset(members), frozenset(moderators), read_only)
         return actual
 
-    def _delete_earlier_generations(self, desired: DesiredChat, now: datetime) -> None:
-        """A new generation is a new chat: an earlier one the backend still has (a missed deletion) goes now."""
+    def _delete_earlier_generations(
+        self, desired: DesiredChat, state: ChatState, now: datetime, waits: list[Wait]
+    ) -> None:
+        """A new generation is a new chat: an earlier one the backend still has (a missed deletion) goes now —
+        once the gate allows it. Its deadline is not in the desired row (that is the latest generation's), so the
+        moment this reconciler first saw it must go stands for it (later than the true one: the safe side)."""
         if desired.generation == 1:
             return
         chat = self._chat_group(desired)
         for generation in sorted(chat.backend_chats):
             if generation >= desired.generation or generation in chat.chats_deleted:
+                state.deletion_wanted.pop(generation, None)
+                continue
+            wait = self.gate.check(state.deletion_wanted.setdefault(generation, now))
+            if wait is not None:
+                waits.append(wait)
                 continue
             actual = self.backend.get_chat(desired.org, desired.event_id, generation)
             if actual is not None:

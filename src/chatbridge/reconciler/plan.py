@@ -135,3 +135,12 @@ def apply(actual: ActualChat | None, steps: list[Step]) -> ActualChat | None:
             read_only = bool(step.value)
         actual = ActualChat(actual.chat_id, frozenset(members), frozenset(moderators), read_only)
     return actual
+
+
+def hold_deletion(actual: ActualChat | None, steps: list[Step]) -> list[Step]:
+    """The steps while the deletion in `steps` waits for complete input (reconciler.knowledge): the deletion goes,
+    and a chat that still takes posts is locked instead — the lock can be lifted, a deletion cannot be undone."""
+    held = [step for step in steps if step.kind != StepKind.DELETE_CHAT]
+    if len(held) < len(steps) and actual is not None and not actual.read_only:
+        held.append(Step(StepKind.SET_READ_ONLY, value=True))
+    return held

@@ -3,6 +3,9 @@
 `chatbridge reconcile --dry-run` reads each chat from the backend and prints the plan without changing anything;
 `--once` applies one pass; without either it runs `ReconcilerWorker` until stopped. `chatbridge run` starts a
 `ReconcilerWorker` beside the Kafka consumer, on the same application, in a thread of its own.
+
+Each pass first surveys the deletion gate (`knowledge`: the input's end offsets against the stored positions),
+then reads the desired rows — in that order, so that the rows reflect at least what the gate counted as stored.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ from chatbridge.backends.port import BackendError, BackendUnavailable, ChatBacke
 from chatbridge.backends.settings import MatrixSettings, ReconcilerSettings
 from chatbridge.bootstrap import Store
 from chatbridge.domain.aggregates import ChatGroup
-from chatbridge.domain.lifecycle import Phase
+from chatbridge.domain.lifecycle import MEMBER_PHASES, Phase
+from chatbridge.persistence import partition_source
 from chatbridge.projections.desired_state import DesiredChat
+from chatbridge.reconciler.knowledge import CompleteInput, DeletionGate, EndOffsets, KnowledgeGate, Partition, Wait
 from chatbridge.reconciler.loop import PassReport, Reconciler, StatusListener
-from chatbridge.reconciler.plan import Step, plan
+from chatbridge.reconciler.plan import Step, StepKind, hold_deletion, plan
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,38 @@ def desired_rows(store: Store) -> list[DesiredChat]:
     return store.projection.view.desired_chats()
 
 
+class StoreKnowledge:
+    """The deletion gate's view of the store: stored positions, the log's head, and how far the rows are folded.
+
+    `fold` brings the projection up to the log's head: at once in a one-shot pass (the default), or — in the
+    worker, where the consumer thread owns the projection — by asking that thread, which folds after its next poll.
+    """
+
+    def __init__(self, store: Store, fold: Callable[[], None] | None = None):
+        self.store = store
+        self.fold = fold or store.projection.catch_up
+
+    def position(self, partition: Partition) -> int:
+        return self.store.app.position(partition_source(*partition))
+
+    def log_head(self) -> int:
+        return self.store.app.recorder.max_notification_id() or 0
+
+    def folded_to(self, at_least: int) -> int:
+        position = self.store.projection.position()
+        if position < at_least:
+            self.fold()
+            position = self.store.projection.position()
+        return position
+
+
+def deletion_gate(store: Store, read_ends: EndOffsets | None, fold: Callable[[], None] | None = None) -> DeletionGate:
+    """The gate for the input: Kafka (`read_ends` reads its end offsets), or None: the store is the whole input."""
+    if read_ends is None:
+        return CompleteInput()
+    return KnowledgeGate(read_ends, StoreKnowledge(store, fold))
+
+
 @dataclass(frozen=True)
 class ChatPlan:
     org: str
@@ -51,6 +88,8 @@ class ChatPlan:
     phase: Phase
     steps: list[Step]
     error: str | None = None
+    waiting: Wait | None = None  # the deletion this pass would hold back, and why
+    note: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         document: dict[str, Any] = {
@@ -60,34 +99,80 @@ class ChatPlan:
             "phase": str(self.phase),
             "steps": [step.as_json() for step in self.steps],
         }
+        if self.waiting is not None:
+            document["waiting"] = {"kind": str(StepKind.DELETE_CHAT), **self.waiting.as_json()}
+        if self.note is not None:
+            document["note"] = self.note
         if self.error is not None:
             document["error"] = self.error
         return document
 
+    @property
+    def shown(self) -> bool:
+        return bool(self.steps or self.error or self.waiting or self.note)
 
-def dry_run(app: ChatBridge, rows: list[DesiredChat], backend: ChatBackend, now: datetime) -> list[ChatPlan]:
-    """The plan of every chat at `now`, read from the backend, changing nothing (`terraform plan`)."""
+
+def dry_run(
+    app: ChatBridge, rows: list[DesiredChat], backend: ChatBackend, now: datetime, gate: DeletionGate | None = None
+) -> list[ChatPlan]:
+    """The plan of every chat at `now`, for every generation, read from the backend, changing nothing (`terraform
+    plan`). With `gate` (surveyed at `now` before `rows` were read) deletions it holds back show as waiting."""
+    gate = gate or CompleteInput()
     plans = []
     for desired in rows:
         phase = desired.phase(now)
-        if phase == Phase.DELETED:
-            chat: ChatGroup = app.repository.get(ChatGroup.create_id(desired.org, desired.event_id))
-            if desired.generation in chat.chats_deleted:
-                continue  # deleted, confirmed and recorded
+        chat: ChatGroup | None = None
+        if phase == Phase.DELETED or desired.generation > 1:
+            chat = app.repository.get(ChatGroup.create_id(desired.org, desired.event_id))
         try:
+            if chat is not None:
+                plans.extend(_earlier_generations(desired, chat, backend, gate, now))
+            if phase == Phase.DELETED and chat is not None and desired.generation in chat.chats_deleted:
+                continue  # deleted, confirmed and recorded
             actual = backend.get_chat(desired.org, desired.event_id, desired.generation)
         except BackendUnavailable:
             raise  # the backend is down: no use asking it about every other chat
         except BackendError as error:
             plans.append(ChatPlan(desired.org, desired.event_id, desired.generation, phase, [], str(error)))
             continue
+        if actual is None and phase in MEMBER_PHASES:
+            chat = chat or app.repository.get(ChatGroup.create_id(desired.org, desired.event_id))
+            if desired.generation in chat.chats_deleted:
+                note = "confirmed deleted at the backend: stays deleted, not created again"
+                plans.append(ChatPlan(desired.org, desired.event_id, desired.generation, phase, [], note=note))
+                continue
         steps = plan(desired, actual, now, backend)
-        plans.append(ChatPlan(desired.org, desired.event_id, desired.generation, phase, steps))
+        wait = None
+        if any(step.kind == StepKind.DELETE_CHAT for step in steps):
+            wait = gate.check(desired.delete_at)
+            if wait is not None:
+                steps = hold_deletion(actual, steps)
+        plans.append(ChatPlan(desired.org, desired.event_id, desired.generation, phase, steps, waiting=wait))
+    return plans
+
+
+def _earlier_generations(
+    desired: DesiredChat, chat: ChatGroup, backend: ChatBackend, gate: DeletionGate, now: datetime
+) -> list[ChatPlan]:
+    """Earlier generations the backend still has: the pass deletes them (or holds their deletion back)."""
+    plans = []
+    for generation in sorted(chat.backend_chats):
+        if generation >= desired.generation or generation in chat.chats_deleted:
+            continue
+        actual = backend.get_chat(desired.org, desired.event_id, generation)
+        steps = [Step(StepKind.DELETE_CHAT)] if actual is not None else []
+        note = "an earlier generation" + ("" if actual is not None else ", gone at the backend: recorded deleted")
+        wait = gate.check(now)  # its deadline is not in the row: the pass stands in for it, as the loop does
+        if wait is not None:
+            steps = hold_deletion(None, steps)
+        plans.append(ChatPlan(desired.org, desired.event_id, generation, Phase.DELETED, steps, waiting=wait,
+                              note=note))  # fmt: skip
     return plans
 
 
 def pass_document(report: PassReport, now: datetime) -> dict[str, Any]:
-    """What one pass did, for `reconcile --once --json`: counts, each chat's applied steps, parked chats."""
+    """What one pass did, for `reconcile --once --json`: counts, each chat's applied steps and held-back
+    deletion, parked chats."""
     return {
         "now": now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         **report.summary(),
@@ -99,6 +184,7 @@ def pass_document(report: PassReport, now: datetime) -> dict[str, Any]:
                 "phase": str(o.phase),
                 "applied": [step.as_json() for step in o.applied],
                 "pending": o.pending,
+                **({"waiting": {"kind": "delete_chat", **o.waiting.as_json()}} if o.waiting else {}),
                 **({"error": o.error} if o.error else {}),
             }
             for o in report.outcomes
@@ -108,13 +194,14 @@ def pass_document(report: PassReport, now: datetime) -> dict[str, Any]:
 
 
 def plan_document(plans: list[ChatPlan], now: datetime) -> dict[str, Any]:
-    changing = [p for p in plans if p.steps or p.error]
+    shown = [p for p in plans if p.shown]
     return {
         "now": now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "chats": [p.as_json() for p in changing],
+        "chats": [p.as_json() for p in shown],
         "changes": sum(len(p.steps) for p in plans),
+        "waiting": sum(1 for p in plans if p.waiting),
         "errors": sum(1 for p in plans if p.error),
-        "unchanged": len(plans) - len(changing),
+        "unchanged": len(plans) - len(shown),
     }
 
 
@@ -122,11 +209,14 @@ def render_plan(plans: list[ChatPlan]) -> str:
     """The plan as text, one block per chat that changes, like `terraform plan`."""
     lines: list[str] = []
     for chat_plan in plans:
-        if not chat_plan.steps and not chat_plan.error:
+        if not chat_plan.shown:
             continue
+        note = f", {chat_plan.note}" if chat_plan.note else ""
         lines.append(f"chat {chat_plan.org}/{chat_plan.event_id} (generation {chat_plan.generation}, "
-                     f"{chat_plan.phase})")  # fmt: skip
+                     f"{chat_plan.phase}{note})")  # fmt: skip
         lines.extend(f"  {step.describe()}" for step in chat_plan.steps)
+        if chat_plan.waiting:
+            lines.append(f"  … {Step(StepKind.DELETE_CHAT).describe()[2:]}: {chat_plan.waiting.reason}")
         if chat_plan.error:
             lines.append(f"  ! cannot read the chat: {chat_plan.error}")
         lines.append("")
@@ -135,6 +225,9 @@ def render_plan(plans: list[ChatPlan]) -> str:
     lines.append(
         f"Plan: {steps} changes in {chats} chats." if steps else "No changes. The chats match the desired state."
     )
+    waiting = sum(1 for p in plans if p.waiting)
+    if waiting:
+        lines.append(f"{waiting} deletions wait for complete input (see above); the other steps go on.")
     return "\n".join(lines)
 
 
@@ -144,10 +237,12 @@ def reconcile_once(
     now: datetime,
     settings: ReconcilerSettings | None = None,
     on_change: StatusListener | None = None,
+    gate: DeletionGate | None = None,
 ) -> PassReport:
     """One pass over every chat that needs a look at `now` (all of them: a fresh reconciler remembers nothing)."""
-    reconciler = Reconciler(store.app, backend, settings, on_change=on_change)
+    reconciler = Reconciler(store.app, backend, settings, on_change=on_change, gate=gate)
     try:
+        reconciler.gate.survey(now)  # before the rows: they must reflect what the gate counts as stored
         return reconciler.pass_once(desired_rows(store), now)
     finally:
         reconciler.close()
@@ -171,9 +266,10 @@ class ReconcilerWorker:
         *,
         clock: Callable[[], datetime] = utc_now,
         on_change: StatusListener | None = None,
+        gate: DeletionGate | None = None,
     ):
         self.settings = settings or ReconcilerSettings()
-        self.reconciler = Reconciler(app, backend, self.settings, on_change=on_change)
+        self.reconciler = Reconciler(app, backend, self.settings, on_change=on_change, gate=gate)
         self.rows = rows
         self.clock = clock
         self._wake = threading.Event()
@@ -184,8 +280,9 @@ class ReconcilerWorker:
 
     def round(self) -> float:
         """One round; returns the seconds to sleep before the next."""
-        rows = self.rows()
         now = self.clock()
+        self.reconciler.gate.survey(now)  # before the rows: they must reflect what the gate counts as stored
+        rows = self.rows()
         self.reconciler.submit(rows, now)
         wake = self.reconciler.next_wake(rows, now)
         if wake is None:
