@@ -26,7 +26,7 @@ def simulate_lines(lines: Iterable[tuple[int, bytes]], now: datetime, policy: Po
     """`simulate` on numbered raw lines (line numbers from 1)."""
     app = in_memory_app()
     ingest_lines(app, "simulate", lines)
-    fold = DesiredStateFold(policy=policy, pseudonym=app.persons.pseudonym)
+    fold = DesiredStateFold(policy=policy, pseudonym=app.persons.pseudonym, open_name=app.persons.open)
     fold_log(app, fold)
     return render_document(fold.all_desired(), app.ledger.intake_summary(), now)
 

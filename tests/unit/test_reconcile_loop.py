@@ -39,7 +39,7 @@ class World:
         self.fed += len(lines)
 
     def rows(self):
-        fold = DesiredStateFold(policy=Policy(), pseudonym=self.app.persons.pseudonym)
+        fold = DesiredStateFold(policy=Policy(), pseudonym=self.app.persons.pseudonym, open_name=self.app.persons.open)
         fold_log(self.app, fold)
         return fold.all_desired()
 

@@ -71,7 +71,7 @@ class LogFold:
     def __init__(self, app: ChatBridge, policy: Policy, timelines_of: set[ChatKey] | None = None):
         self.app = app
         self.policy = policy
-        self.fold = DesiredStateFold(policy=policy, pseudonym=app.persons.pseudonym)
+        self.fold = DesiredStateFold(policy=policy, pseudonym=app.persons.pseudonym, open_name=app.persons.open)
         self.histories: dict[ChatKey, ChatHistory] = {}
         self.organisations: dict[str, list[dict[str, Any]]] = {}  # org → its facts, for transfers and timelines
         self.timelines_of = timelines_of

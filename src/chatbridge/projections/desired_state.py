@@ -8,16 +8,22 @@ id) — the id breaks ties in stored order:
 - per chat, its own facts (the event's records, staffing, cancellation, deletion, and the generations the backend
   confirmed deleted), sorted;
 - per organisation, its feature switches, sorted;
-- per person — by keyed pseudonym, never the HiOrg id — status facts and erasures (`deleted`, `gdpr forget`).
+- per person, status facts and erasures (`deleted`, `gdpr forget`), sorted.
 
 A chat's row is a pure function of those facts: `walk` merges the chat's facts with its organisation's switches
-and steps through them with the lifecycle policy. A fact that arrives after later ones is simply inserted in its
-place and the chats it touches are walked again at the next write; a chat's history is short, so the late case
-costs what the in-order case costs. Person deletion erases: facts that named the person before the deletion lose
-the name (in memory and in the stored rows), so a later message naming the same id is a new person.
+and steps through them with the lifecycle policy. A fact that arrives after later ones is inserted in its place and
+the chats it touches are walked again at the next write; a chat's history is short, so the late case costs what
+the in-order case costs.
 
-The same fold serves `simulate` (in memory), the persistent projection behind `state`, its rebuild, and the
-audit's timelines — so all of them answer alike by construction.
+Persons are known to the fold by their keyed pseudonym only (audit.shredding): facts hold pseudonyms, never HiOrg
+ids. The HiOrg id is needed once, for a chat's members; each person keeps the latest sealed token naming them, and
+it is opened when the row is written — so once a key is destroyed nothing in the projection can name the person.
+Person deletion erases: facts that named the person before the deletion lose the name, so a later message naming
+the same id is a new person.
+
+The same fold serves `simulate` (in memory), the persistent projection behind `state` (which loads only the rows a
+page of the log touches: memory stays bounded by the page, not the store), its rebuild, and the audit's
+timelines — so all of them answer alike by construction.
 """
 
 from __future__ import annotations
@@ -27,11 +33,12 @@ from bisect import insort
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from functools import lru_cache
+from typing import Any, Protocol
 from uuid import UUID
 
 from chatbridge.domain import lifecycle
-from chatbridge.domain.aggregates import Organisation, Person
+from chatbridge.domain.aggregates import ChatGroup, Organisation, Person
 from chatbridge.domain.lifecycle import ChatLife, Generation, OrganisationFeature, Phase, Policy
 
 ChatKey = tuple[str, str]  # (org, event_id)
@@ -39,7 +46,7 @@ PersonKey = tuple[str, str]  # (org, pseudonym)
 Stamp = tuple[datetime, int]  # (occurred_at, notification id): the fold's order
 
 # A chat fact: (at, seq, kind, *payload). Tuples, because there are many and they sort by (at, seq) as they are.
-UPSERT = "u"  # (end, chat_enabled, responsible, staff | None)
+UPSERT = "u"  # (end, chat_enabled, responsible, staff | None): persons by pseudonym
 STAFFING = "s"  # (person, status)
 CANCEL = "c"  # ()
 DELETE = "d"  # ()
@@ -47,12 +54,16 @@ BACKEND_DELETED = "x"  # (generation,): the backend confirmed it; nothing arrivi
 ChatFact = tuple[Any, ...]
 Switch = tuple[datetime, int, bool]  # an organisation's feature switched on (True) or off
 
-_PSEUDONYM_PREFIX = "ps-"
-
 
 def is_unreadable(name: str) -> bool:
-    """A name the store can no longer open (the person's key is gone): it names nobody who may be a member."""
-    return len(name) == 35 and name.startswith(_PSEUDONYM_PREFIX)
+    """A pseudonym where a HiOrg id was: the person's key is gone, so the name stands for nobody who may be a member."""
+    return len(name) == 35 and name.startswith("ps-")
+
+
+def _token_parts(token: str) -> tuple[str, bool]:
+    """(pseudonym, sealed) of a stored person token (`enc1:{pseudonym}:{…}`, `enc2:{pseudonym}:{version}:{…}`)."""
+    parts = token.split(":")
+    return parts[1], len(parts) > 2 and bool(parts[-1])
 
 
 @dataclass(frozen=True)
@@ -115,12 +126,13 @@ def walk(facts: Iterable[ChatFact], switches: Iterable[Switch], policy: Policy) 
     for item in heapq.merge(facts, switches):
         at = item[0]
         as_of = at
-        if len(item) == 3 and isinstance(item[2], bool):  # an organisation switch
+        kind = item[2]
+        if kind is True or kind is False:  # an organisation switch
             if life is not None:
                 lifecycle.settle(life, organisation, policy, at)
-            lifecycle.switch_organisation(organisation, item[2], at)
+            lifecycle.switch_organisation(organisation, kind, at)
             continue
-        seq, kind = item[1], item[2]
+        seq = item[1]
         if life is None:
             if kind == UPSERT and item[4]:  # the first record with chat enabled: generation 1
                 life = ChatLife(
@@ -151,21 +163,18 @@ def walk(facts: Iterable[ChatFact], switches: Iterable[Switch], policy: Policy) 
         elif kind == BACKEND_DELETED:
             lifecycle.confirm_deleted(life, organisation, policy, item[3], at)
         fact_generation[seq] = life.generation.number
-    views = []
-    for generation in generations:
-        view_of = life if life is not None and generation is life.generation else None
-        views.append(_generation_view(generation, view_of, organisation, policy))
+    views = [_generation_view(g, life, organisation, policy) for g in generations]
     return Walk(life, organisation, views, fact_generation, started, as_of)
 
 
 def _generation_view(
     generation: Generation, life: ChatLife | None, organisation: OrganisationFeature, policy: Policy
 ) -> GenerationView:
-    if generation.frozen is not None or life is None:
-        frozen = generation.frozen
-        assert frozen is not None  # an earlier generation ended deleted, so its deadlines were fixed
+    frozen = generation.frozen
+    if frozen is not None:
         return GenerationView(generation.number, generation.enabled_at, frozen.read_only_at, frozen.delete_at,
                               frozen.rule, generation.deleted)  # fmt: skip
+    assert life is not None and generation is life.generation, "an earlier generation ends deleted, its deadlines fixed"
     return GenerationView(
         generation.number, generation.enabled_at, lifecycle.read_only_at(life, organisation, policy),
         lifecycle.delete_at(life, organisation, policy), lifecycle.deletion_rule(life, organisation, policy),
@@ -183,10 +192,11 @@ class ChatRecord:
 
 @dataclass
 class PersonRecord:
-    """A person's status facts and erasures (by pseudonym), sorted."""
+    """A person's status facts and erasures, sorted, and the latest token (or HiOrg id) that named them."""
 
     statuses: list[tuple[datetime, int, str]] = field(default_factory=list)
     erasures: list[Stamp] = field(default_factory=list)
+    name: str | None = None  # a sealed token (the store's path) or the HiOrg id (decoded events)
 
     def status(self) -> str | None:
         """The status in force: the latest one after the latest erasure (an erased person has none)."""
@@ -208,7 +218,20 @@ class Changes:
     index_entries: set[tuple[str, str, str]]  # (org, pseudonym, event_id)
 
 
-def _facts_naming(fact: ChatFact) -> Iterator[str]:
+class RowSource(Protocol):
+    """Where a fold that holds only part of the projection finds the rest (the persistent view)."""
+
+    def chats_by_ids(self, ids: Iterable[UUID]) -> Iterator[tuple[ChatKey, ChatRecord]]: ...
+    def chats_of_organisation(self, org: str) -> Iterator[tuple[ChatKey, ChatRecord]]: ...
+    def chats_by_keys(self, keys: Iterable[ChatKey]) -> Iterator[tuple[ChatKey, ChatRecord]]: ...
+    def persons_by_ids(self, ids: Iterable[UUID]) -> Iterator[tuple[PersonKey, PersonRecord]]: ...
+    def persons_by_keys(self, keys: Iterable[PersonKey]) -> Iterator[tuple[PersonKey, PersonRecord]]: ...
+    def persons_by_pseudonyms(self, pseudonyms: Iterable[str]) -> Iterator[tuple[PersonKey, PersonRecord]]: ...
+    def organisations_by_ids(self, ids: Iterable[UUID]) -> Iterator[tuple[str, UUID, list[Switch]]]: ...
+    def index_of(self, person: PersonKey) -> set[str]: ...
+
+
+def _named(fact: ChatFact) -> Iterator[str]:
     kind = fact[2]
     if kind == UPSERT:
         if fact[5] is not None:
@@ -220,15 +243,18 @@ def _facts_naming(fact: ChatFact) -> Iterator[str]:
 
 @dataclass(kw_only=True)
 class DesiredStateFold:
-    # the persons' keyed pseudonyms (audit.shredding): a person is known by it, so that a fact read with the HiOrg
-    # id and one read as the pseudonym (its key destroyed) name the same person
+    """The fold. Without `rows` it holds everything it was given (simulate, audit, rebuild); with `rows` it
+    holds what the facts folded since the last `forget_loaded` touched, and loads the rest on demand."""
+
+    # the persons' keyed pseudonyms (audit.shredding), and opening a stored token to the HiOrg id
     pseudonym: Callable[[str, str], str]
+    open_name: Callable[[str], str] = str
     policy: Policy = field(default_factory=Policy)
+    rows: RowSource | None = None
     organisations: dict[str, list[Switch]] = field(default_factory=dict)
     chats: dict[ChatKey, ChatRecord] = field(default_factory=dict)
     persons: dict[PersonKey, PersonRecord] = field(default_factory=dict)
     person_chats: dict[PersonKey, set[str]] = field(default_factory=dict)
-    # derived look-ups, rebuilt on load
     chat_keys: dict[UUID, ChatKey] = field(default_factory=dict)
     person_keys: dict[UUID, PersonKey] = field(default_factory=dict)
     organisation_keys: dict[UUID, str] = field(default_factory=dict)
@@ -239,49 +265,156 @@ class DesiredStateFold:
     dirty_persons: set[PersonKey] = field(default_factory=set)
     new_index_entries: set[tuple[str, str, str]] = field(default_factory=set)
     _walks: dict[ChatKey, Walk] = field(default_factory=dict)  # until the chat changes again
-
-    # -- identities ------------------------------------------------------------------------------------------
-
-    def identity(self, org: str, name: str) -> str:
-        """The person a name in a fact stands for: their pseudonym (a pseudonym is its own)."""
-        if is_unreadable(name):
-            return name
-        return self.pseudonym(org, name)
+    _whole_organisations: set[str] = field(default_factory=set)  # all their chats are loaded
+    _whole_index: set[PersonKey] = field(default_factory=set)  # person_chats holds all their chats
 
     # -- loading ---------------------------------------------------------------------------------------------
 
-    def load_organisation(self, org: str, switches: list[Switch]) -> None:
-        self.organisations[org] = switches
-        self.organisation_keys[Organisation.create_id(org)] = org
+    def load_organisation(self, org: str, aggregate_id: UUID, switches: list[Switch]) -> None:
+        self.organisations.setdefault(org, switches)
+        self.organisation_keys[aggregate_id] = org
 
     def load_chat(self, key: ChatKey, record: ChatRecord) -> None:
+        if key in self.chats:
+            return  # what is in memory is newer than the row
         self.chats[key] = record
         self.chat_keys[record.aggregate_id] = key
         self.chats_of_organisation.setdefault(key[0], set()).add(key[1])
-        self._walks.pop(key, None)
+
+    def load_person(self, key: PersonKey, record: PersonRecord) -> None:
+        if key in self.persons:
+            return
+        self.persons[key] = record
+        self.person_keys[person_aggregate_id(*key)] = key
 
     def load_index_entry(self, org: str, person: str, event_id: str) -> None:
         self.person_chats.setdefault((org, person), set()).add(event_id)
 
-    def load_person(self, key: PersonKey, record: PersonRecord) -> None:
-        self.persons[key] = record
-        self.person_keys[Person.create_id(*key)] = key
+    def prefetch(self, originator_ids: Iterable[UUID], pseudonyms: Iterable[str] = ()) -> None:
+        """Load the rows a page of the log is about — its aggregates and the persons it names — in a few queries
+        rather than one each."""
+        if self.rows is None:
+            return
+        wanted = [i for i in set(originator_ids) if i not in self.chat_keys and i not in self.person_keys]
+        for key, record in self.rows.chats_by_ids(wanted):
+            self.load_chat(key, record)
+        wanted = [i for i in wanted if i not in self.chat_keys]
+        for person, person_record in self.rows.persons_by_ids(wanted):
+            self.load_person(person, person_record)
+        for org, aggregate_id, switches in self.rows.organisations_by_ids(
+            i for i in wanted if i not in self.person_keys
+        ):
+            self.load_organisation(org, aggregate_id, switches)
+        loaded = {pseudonym for _, pseudonym in self.persons}
+        for person, person_record in self.rows.persons_by_pseudonyms(set(pseudonyms) - loaded):
+            self.load_person(person, person_record)
 
-    # -- folding ---------------------------------------------------------------------------------------------
+    def forget_loaded(self) -> None:
+        """Drop everything loaded (after a write): the next page loads what it touches."""
+        assert not (self.dirty_chats or self.dirty_organisations or self.dirty_persons), "write before forgetting"
+        for mapping in (self.organisations, self.chats, self.persons, self.person_chats, self.chat_keys,
+                        self.person_keys, self.organisation_keys, self.chats_of_organisation, self._walks):  # fmt: skip
+            mapping.clear()
+        self._whole_organisations.clear()
+        self._whole_index.clear()
+
+    def _chat_of(self, aggregate_id: UUID) -> ChatKey:
+        key = self.chat_keys.get(aggregate_id)
+        if key is None and self.rows is not None:
+            for loaded, record in self.rows.chats_by_ids([aggregate_id]):
+                self.load_chat(loaded, record)
+            key = self.chat_keys.get(aggregate_id)
+        if key is None:
+            raise LookupError(f"no chat for aggregate {aggregate_id}: the log holds a fact before its chat's record")
+        return key
+
+    def _person_of(self, aggregate_id: UUID) -> PersonKey:
+        key = self.person_keys.get(aggregate_id)
+        if key is None and self.rows is not None:
+            for loaded, record in self.rows.persons_by_ids([aggregate_id]):
+                self.load_person(loaded, record)
+            key = self.person_keys.get(aggregate_id)
+        if key is None:
+            raise LookupError(f"no person for aggregate {aggregate_id}")
+        return key
+
+    def _organisation_of(self, aggregate_id: UUID) -> str:
+        org = self.organisation_keys.get(aggregate_id)
+        if org is None and self.rows is not None:
+            for loaded, loaded_id, switches in self.rows.organisations_by_ids([aggregate_id]):
+                self.load_organisation(loaded, loaded_id, switches)
+            org = self.organisation_keys.get(aggregate_id)
+        if org is None:
+            raise LookupError(f"no organisation for aggregate {aggregate_id}")
+        return org
+
+    def _whole_organisation(self, org: str) -> set[str]:
+        if self.rows is not None and org not in self._whole_organisations:
+            for key, record in self.rows.chats_of_organisation(org):
+                self.load_chat(key, record)
+            self._whole_organisations.add(org)
+        return self.chats_of_organisation.get(org, set())
+
+    def _index(self, person: PersonKey) -> set[str]:
+        if self.rows is not None and person not in self._whole_index:
+            events = self.rows.index_of(person)
+            self.person_chats.setdefault(person, set()).update(events)
+            for key, record in self.rows.chats_by_keys((person[0], e) for e in events):
+                self.load_chat(key, record)
+            self._whole_index.add(person)
+        return self.person_chats.get(person, set())
+
+    def _loaded_organisation(self, org: str) -> list[Switch] | None:
+        switches = self.organisations.get(org)
+        if switches is None and self.rows is not None:
+            for loaded, aggregate_id, stored in self.rows.organisations_by_ids([organisation_aggregate_id(org)]):
+                self.load_organisation(loaded, aggregate_id, stored)
+            switches = self.organisations.get(org)
+        return switches
+
+    def _organisation(self, org: str, aggregate_id: UUID | None = None) -> list[Switch]:
+        switches = self._loaded_organisation(org)
+        if switches is None:
+            switches = self.organisations[org] = []
+            self.dirty_organisations.add(org)
+        if aggregate_id is not None:
+            self.organisation_keys[aggregate_id] = org
+        return switches
+
+    def _person(self, key: PersonKey) -> PersonRecord:
+        record = self.persons.get(key)
+        if record is None:
+            record = self._loaded_person(key)
+            if record is None:
+                record = self.persons[key] = PersonRecord()  # new to the projection
+        self.dirty_persons.add(key)
+        return record
+
+    # -- persons' names --------------------------------------------------------------------------------------
+
+    def identity(self, org: str, name: str) -> str:
+        """The pseudonym of the person a name in an event stands for, remembering a name that can be opened."""
+        if name.startswith("enc"):  # a stored token: the pseudonym is in the clear
+            pseudonym, sealed = _token_parts(name)
+            if sealed:
+                self._person((org, pseudonym)).name = name
+            return pseudonym
+        if is_unreadable(name):
+            return name
+        pseudonym = self.pseudonym(org, name)
+        self._person((org, pseudonym)).name = name
+        return pseudonym
+
+    def _identities(self, org: str, names: dict[str, str] | None) -> dict[str, str] | None:
+        return None if names is None else {self.identity(org, p): s for p, s in names.items()}
+
+    # -- folding: one method per fact, from decoded events or stored rows alike --------------------------------
 
     def apply(self, event: Any, seq: int) -> None:
         """Fold one aggregate event (as decoded from the notification log) stored as notification `seq`."""
         handler = _DISPATCH.get(type(event).__qualname__)
         if handler is not None:
             handler(self, event, seq)
-
-    def _organisation(self, org: str) -> list[Switch]:
-        switches = self.organisations.get(org)
-        if switches is None:
-            switches = self.organisations[org] = []
-            self.organisation_keys[Organisation.create_id(org)] = org
-            self.dirty_organisations.add(org)
-        return switches
 
     def _dirty(self, key: ChatKey) -> None:
         self.dirty_chats.add(key)
@@ -290,117 +423,104 @@ class DesiredStateFold:
     def _add_fact(self, key: ChatKey, fact: ChatFact) -> None:
         """Insert a fact in its place, erased of persons deleted after it, and index the persons it names."""
         org, event_id = key
-        for name in list(_facts_naming(fact)):
-            person = (org, self.identity(org, name))
-            record = self.persons.get(person)
+        for person in list(_named(fact)):
+            person_key = (org, person)
+            record = self._loaded_person(person_key)
             if record is not None and record.erasures and (fact[0], fact[1]) < record.erasures[-1]:
-                erased = _erase(fact, {name})  # named before a deletion that is already known
+                erased = _erase(fact, {person})  # named before a deletion that is already known
                 if erased is None:
                     return
                 fact = erased
                 continue
-            chats = self.person_chats.setdefault(person, set())
+            chats = self.person_chats.setdefault(person_key, set())
             if event_id not in chats:
                 chats.add(event_id)
-                self.new_index_entries.add((org, person[1], event_id))
+                self.new_index_entries.add((org, person, event_id))
         insort(self.chats[key].facts, fact)
         self._dirty(key)
 
-    def _chat_registered(self, event: Any, seq: int) -> None:
-        key = (event.org, event.event_id)
-        self._organisation(event.org)
-        self.load_chat(key, ChatRecord(event.originator_id))
-        self._add_fact(key, (event.occurred_at, seq, UPSERT, event.end, True, event.responsible, event.staff or {}))
+    def chat_registered(self, aggregate_id: UUID, seq: int, org: str, event_id: str, at: datetime, end: datetime,
+                        responsible: str | None, staff: dict[str, str] | None) -> None:  # fmt: skip
+        key = (org, event_id)
+        self._organisation(org)
+        self.load_chat(key, ChatRecord(aggregate_id))
+        responsible = None if responsible is None else self.identity(org, responsible)
+        self._add_fact(key, (at, seq, UPSERT, end, True, responsible, self._identities(org, staff) or {}))
 
-    def _event_recorded(self, event: Any, seq: int) -> None:
-        fact = (event.occurred_at, seq, UPSERT, event.end, event.chat_enabled, event.responsible, event.staff)
-        self._add_fact(self.chat_keys[event.originator_id], fact)
+    def event_recorded(self, aggregate_id: UUID, seq: int, at: datetime, end: datetime, chat_enabled: bool,
+                       responsible: str | None, staff: dict[str, str] | None) -> None:  # fmt: skip
+        key = self._chat_of(aggregate_id)
+        org = key[0]
+        responsible = None if responsible is None else self.identity(org, responsible)
+        self._add_fact(key, (at, seq, UPSERT, end, chat_enabled, responsible, self._identities(org, staff)))
 
-    def _staffing_changed(self, event: Any, seq: int) -> None:
-        fact = (event.occurred_at, seq, STAFFING, event.person_id, event.status)
-        self._add_fact(self.chat_keys[event.originator_id], fact)
+    def staffing_changed(self, aggregate_id: UUID, seq: int, at: datetime, person: str, status: str) -> None:
+        key = self._chat_of(aggregate_id)
+        self._add_fact(key, (at, seq, STAFFING, self.identity(key[0], person), status))
 
-    def _cancelled(self, event: Any, seq: int) -> None:
-        self._add_fact(self.chat_keys[event.originator_id], (event.occurred_at, seq, CANCEL))
+    def cancelled(self, aggregate_id: UUID, seq: int, at: datetime) -> None:
+        self._add_fact(self._chat_of(aggregate_id), (at, seq, CANCEL))
 
-    def _deleted(self, event: Any, seq: int) -> None:
-        self._add_fact(self.chat_keys[event.originator_id], (event.occurred_at, seq, DELETE))
+    def deleted(self, aggregate_id: UUID, seq: int, at: datetime) -> None:
+        self._add_fact(self._chat_of(aggregate_id), (at, seq, DELETE))
 
-    def _chat_deleted_at_backend(self, event: Any, seq: int) -> None:
-        self._add_fact(self.chat_keys[event.originator_id], (event.at, seq, BACKEND_DELETED, event.generation))
+    def deleted_at_backend(self, aggregate_id: UUID, seq: int, at: datetime, generation: int) -> None:
+        self._add_fact(self._chat_of(aggregate_id), (at, seq, BACKEND_DELETED, generation))
 
-    def _organisation_registered(self, event: Any, seq: int) -> None:
-        self._organisation(event.org)
+    def organisation_registered(self, aggregate_id: UUID, seq: int, org: str) -> None:
+        self._organisation(org, aggregate_id)
 
-    def _switch_organisation(self, event: Any, seq: int, on: bool) -> None:
-        org = self.organisation_keys[event.originator_id]
-        insort(self._organisation(org), (event.occurred_at, seq, on))
+    def organisation_switched(self, aggregate_id: UUID, seq: int, at: datetime, on: bool) -> None:
+        org = self._organisation_of(aggregate_id)
+        insort(self._organisation(org), (at, seq, on))
         self.dirty_organisations.add(org)
-        for event_id in self.chats_of_organisation.get(org, ()):
+        for event_id in self._whole_organisation(org):
             self._dirty((org, event_id))
 
-    def _organisation_chat_enabled(self, event: Any, seq: int) -> None:
-        self._switch_organisation(event, seq, True)
-
-    def _organisation_chat_disabled(self, event: Any, seq: int) -> None:
-        self._switch_organisation(event, seq, False)
-
-    def _person(self, key: PersonKey) -> PersonRecord:
-        record = self.persons.get(key)
-        if record is None:
-            record = self.persons[key] = PersonRecord()
-        self.dirty_persons.add(key)
-        return record
-
-    def _person_registered(self, event: Any, seq: int) -> None:
+    def person_registered(self, aggregate_id: UUID, seq: int, org: str, pseudonym: str, person: str) -> None:
         # the aggregate's id comes from the pseudonym, which the event carries in the clear
-        key = (event.org, event.pseudonym)
-        self.person_keys[event.originator_id] = key
-        self._person(key)
+        self.person_keys[aggregate_id] = (org, pseudonym)
+        self._person((org, pseudonym))
+        self.identity(org, person)
 
-    def _person_status_changed(self, event: Any, seq: int) -> None:
-        key = self.person_keys[event.originator_id]
-        insort(self._person(key).statuses, (event.occurred_at, seq, event.status))
-        if event.status == "deleted":
-            self._erase(key, (event.occurred_at, seq))
+    def person_status_changed(self, aggregate_id: UUID, seq: int, at: datetime, status: str) -> None:
+        key = self._person_of(aggregate_id)
+        insort(self._person(key).statuses, (at, seq, status))
+        if status == "deleted":
+            self._erase((key), (at, seq))
         else:
-            self._dirty_chats_of(key)
+            for event_id in self._index(key):
+                self._dirty((key[0], event_id))
 
-    def _person_forgotten(self, event: Any, seq: int) -> None:
+    def person_forgotten(self, aggregate_id: UUID, seq: int, at: datetime) -> None:
         # the person's key is gone (a HiOrg deletion, or an operator's erasure): erase what named them until then
-        self._erase(self.person_keys[event.originator_id], (event.at, seq))
+        self._erase(self._person_of(aggregate_id), (at, seq))
 
     def _erase(self, key: PersonKey, until: Stamp) -> None:
         """Person deletion erases: every fact that named the person before `until` forgets the name."""
         record = self._person(key)
         insort(record.erasures, until)
         org, pseudonym = key
-        for event_id in self.person_chats.get(key, ()):
+        for event_id in self._index(key):
             chat = self.chats.get((org, event_id))
             if chat is None:
                 continue
-            erased = []
+            kept = []
             for fact in chat.facts:
-                if (fact[0], fact[1]) < until:
-                    names = {n for n in _facts_naming(fact) if self.identity(org, n) == pseudonym}
-                    if names:
-                        fact = _erase(fact, names)
+                if (fact[0], fact[1]) < until and pseudonym in set(_named(fact)):
+                    fact = _erase(fact, {pseudonym})
                 if fact is not None:
-                    erased.append(fact)
-            chat.facts = erased
+                    kept.append(fact)
+            chat.facts = kept
             self._dirty((org, event_id))
-
-    def _dirty_chats_of(self, key: PersonKey) -> None:
-        for event_id in self.person_chats.get(key, ()):
-            if (key[0], event_id) in self.chats:
-                self._dirty((key[0], event_id))
 
     # -- reading ---------------------------------------------------------------------------------------------
 
     def walk(self, key: ChatKey) -> Walk:
         result = self._walks.get(key)
         if result is None:
-            result = self._walks[key] = walk(self.chats[key].facts, self.organisations.get(key[0], ()), self.policy)
+            switches = self._loaded_organisation(key[0]) or []
+            result = self._walks[key] = walk(self.chats[key].facts, switches, self.policy)
         return result
 
     def desired(self, key: ChatKey) -> DesiredChat:
@@ -409,14 +529,18 @@ class DesiredStateFold:
         assert life is not None, f"chat {key} has no record enabling it"
         org = key[0]
         statuses: dict[str, str] = {}
-        for name in {*life.staff, *([life.responsible] if life.responsible else [])}:
+        named = {*life.staff, *([life.responsible] if life.responsible else [])}
+        names: dict[str, str] = {}
+        for pseudonym in named:
+            record = self._loaded_person((org, pseudonym))
+            name = self.open_name(record.name) if record is not None and record.name else pseudonym
             if is_unreadable(name):
-                statuses[name] = "deleted"  # a forgotten person is never a member again under that name
+                statuses[pseudonym] = "deleted"  # the key is gone: no one can be a member under that name
                 continue
-            record = self.persons.get((org, self.identity(org, name)))
+            names[pseudonym] = name
             status = record.status() if record is not None else None
             if status is not None:
-                statuses[name] = status
+                statuses[pseudonym] = status
         members, moderators = lifecycle.desired_members(life, statuses)
         current = result.generations[-1]
         return DesiredChat(
@@ -430,9 +554,17 @@ class DesiredStateFold:
             next_due=None
             if current.deleted or result.as_of is None
             else lifecycle.next_due([current.read_only_at, current.delete_at], result.as_of),
-            members=members,
-            moderators=moderators,
+            members=sorted(names[p] for p in members),
+            moderators=sorted(names[p] for p in moderators),
         )
+
+    def _loaded_person(self, key: PersonKey) -> PersonRecord | None:
+        record = self.persons.get(key)
+        if record is None and self.rows is not None:
+            for loaded, loaded_record in self.rows.persons_by_keys([key]):
+                self.load_person(loaded, loaded_record)
+            record = self.persons.get(key)
+        return record
 
     def all_desired(self) -> list[DesiredChat]:
         return [self.desired(key) for key in sorted(self.chats)]
@@ -451,31 +583,39 @@ class DesiredStateFold:
         return Changes(set(self.chats), set(self.organisations), set(self.persons), index)
 
 
-def _erase(fact: ChatFact, names: set[str]) -> ChatFact | None:
-    """The fact without these names (a staffing fact about one of them goes altogether)."""
+def _erase(fact: ChatFact, persons: set[str]) -> ChatFact | None:
+    """The fact without these persons (a staffing fact about one of them goes altogether)."""
     kind = fact[2]
     if kind == STAFFING:
         return None
     if kind == UPSERT:
-        responsible = None if fact[5] in names else fact[5]
-        staff = fact[6] if fact[6] is None else {p: s for p, s in fact[6].items() if p not in names}
+        responsible = None if fact[5] in persons else fact[5]
+        staff = fact[6] if fact[6] is None else {p: s for p, s in fact[6].items() if p not in persons}
         return (*fact[:5], responsible, staff)
     return fact
 
 
-# Keyed by the event classes' qualified names, which the library derives from the aggregates' @event names.
-# The reconciler's other outcomes (access, moderators, read-only) are the audit's; the fold needs only deletions.
-_DISPATCH: dict[str, Any] = {
-    "ChatGroup.Registered": DesiredStateFold._chat_registered,
-    "ChatGroup.EventRecorded": DesiredStateFold._event_recorded,
-    "ChatGroup.StaffingChanged": DesiredStateFold._staffing_changed,
-    "ChatGroup.Cancelled": DesiredStateFold._cancelled,
-    "ChatGroup.Deleted": DesiredStateFold._deleted,
-    "ChatGroup.ChatDeleted": DesiredStateFold._chat_deleted_at_backend,
-    "Organisation.Registered": DesiredStateFold._organisation_registered,
-    "Organisation.ChatEnabled": DesiredStateFold._organisation_chat_enabled,
-    "Organisation.ChatDisabled": DesiredStateFold._organisation_chat_disabled,
-    "Person.Registered": DesiredStateFold._person_registered,
-    "Person.StatusChanged": DesiredStateFold._person_status_changed,
-    "Person.Forgotten": DesiredStateFold._person_forgotten,
-}
+person_aggregate_id = lru_cache(maxsize=65536)(Person.create_id)
+organisation_aggregate_id = lru_cache(maxsize=4096)(Organisation.create_id)
+chat_aggregate_id = lru_cache(maxsize=65536)(ChatGroup.create_id)
+
+
+# Decoded aggregate events → the fold's methods, by the event classes' qualified names (the aggregates' @event
+# names). The reconciler's other outcomes (access, moderators, read-only) are the audit's; the fold needs deletions.
+_DISPATCH: dict[str, Callable[[DesiredStateFold, Any, int], None]] = {
+    "ChatGroup.Registered": lambda f, e, seq: f.chat_registered(
+        e.originator_id, seq, e.org, e.event_id, e.occurred_at, e.end, e.responsible, e.staff),
+    "ChatGroup.EventRecorded": lambda f, e, seq: f.event_recorded(
+        e.originator_id, seq, e.occurred_at, e.end, e.chat_enabled, e.responsible, e.staff),
+    "ChatGroup.StaffingChanged": lambda f, e, seq: f.staffing_changed(
+        e.originator_id, seq, e.occurred_at, e.person_id, e.status),
+    "ChatGroup.Cancelled": lambda f, e, seq: f.cancelled(e.originator_id, seq, e.occurred_at),
+    "ChatGroup.Deleted": lambda f, e, seq: f.deleted(e.originator_id, seq, e.occurred_at),
+    "ChatGroup.ChatDeleted": lambda f, e, seq: f.deleted_at_backend(e.originator_id, seq, e.at, e.generation),
+    "Organisation.Registered": lambda f, e, seq: f.organisation_registered(e.originator_id, seq, e.org),
+    "Organisation.ChatEnabled": lambda f, e, seq: f.organisation_switched(e.originator_id, seq, e.occurred_at, True),
+    "Organisation.ChatDisabled": lambda f, e, seq: f.organisation_switched(e.originator_id, seq, e.occurred_at, False),
+    "Person.Registered": lambda f, e, seq: f.person_registered(e.originator_id, seq, e.org, e.pseudonym, e.person_id),
+    "Person.StatusChanged": lambda f, e, seq: f.person_status_changed(e.originator_id, seq, e.occurred_at, e.status),
+    "Person.Forgotten": lambda f, e, seq: f.person_forgotten(e.originator_id, seq, e.at),
+}  # fmt: skip

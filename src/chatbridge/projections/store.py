@@ -18,7 +18,7 @@ log rather than read (the projection is derived; the log is the truth).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -35,15 +35,21 @@ from chatbridge.projections.desired_state import (
     UPSERT,
     Changes,
     ChatFact,
+    ChatKey,
     ChatRecord,
     DesiredChat,
     DesiredStateFold,
+    PersonKey,
     PersonRecord,
+    RowSource,
     Switch,
+    chat_aggregate_id,
+    organisation_aggregate_id,
+    person_aggregate_id,
 )
 
 PROJECTION_NAME = "desired_state"
-FOLD_VERSION = "2"  # facts in event time; persons by pseudonym
+FOLD_VERSION = "3"  # facts in event time, persons by pseudonym, rows looked up by aggregate id
 Progress = Callable[[int, int], None]  # (notifications folded so far, notifications to fold in all)
 
 
@@ -81,6 +87,7 @@ def _person_json(record: PersonRecord) -> str:
         {
             "statuses": [[at.isoformat(), seq, status] for at, seq, status in record.statuses],
             "erasures": [[at.isoformat(), seq] for at, seq in record.erasures],
+            "name": record.name,  # a sealed token: opens to the HiOrg id only while the person's key exists
         }
     )
 
@@ -90,6 +97,7 @@ def _person_from_json(text: str) -> PersonRecord:
     return PersonRecord(
         [(datetime.fromisoformat(at), seq, status) for at, seq, status in state["statuses"]],
         [(datetime.fromisoformat(at), seq) for at, seq in state["erasures"]],
+        state["name"],
     )
 
 
@@ -121,14 +129,17 @@ def _upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
 
 
 _DESIRED_COLUMNS = (
-    "org", "event_id", "generation", "deleted", "awaiting_organisation", "read_only_at", "delete_at", "next_due",
-    "members", "moderators", "fold_state",
+    "org", "event_id", "aggregate_id", "generation", "deleted", "awaiting_organisation", "read_only_at", "delete_at",
+    "next_due", "members", "moderators", "fold_state",
 )  # fmt: skip
-_WRITE_FEATURE = _upsert("organisation_feature", ("org", "fold_state"), ("org",))
-_WRITE_PERSON = _upsert("person_status", ("org", "person_id", "status", "fold_state"), ("org", "person_id"))
+_WRITE_FEATURE = _upsert("organisation_feature", ("org", "aggregate_id", "fold_state"), ("org",))
+_WRITE_PERSON = _upsert(
+    "person_status", ("org", "person_id", "aggregate_id", "status", "fold_state"), ("org", "person_id")
+)
 _WRITE_CHAT = _upsert("desired_state", _DESIRED_COLUMNS, ("org", "event_id"))
 _WRITE_META = _upsert("desired_state_meta", ("key", "value"), ("key",))
 _WRITE_INDEX = "INSERT INTO person_chats (org, person_id, event_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+_CHUNK = 500  # ids per `IN (…)` look-up
 
 
 PROJECTION_TABLES = ("desired_state", "organisation_feature", "person_status", "person_chats")
@@ -138,7 +149,8 @@ class _DesiredStateTables:
     """The projection's tables and queries, written once for SQLite and PostgreSQL.
 
     Statements use `?` placeholders (psycopg takes `%s`) and rows are read by column name, which both drivers'
-    row types allow. The tracking row is the library's own (`_insert_tracking`), in the same transaction.
+    row types allow. The tracking row is the library's own (`_insert_tracking`), in the same transaction. It is
+    also the fold's `RowSource`: the rows a page of the log touches are looked up by aggregate id or key.
     """
 
     placeholder = "?"
@@ -155,26 +167,59 @@ class _DesiredStateTables:
 
     CREATE_STATEMENTS = (
         "CREATE TABLE IF NOT EXISTS desired_state ("
-        "org TEXT NOT NULL, event_id TEXT NOT NULL, generation INTEGER NOT NULL, deleted INTEGER NOT NULL, "
-        "awaiting_organisation INTEGER NOT NULL, read_only_at TEXT NOT NULL, delete_at TEXT NOT NULL, "
-        "next_due TEXT, members TEXT NOT NULL, moderators TEXT NOT NULL, fold_state TEXT NOT NULL, "
-        "PRIMARY KEY (org, event_id))",
+        "org TEXT NOT NULL, event_id TEXT NOT NULL, aggregate_id TEXT NOT NULL, generation INTEGER NOT NULL, "
+        "deleted INTEGER NOT NULL, awaiting_organisation INTEGER NOT NULL, read_only_at TEXT NOT NULL, "
+        "delete_at TEXT NOT NULL, next_due TEXT, members TEXT NOT NULL, moderators TEXT NOT NULL, "
+        "fold_state TEXT NOT NULL, PRIMARY KEY (org, event_id))",
         "CREATE INDEX IF NOT EXISTS desired_state_next_due ON desired_state (next_due)",
-        "CREATE TABLE IF NOT EXISTS organisation_feature (org TEXT PRIMARY KEY, fold_state TEXT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS desired_state_aggregate ON desired_state (aggregate_id)",
+        "CREATE TABLE IF NOT EXISTS organisation_feature ("
+        "org TEXT PRIMARY KEY, aggregate_id TEXT NOT NULL, fold_state TEXT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS organisation_feature_aggregate ON organisation_feature (aggregate_id)",
         "CREATE TABLE IF NOT EXISTS person_status ("
-        "org TEXT NOT NULL, person_id TEXT NOT NULL, status TEXT NOT NULL, fold_state TEXT NOT NULL, "
-        "PRIMARY KEY (org, person_id))",
+        "org TEXT NOT NULL, person_id TEXT NOT NULL, aggregate_id TEXT NOT NULL, status TEXT NOT NULL, "
+        "fold_state TEXT NOT NULL, PRIMARY KEY (org, person_id))",
+        "CREATE INDEX IF NOT EXISTS person_status_aggregate ON person_status (aggregate_id)",
+        "CREATE INDEX IF NOT EXISTS person_status_pseudonym ON person_status (person_id)",
         "CREATE TABLE IF NOT EXISTS person_chats ("
         "org TEXT NOT NULL, person_id TEXT NOT NULL, event_id TEXT NOT NULL, "
         "PRIMARY KEY (org, person_id, event_id))",
         "CREATE TABLE IF NOT EXISTS desired_state_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     )
 
+    def create_table(self) -> None:
+        """Create the tables; rows of an earlier version of the fold are dropped first (their shape differs): the
+        projection is derived, the next catch-up folds the log into the new tables from the start."""
+        with self.datastore.transaction(commit=True) as c:
+            if self._table_exists(c, "desired_state") and self._version(c) != FOLD_VERSION:
+                for table in PROJECTION_TABLES:
+                    c.execute(f"DROP TABLE IF EXISTS {table}")
+                if self._table_exists(c, "desired_state_meta"):
+                    c.execute("DELETE FROM desired_state_meta WHERE key = 'policy'")
+                if self._table_exists(c, self.tracking_table):
+                    c.execute(
+                        self._sql(f"DELETE FROM {self.tracking_table} WHERE application_name = ?"), (PROJECTION_NAME,)
+                    )
+        super().create_table()  # type: ignore[misc]
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(self._sql(_WRITE_META), ("fold_version", FOLD_VERSION))
+
+    def _version(self, c: Any) -> str | None:
+        if not self._table_exists(c, "desired_state_meta"):
+            return None
+        c.execute("SELECT value FROM desired_state_meta WHERE key = 'fold_version'")
+        row = c.fetchone()
+        return None if row is None else str(row["value"])
+
+    def _table_exists(self, c: Any, table: str) -> bool:
+        if self.placeholder == "?":
+            c.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
+            return c.fetchone() is not None
+        c.execute("SELECT to_regclass(%s) AS name", (table,))
+        return c.fetchone()["name"] is not None
+
     def stored_policy(self) -> str | None:
         return self._meta("policy")
-
-    def stored_fold_version(self) -> str | None:
-        return self._meta("fold_version")
 
     def _meta(self, key: str) -> str | None:
         with self.datastore.transaction(commit=False) as c:
@@ -182,31 +227,50 @@ class _DesiredStateTables:
             row = c.fetchone()
         return None if row is None else str(row["value"])
 
-    def is_empty(self) -> bool:
-        with self.datastore.transaction(commit=False) as c:
-            c.execute("SELECT 1 FROM desired_state LIMIT 1")
-            return c.fetchone() is None and self._max_tracking_id(PROJECTION_NAME, c) is None
+    # -- the fold's RowSource ---------------------------------------------------------------------------------
 
-    def load_fold(
-        self, policy: Policy, pseudonym: Callable[[str, str], str] | None = None
-    ) -> tuple[DesiredStateFold, int]:
-        """The stored state as a fold, with the position it was folded to (read in the same transaction)."""
-        fold = DesiredStateFold(policy=policy, pseudonym=pseudonym)
+    def _select(self, statement: str, column: str, values: Iterable[Any]) -> Iterator[Any]:
+        """Rows `WHERE {column} IN (values)`, a chunk at a time."""
+        values = list(values)
         with self.datastore.transaction(commit=False) as c:
-            position = self._max_tracking_id(PROJECTION_NAME, c) or 0
-            c.execute("SELECT org, fold_state FROM organisation_feature")
-            for row in c.fetchall():
-                fold.load_organisation(row["org"], _switches_from_json(row["fold_state"]))
-            c.execute("SELECT org, person_id, fold_state FROM person_status")
-            for row in c.fetchall():
-                fold.load_person((row["org"], row["person_id"]), _person_from_json(row["fold_state"]))
-            c.execute("SELECT org, person_id, event_id FROM person_chats")
-            for row in c.fetchall():
-                fold.load_index_entry(row["org"], row["person_id"], row["event_id"])
-            c.execute("SELECT org, event_id, fold_state FROM desired_state")
-            for row in c.fetchall():
-                fold.load_chat((row["org"], row["event_id"]), _chat_from_json(row["fold_state"]))
-        return fold, position
+            for begin in range(0, len(values), _CHUNK):
+                chunk = values[begin : begin + _CHUNK]
+                c.execute(self._sql(f"{statement} WHERE {column} IN ({', '.join('?' * len(chunk))})"), chunk)
+                yield from c.fetchall()
+
+    def chats_by_ids(self, ids: Iterable[UUID]) -> Iterator[tuple[ChatKey, ChatRecord]]:
+        for row in self._select("SELECT org, event_id, fold_state FROM desired_state", "aggregate_id",
+                                (str(i) for i in ids)):  # fmt: skip
+            yield (row["org"], row["event_id"]), _chat_from_json(row["fold_state"])
+
+    def chats_by_keys(self, keys: Iterable[ChatKey]) -> Iterator[tuple[ChatKey, ChatRecord]]:
+        return self.chats_by_ids(chat_aggregate_id(*key) for key in keys)
+
+    def chats_of_organisation(self, org: str) -> Iterator[tuple[ChatKey, ChatRecord]]:
+        for row in self._select("SELECT org, event_id, fold_state FROM desired_state", "org", [org]):
+            yield (row["org"], row["event_id"]), _chat_from_json(row["fold_state"])
+
+    def persons_by_ids(self, ids: Iterable[UUID]) -> Iterator[tuple[PersonKey, PersonRecord]]:
+        for row in self._select("SELECT org, person_id, fold_state FROM person_status", "aggregate_id",
+                                (str(i) for i in ids)):  # fmt: skip
+            yield (row["org"], row["person_id"]), _person_from_json(row["fold_state"])
+
+    def persons_by_keys(self, keys: Iterable[PersonKey]) -> Iterator[tuple[PersonKey, PersonRecord]]:
+        return self.persons_by_ids(person_aggregate_id(*key) for key in keys)
+
+    def persons_by_pseudonyms(self, pseudonyms: Iterable[str]) -> Iterator[tuple[PersonKey, PersonRecord]]:
+        for row in self._select("SELECT org, person_id, fold_state FROM person_status", "person_id", pseudonyms):
+            yield (row["org"], row["person_id"]), _person_from_json(row["fold_state"])
+
+    def organisations_by_ids(self, ids: Iterable[UUID]) -> Iterator[tuple[str, UUID, list[Switch]]]:
+        for row in self._select("SELECT org, aggregate_id, fold_state FROM organisation_feature", "aggregate_id",
+                                (str(i) for i in ids)):  # fmt: skip
+            yield row["org"], UUID(row["aggregate_id"]), _switches_from_json(row["fold_state"])
+
+    def index_of(self, person: PersonKey) -> set[str]:
+        return set(self.chats_of_person(*person))
+
+    # -- writing ---------------------------------------------------------------------------------------------
 
     def write(self, fold: DesiredStateFold, tracking: Tracking | None, *, replace_all: bool = False) -> None:
         """Write what changed in `fold` (or everything) and the tracking position, in one transaction.
@@ -214,6 +278,8 @@ class _DesiredStateTables:
         A tracking position that does not move forward raises the library's `IntegrityError` and nothing is
         written: another process folded those notifications first.
         """
+        changes = fold.everything() if replace_all else fold.take_dirty()
+        rows = self._rows(fold, changes)  # computed before the transaction: it may read rows the fold lacks
         with self.datastore.transaction(commit=True) as c:
             if replace_all:
                 for table in PROJECTION_TABLES:  # rows of another fold version may have another shape
@@ -223,39 +289,34 @@ class _DesiredStateTables:
                 c.execute(
                     self._sql(f"DELETE FROM {self.tracking_table} WHERE application_name = ?"), (PROJECTION_NAME,)
                 )
-                changes = fold.everything()
-            else:
-                changes = fold.take_dirty()
             if tracking is not None:
                 self._insert_tracking(c, tracking)
-            self._write_rows(c, fold, changes)
+            for statement, table_rows in rows:
+                insert_rows(c, statement, table_rows, self.placeholder)
             c.execute(self._sql(_WRITE_META), ("policy", _policy_text(fold.policy)))
-            c.execute(self._sql(_WRITE_META), ("fold_version", FOLD_VERSION))
 
-    def _write_rows(self, c: Any, fold: DesiredStateFold, changes: Changes) -> None:
-        features = [(org, _switches_json(fold.organisations[org])) for org in changes.organisations]
-        persons = []
-        for key in changes.persons:
-            record = fold.persons[key]
-            persons.append((key[0], key[1], record.status() or "", _person_json(record)))
+    def _rows(self, fold: DesiredStateFold, changes: Changes) -> list[tuple[str, list[Any]]]:
+        features = [
+            (org, str(organisation_aggregate_id(org)), _switches_json(fold.organisations[org]))
+            for org in changes.organisations
+        ]
+        persons = [
+            (org, pseudonym, str(person_aggregate_id(org, pseudonym)), record.status() or "", _person_json(record))
+            for (org, pseudonym), record in ((key, fold.persons[key]) for key in changes.persons)
+        ]
         chats = []
         for key in changes.chats:
             desired = fold.desired(key)
             chats.append(
                 (
-                    desired.org, desired.event_id, desired.generation, int(desired.deleted),
-                    int(desired.awaiting_organisation), _stamp(desired.read_only_at), _stamp(desired.delete_at),
-                    _stamp(desired.next_due), json.dumps(desired.members), json.dumps(desired.moderators),
-                    _chat_json(fold.chats[key]),
+                    desired.org, desired.event_id, str(fold.chats[key].aggregate_id), desired.generation,
+                    int(desired.deleted), int(desired.awaiting_organisation), _stamp(desired.read_only_at),
+                    _stamp(desired.delete_at), _stamp(desired.next_due), json.dumps(desired.members),
+                    json.dumps(desired.moderators), _chat_json(fold.chats[key]),
                 )
             )  # fmt: skip
-        for statement, rows in (
-            (_WRITE_FEATURE, features),
-            (_WRITE_PERSON, persons),
-            (_WRITE_CHAT, chats),
-            (_WRITE_INDEX, changes.index_entries),
-        ):
-            insert_rows(c, statement, rows, self.placeholder)
+        return [(_WRITE_FEATURE, features), (_WRITE_PERSON, persons), (_WRITE_CHAT, chats),
+                (_WRITE_INDEX, list(changes.index_entries))]  # fmt: skip
 
     def desired_chats(self) -> list[DesiredChat]:
         with self.datastore.transaction(commit=False) as c:
@@ -311,75 +372,167 @@ DesiredStateView = SQLiteDesiredStateView | PostgresDesiredStateView
 
 
 class DesiredStateProjection:
-    """Follows the application's notification log into its view (`SQLiteDesiredStateView` or the PostgreSQL one)."""
+    """Follows the application's notification log into its view (`SQLiteDesiredStateView` or the PostgreSQL one).
 
-    # Each page is folded, then its changed rows are written with the position: a chat touched on many pages is
-    # written many times, so pages are large (a worker's fold a second is about one page).
+    Catching up folds a page of the log at a time with a fold that loads just the rows the page touches, writes
+    the changed rows with the new position in one transaction, and forgets them: memory is bounded by the page,
+    whatever the size of the store. A rebuild folds the whole log in memory and writes every row at the end.
+    """
+
     def __init__(self, app: ChatBridge, view: DesiredStateView, policy: Policy, page_size: int = 5000):
         self.app = app
         self.view = view
         self.policy = policy
         self.page_size = page_size
-        self._fold: DesiredStateFold | None = None
-        self._folded_to = 0  # the notification the in-memory fold has reached
 
     def position(self) -> int:
         return self.view.max_tracking_id(PROJECTION_NAME) or 0
+
+    def _fold(self, rows: RowSource | None) -> DesiredStateFold:
+        return DesiredStateFold(
+            pseudonym=self.app.persons.pseudonym, open_name=self.app.persons.open, policy=self.policy, rows=rows
+        )
 
     def catch_up(self, progress: Progress | None = None) -> int:
         """Fold every notification not yet folded; returns how many. Rebuilds if the policy changed."""
         if self.view.stored_policy() not in (None, _policy_text(self.policy)):
             return self.rebuild(progress)  # stored deadlines were computed under another FULL_USE / VIEW
-        written_before = self.view.stored_policy() is not None or not self.view.is_empty()
-        if self.view.stored_fold_version() != FOLD_VERSION and written_before:
-            return self.rebuild(progress)  # rows of an earlier version of the fold: derive them again
         for _attempt in range(3):
-            if self._fold is None or self.position() != self._folded_to:
-                # first use, or another process (a replica, `replay`) moved the stored projection on
-                self._fold, self._folded_to = self.view.load_fold(self.policy, self.app.persons.pseudonym)
             try:
-                return self._fold_from(self._fold, self._folded_to, progress, replace_all=False)
+                return self._catch_up(progress)
             except IntegrityError:
-                self._fold = None  # another process stored the same notifications first: start from its rows
+                pass  # another process (a replica, `replay`) stored the same notifications first: go on from there
         raise IntegrityError("the desired-state projection kept moving under this process; try again")
+
+    def _catch_up(self, progress: Progress | None) -> int:
+        start = position = self.position()
+        last = self.app.recorder.max_notification_id() or 0
+        fold = self._fold(self.view)
+        for position in fold_pages(self.app, fold, start, last, self.page_size):
+            self.view.write(fold, Tracking(PROJECTION_NAME, position))
+            fold.forget_loaded()
+            if progress:
+                progress(position - start, last - start)
+        return position - start
 
     def rebuild(self, progress: Progress | None = None) -> int:
         """Refold the whole log into empty tables (replay after a bug fix or a policy change)."""
-        self._fold, self._folded_to = DesiredStateFold(policy=self.policy, pseudonym=self.app.persons.pseudonym), 0
-        return self._fold_from(self._fold, 0, progress, replace_all=True)
-
-    def _fold_from(self, fold: DesiredStateFold, start: int, progress: Progress | None, *, replace_all: bool) -> int:
+        fold = self._fold(None)
         last = self.app.recorder.max_notification_id() or 0
-        total, position = max(last - start, 0), start
-        for position in fold_pages(self.app, fold, start, last, self.page_size):
-            if not replace_all:
-                self.view.write(fold, Tracking(PROJECTION_NAME, position))
-                self._folded_to = position
+        position = 0
+        for position in fold_pages(self.app, fold, 0, last, self.page_size):
             if progress:
-                progress(position - start, total)
-        if replace_all:
-            # a rebuild writes all rows at once at the end, so readers never see a half-built projection
-            self.view.write(fold, Tracking(PROJECTION_NAME, position) if position else None, replace_all=True)
-            self._folded_to = position
-        return position - start
+                progress(position, last)
+        # all rows at once at the end, so readers never see a half-built projection
+        self.view.write(fold, Tracking(PROJECTION_NAME, position) if position else None, replace_all=True)
+        return position
 
 
 def fold_pages(app: ChatBridge, fold: DesiredStateFold, start: int, last: int, page_size: int) -> Iterator[int]:
-    """Fold the notifications after `start` up to `last`, a page at a time; yields the position after each page."""
+    """Fold the notifications after `start` up to `last`, a page at a time; yields the position after each page.
+
+    Events are read from their stored form (`StoredFacts`), not through the application's mapper: persons stay
+    sealed (the fold needs only their pseudonyms), and events the fold does not need are not decoded at all.
+    """
+    facts = StoredFacts(app)
     position = start
     while position < last:
         notifications = app.recorder.select_notifications(
             start=position, limit=page_size, stop=last, inclusive_of_start=False
         )
-        for notification in notifications:
-            fold.apply(app.mapper.to_domain_event(notification), notification.id)
-            position = notification.id
-        if not notifications:
-            position = last  # nothing left before `last` (a gap in the ids)
+        calls = facts.decode(notifications)
+        fold.prefetch(facts.originators, facts.persons)
+        for method, args in calls:
+            method(fold, *args)
+        position = notifications[-1].id if notifications else last  # none left before `last`: a gap in the ids
         yield position
 
 
-def fold_log(app: ChatBridge, fold: DesiredStateFold, page_size: int = 1000) -> None:
+def fold_log(app: ChatBridge, fold: DesiredStateFold, page_size: int = 5000) -> None:
     """Fold the application's whole log (the in-memory path of `simulate`)."""
     for _ in fold_pages(app, fold, 0, app.recorder.max_notification_id() or 0, page_size):
         pass
+
+
+class StoredFacts:
+    """Stored events → calls of the fold's methods, straight from the stored JSON.
+
+    The library's mapper would build a domain object per event, open every sealed person with its key and decode
+    fields the fold never reads; the fold needs a few fields and the persons' pseudonyms, which the sealed tokens
+    carry in the clear. `Person.Forgotten` alone still goes through the mapper: decoding it destroys the key again
+    if a crash came between the fact and the key's destruction.
+    """
+
+    def __init__(self, app: ChatBridge):
+        self.app = app
+        self.originators: set[UUID] = set()
+        self.persons: set[str] = set()  # pseudonyms of the persons the page names
+
+    def decode(self, notifications: Iterable[Any]) -> list[tuple[Callable[..., None], tuple[Any, ...]]]:
+        self.originators, self.persons = set(), set()
+        mapper = self.app.mapper
+        calls = []
+        for notification in notifications:
+            topic = notification.topic
+            name = topic[topic.rfind(":") + 1 :]
+            decoder = _DECODERS.get(name)
+            if decoder is None:
+                continue
+            if name == "Person.Forgotten":
+                event = mapper.to_domain_event(notification)
+                calls.append((DesiredStateFold.person_forgotten, (event.originator_id, notification.id, event.at)))
+                self.originators.add(event.originator_id)
+                continue
+            state = notification.state
+            if mapper.cipher:
+                state = mapper.cipher.decrypt(state)
+            if mapper.compressor:
+                state = mapper.compressor.decompress(state)
+            fields = json.loads(state)
+            originator = notification.originator_id
+            originator = originator if isinstance(originator, UUID) else UUID(str(originator))
+            self.originators.add(originator)
+            calls.append((decoder[0], decoder[1](originator, notification.id, fields)))
+            for token in _tokens(fields):
+                if token.startswith("enc"):
+                    self.persons.add(token.split(":", 2)[1])
+        return calls
+
+
+def _tokens(fields: dict[str, Any]) -> Iterator[str]:
+    for name in ("responsible", "person_id"):
+        value = fields.get(name)
+        if isinstance(value, str):
+            yield value
+    staff = fields.get("staff")
+    if staff:
+        yield from staff
+
+
+def _time(value: Any) -> datetime:
+    """A datetime as the library's transcoder stores it: `{"_type_": "datetime_iso", "_data_": "…"}`."""
+    return datetime.fromisoformat(value["_data_"])
+
+
+_DECODERS: dict[str, tuple[Callable[..., None], Callable[[UUID, int, dict[str, Any]], tuple[Any, ...]]]] = {
+    "ChatGroup.Registered": (DesiredStateFold.chat_registered, lambda i, seq, f: (
+        i, seq, f["org"], f["event_id"], _time(f["occurred_at"]), _time(f["end"]), f["responsible"], f["staff"])),
+    "ChatGroup.EventRecorded": (DesiredStateFold.event_recorded, lambda i, seq, f: (
+        i, seq, _time(f["occurred_at"]), _time(f["end"]), f["chat_enabled"], f["responsible"], f["staff"])),
+    "ChatGroup.StaffingChanged": (DesiredStateFold.staffing_changed, lambda i, seq, f: (
+        i, seq, _time(f["occurred_at"]), f["person_id"], f["status"])),
+    "ChatGroup.Cancelled": (DesiredStateFold.cancelled, lambda i, seq, f: (i, seq, _time(f["occurred_at"]))),
+    "ChatGroup.Deleted": (DesiredStateFold.deleted, lambda i, seq, f: (i, seq, _time(f["occurred_at"]))),
+    "ChatGroup.ChatDeleted": (DesiredStateFold.deleted_at_backend, lambda i, seq, f: (
+        i, seq, _time(f["at"]), f["generation"])),
+    "Organisation.Registered": (DesiredStateFold.organisation_registered, lambda i, seq, f: (i, seq, f["org"])),
+    "Organisation.ChatEnabled": (DesiredStateFold.organisation_switched, lambda i, seq, f: (
+        i, seq, _time(f["occurred_at"]), True)),
+    "Organisation.ChatDisabled": (DesiredStateFold.organisation_switched, lambda i, seq, f: (
+        i, seq, _time(f["occurred_at"]), False)),
+    "Person.Registered": (DesiredStateFold.person_registered, lambda i, seq, f: (
+        i, seq, f["org"], f["pseudonym"], f["person_id"])),
+    "Person.StatusChanged": (DesiredStateFold.person_status_changed, lambda i, seq, f: (
+        i, seq, _time(f["occurred_at"]), f["status"])),
+    "Person.Forgotten": (DesiredStateFold.person_forgotten, lambda i, seq, f: ()),  # through the mapper, above
+}  # fmt: skip
