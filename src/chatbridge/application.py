@@ -128,7 +128,7 @@ class _Batch:
     source: str
     records: Sequence[Received]
     outcomes: list[IntakeRecord] = field(default_factory=list)
-    forgotten: list[tuple[str, str]] = field(default_factory=list)  # (org, person_id): keys to destroy once stored
+    forgotten: list[tuple[str, str]] = field(default_factory=list)  # (org, person_id): erasures, done once stored
     aggregates: dict[UUID, Any] = field(default_factory=dict)  # as saved, for the cache once committed
 
 
@@ -194,9 +194,14 @@ class ChatBridge(EventSourcedProjection[UUID]):
             return []
         processing = _Batch(source, batch)
         self.persons.prepare(_persons_named(batch))  # their keys in one transaction, not one per new person
-        self.process_event(processing, Tracking(source, batch[-1].position))  # type: ignore[arg-type]
+        try:
+            self.process_event(processing, Tracking(source, batch[-1].position))  # type: ignore[arg-type]
+        except BaseException:
+            for org, person_id in processing.forgotten:  # nothing was stored: nor were the erasures
+                self.persons.abandon_erasure(org, person_id)
+            raise
         for org, person_id in processing.forgotten:  # deleted persons: their keys go once their facts are stored
-            self.persons.forget(org, person_id)
+            self.persons.erase_planned(org, person_id)
         self._cache_saved(processing.aggregates)
         return processing.outcomes
 
@@ -224,9 +229,9 @@ class ChatBridge(EventSourcedProjection[UUID]):
                 outcomes.append(IntakeRecord(batch.source, record.position, DUPLICATE, message.id))
                 continue
             seen.add(message.id)
-            outcome = _HANDLERS[type(message)](message, unit)
             if isinstance(message, PersonStatusChanged) and message.data.status == "deleted":
-                batch.forgotten.append((message.org, message.data.person_id))
+                batch.forgotten.append((message.org, message.data.person_id))  # before its handler plans the erasure
+            outcome = _HANDLERS[type(message)](message, unit)
             outcomes.append(IntakeRecord(batch.source, record.position, outcome, message.id))
             unit.collect()
         unit.collect(intake=outcomes)
@@ -270,14 +275,17 @@ def _chat_disabled(message: OrganisationChatDisabled, unit: _UnitOfWork) -> str:
 
 
 def _person_status_changed(message: PersonStatusChanged, unit: _UnitOfWork) -> str:
-    pseudonym = unit.app.persons.pseudonym(message.org, message.data.person_id)
+    persons, person_id = unit.app.persons, message.data.person_id
+    pseudonym = persons.pseudonym(message.org, person_id)
+    deleted = message.data.status == "deleted"
     person = unit.get(Person.create_id(message.org, pseudonym))  # never the HiOrg id: nothing may link back
-    if person is None:
-        person = Person(message.org, pseudonym, message.data.person_id, message.id, message.occurred_at)
+    if person is None:  # (a person first named by their own deletion is erased by it: registered by pseudonym)
+        person = Person(message.org, pseudonym, pseudonym if deleted else person_id, message.id, message.occurred_at)
         unit.add(person)
     person.change_status(message.id, message.occurred_at, message.data.status)
-    if message.data.status == "deleted":  # crypto-shredding: the key is destroyed once this batch is stored
-        person.forget(pseudonym, message.occurred_at, "person deleted")
+    if deleted:  # crypto-shredding: this batch is sealed knowing it, the keys go once it is stored
+        key_version = persons.plan_erasure(message.org, person_id, message.occurred_at)
+        person.forget(pseudonym, message.occurred_at, "person deleted", key_version)
     return APPLIED
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from uuid import uuid4
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from chatbridge.audit import chain
-from chatbridge.audit.shredding import PSEUDONYM, MemoryKeyTable, PersonKeys
+from chatbridge.audit.shredding import FOREVER, PSEUDONYM, MemoryKeyTable, PersonKeys
 
 
 @dataclass
@@ -93,14 +97,106 @@ def test_a_recomputed_chain_or_another_key_fails_the_signatures() -> None:
     assert not result.ok and {f.problem for f in result.findings} == {"chain altered"}
 
 
+P = "a" * 32
+
+
+def day(n: int) -> datetime:
+    return datetime(2027, 1, n, 12, tzinfo=UTC)
+
+
 def test_sealed_persons_open_while_the_key_exists_and_only_as_pseudonym_after() -> None:
     persons = PersonKeys(b"k" * 32, MemoryKeyTable())
-    token = persons.seal("drk", "a" * 32)
-    assert "a" * 32 not in token and persons.open(token) == "a" * 32
-    pseudonym = persons.pseudonym("drk", "a" * 32)
+    token = persons.seal("drk", P, day(1))
+    assert P not in token and persons.open(token) == P
+    pseudonym = persons.pseudonym("drk", P)
     assert PSEUDONYM.fullmatch(pseudonym) and persons.pseudonym("drk", pseudonym) == pseudonym
-    assert persons.pseudonym("asb", "a" * 32) != pseudonym  # per organisation
-    assert persons.forget("drk", "a" * 32) and not persons.forget("drk", "a" * 32)
-    assert persons.open(token) == pseudonym
-    assert persons.open(persons.seal("drk", "a" * 32)) == pseudonym  # stays forgotten
+    assert persons.pseudonym("asb", P) != pseudonym  # per organisation
+    assert persons.forget("drk", P) and not persons.forget("drk", P)  # an operator's erasure: for ever
+    assert persons.open(token) == pseudonym and persons.is_forgotten("drk", P)
+    assert persons.erased_until("drk", P) == FOREVER
+    assert persons.seal("drk", P, day(28)) == f"enc1:{pseudonym}:"  # stays forgotten, whatever the time
+    assert persons.open(persons.seal("drk", P, day(28))) == pseudonym
     assert persons.open("plain") == "plain"
+
+
+def test_a_deletion_erases_the_names_before_it_and_a_later_fact_starts_a_new_key() -> None:
+    persons = PersonKeys(b"k" * 32, MemoryKeyTable())
+    pseudonym = persons.pseudonym("drk", P)
+    first = persons.seal("drk", P, day(1))
+    assert first.startswith(f"enc2:{pseudonym}:1:")
+    assert persons.forget("drk", P, until=day(5))  # HiOrg-Server deleted the person on day 5
+    assert persons.open(first) == pseudonym and persons.is_forgotten("drk", P)
+    assert persons.seal("drk", P, day(4)) == f"enc1:{pseudonym}:"  # dated before the deletion: erased
+    # the reconciler's outcomes start no new person: the old one's removal stays pseudonymous
+    assert persons.seal("drk", P, day(6), renew=False) == f"enc1:{pseudonym}:"
+    again = persons.seal("drk", P, day(5))  # from the deletion's time on: a new person, a new key
+    assert again.startswith(f"enc2:{pseudonym}:2:") and persons.open(again) == P
+    assert not persons.is_forgotten("drk", P) and persons.is_known("drk", P)
+    outcome = persons.seal("drk", P, day(6), renew=False)
+    assert outcome.startswith(f"enc2:{pseudonym}:2:") and persons.open(outcome) == P
+    assert persons.open(first) == pseudonym  # the old incarnation stays erased
+    # a second deletion moves the horizon on; one dated earlier never moves it back
+    assert persons.forget("drk", P, until=day(9)) and not persons.forget("drk", P, until=day(7))
+    assert persons.erased_until("drk", P) == day(9)
+    assert persons.open(again) == pseudonym and persons.seal("drk", P, day(8)) == f"enc1:{pseudonym}:"
+    assert persons.seal("drk", P, day(10)).startswith(f"enc2:{pseudonym}:3:")
+
+
+def test_a_token_of_the_previous_release_opens_with_the_first_key() -> None:
+    table = MemoryKeyTable()
+    persons = PersonKeys(b"k" * 32, table)
+    pseudonym = persons.pseudonym("drk", P)
+    key = table.load_many({pseudonym: "drk"})[pseudonym].keys[1]
+    assert key is not None
+    nonce = secrets.token_bytes(12)
+    sealed = AESGCM(key).encrypt(nonce, P.encode(), pseudonym.encode())
+    legacy = f"enc1:{pseudonym}:{base64.urlsafe_b64encode(nonce + sealed).decode()}"
+    assert persons.open(legacy) == P
+    persons.forget("drk", P, until=day(5))
+    assert persons.open(legacy) == pseudonym
+
+
+def test_a_recorded_erasure_read_again_destroys_only_the_keys_it_named() -> None:
+    table = MemoryKeyTable()
+    persons = PersonKeys(b"k" * 32, table)
+    pseudonym = persons.pseudonym("drk", P)
+    persons.seal("drk", P, day(1))
+    persons.forget("drk", P, until=day(5), up_to=1)
+    newer = persons.seal("drk", P, day(6))
+    # the Forgotten fact of day 5 is decoded again (a replay, an audit): the new person's key 2 stays
+    persons.forget_pseudonym("drk", pseudonym, day(5), 1)
+    fresh = PersonKeys(b"k" * 32, table)  # and another process reading it, from the table alone
+    fresh.forget_pseudonym("drk", pseudonym, day(5), 1)
+    assert persons.open(newer) == P and fresh.open(newer) == P
+    # a fact stored before its keys were destroyed (a crash between them) is carried out when read
+    crashed = PersonKeys(b"k" * 32, MemoryKeyTable())
+    token = crashed.seal("drk", P, day(1))
+    crashed.forget_pseudonym("drk", pseudonym, day(5), 1)
+    assert crashed.open(token) == pseudonym and crashed.erased_until("drk", P) == day(5)
+
+
+def test_a_planned_erasure_seals_the_rest_of_its_batch_and_goes_once_the_batch_is_stored() -> None:
+    persons = PersonKeys(b"k" * 32, MemoryKeyTable())
+    pseudonym = persons.pseudonym("drk", P)
+    before = persons.seal("drk", P, day(1))  # an earlier batch
+    assert persons.plan_erasure("drk", P, day(5)) == 1  # the deletion, in the policy
+    assert persons.plan_erasure("drk", P, day(3)) == 1  # a second one in the same batch, dated earlier
+    # the batch's events are sealed after the policy, in any order
+    later = persons.seal("drk", P, day(6))
+    earlier = persons.seal("drk", P, day(4))
+    assert later.startswith(f"enc2:{pseudonym}:2:") and earlier == f"enc1:{pseudonym}:"
+    assert persons.open(before) == P  # not destroyed until the batch is stored
+    assert persons.erase_planned("drk", P) and not persons.erase_planned("drk", P)
+    assert persons.open(before) == pseudonym and persons.open(later) == P
+    assert persons.erased_until("drk", P) == day(5)
+
+
+def test_an_erasure_planned_for_a_batch_not_stored_is_abandoned() -> None:
+    persons = PersonKeys(b"k" * 32, MemoryKeyTable())
+    before = persons.seal("drk", P, day(1))
+    persons.plan_erasure("drk", P, day(5))
+    assert persons.seal("drk", P, day(4)) == f"enc1:{persons.pseudonym('drk', P)}:"
+    persons.abandon_erasure("drk", P)
+    assert not persons.erase_planned("drk", P)
+    assert persons.open(before) == P and persons.erased_until("drk", P) is None
+    assert persons.open(persons.seal("drk", P, day(4))) == P

@@ -14,7 +14,7 @@ from eventsourcing.application import AggregateNotFoundError
 from chatbridge.application import ChatBridge
 from chatbridge.audit import chain
 from chatbridge.audit.queries import NotFound
-from chatbridge.audit.shredding import KEY_TABLE
+from chatbridge.audit.shredding import FOREVER, KEY_TABLES
 from chatbridge.bootstrap import Store
 from chatbridge.domain.aggregates import Person
 from chatbridge.domain.lifecycle import Policy
@@ -69,11 +69,11 @@ def forget_person(store: Store, settings: Settings, org: str, person_id: str, at
         person: Person = app.repository.get(Person.create_id(org, pseudonym))
     except AggregateNotFoundError:
         person = Person(org, pseudonym, person_id, "gdpr forget", at)
-    if person.person_id != pseudonym:  # not forgotten yet (a Forgotten event renames it)
-        person.forget(pseudonym, at, "gdpr forget")
+    if persons.erased_until(org, person_id) != FOREVER:  # not erased for ever yet (HiOrg's deletion is until then)
+        person.forget(pseudonym, at, "gdpr forget", persons.key_version(org, person_id))
         app.save(person)
     store.projection.catch_up()  # folding the Forgotten event renames the rows, and its decoding destroys the key
-    persons.forget(org, person_id)  # (in case the projection had folded it before)
+    persons.forget(org, person_id)  # every key, for ever (in case the projection had folded it before)
     compact(settings)
     return Forgotten(org, pseudonym, not already)
 
@@ -89,7 +89,7 @@ def compact(settings: Settings) -> None:
     from chatbridge.bootstrap import _postgres_connection
 
     with _postgres_connection(settings) as connection:
-        for table in ("desired_state", "person_status", "person_chats", KEY_TABLE):
+        for table in ("desired_state", "person_status", "person_chats", *KEY_TABLES):
             connection.execute(f"VACUUM FULL {table}")
 
 

@@ -1,16 +1,20 @@
 """Crypto-shredding: every person an event names is stored encrypted with that person's own key.
 
 A person is known to the store by a keyed pseudonym, `ps-` + HMAC-SHA256(pseudonym key, "{org}/{person_id}")
-(32 hex digits), and a random AES-256-GCM key in `chatbridge_person_keys`. Wherever an event names a person (the
-responsible, the staff, `person_id`), the stored event holds a token `enc1:{pseudonym}:{nonce+ciphertext}`; the
-event mapper seals on the way in and opens on the way out, so aggregates, projections and `simulate` see the HiOrg
-id while the key exists — and the pseudonym once it is destroyed. The Person aggregate's id is derived from the
-pseudonym, never from the HiOrg id.
+(32 hex digits), one per (organisation, person id) for ever. Wherever an event names a person (the responsible, the
+staff, `person_id`), the stored event holds a token `enc2:{pseudonym}:{version}:{nonce+ciphertext}`, sealed with
+version `version` of the person's AES-256-GCM keys (`chatbridge_person_key_versions`); the event mapper seals on the
+way in and opens on the way out, so aggregates, projections and `simulate` see the HiOrg id while that key version
+exists — and the pseudonym once it is destroyed. `enc1:{pseudonym}:` is a name stored as the pseudonym alone; the
+previous release's `enc1:{pseudonym}:{nonce+ciphertext}` tokens open with key version 1. The Person aggregate's id is
+derived from the pseudonym, never from the HiOrg id.
 
-Destroying a key (`forget`) leaves a tombstone row (pseudonym, org, time): later events naming that person are
-stored as the pseudonym alone, so a forgotten person stays forgotten even when HiOrg-Server sends the id again.
-The pseudonym key lives outside the store (see `audit.settings`): with it, and a HiOrg id, an auditor can still
-find the forgotten person's pseudonym and so prove when the person had access — the store alone cannot.
+Erasure (`chatbridge_person_keys.erased_until`, an event time): HiOrg-Server's deletion of the person at `td`
+destroys every key version existing then and moves the pseudonym's horizon to `td`. A name in a fact dated before
+the horizon is stored as the pseudonym alone; a name dated from it on is about a new person and is sealed with a
+fresh key version. An operator's `gdpr forget` moves the horizon to the end of time: that person never comes back
+readable. The pseudonym key lives outside the store (see `audit.settings`): with it, and a HiOrg id, an auditor can
+still find the forgotten person's pseudonym and so prove when the person had access — the store alone cannot.
 """
 
 from __future__ import annotations
@@ -23,20 +27,30 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from uuid import UUID
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from eventsourcing.persistence import Mapper, StoredEvent
+from eventsourcing.persistence import Mapper, PersistenceError, StoredEvent
 
 PSEUDONYM = re.compile(r"ps-[0-9a-f]{32}")
-_TOKEN = "enc1:"
-KEY_TABLE = "chatbridge_person_keys"
+_PSEUDONYM_ONLY = "enc1:"  # enc1:{pseudonym}: — and the previous release's tokens, sealed with key version 1
+_TOKEN = "enc2:"  # enc2:{pseudonym}:{version}:{nonce+ciphertext}
+FOREVER = datetime.max.replace(tzinfo=UTC)  # the horizon of an operator's erasure
+KEY_TABLE = "chatbridge_person_keys"  # one row per pseudonym: its organisation and erasure horizon
+VERSION_TABLE = "chatbridge_person_key_versions"  # one row per key version (person_key NULL: destroyed)
+KEY_TABLES = (KEY_TABLE, VERSION_TABLE)
 CREATE_STATEMENTS = (
+    # person_key: the previous release's single key, moved to version 1 when the store is opened
     f"CREATE TABLE IF NOT EXISTS {KEY_TABLE} ("
-    "pseudonym TEXT PRIMARY KEY, org TEXT NOT NULL, person_key TEXT, created_at TEXT NOT NULL, forgotten_at TEXT)",
+    "pseudonym TEXT PRIMARY KEY, org TEXT NOT NULL, person_key TEXT, created_at TEXT NOT NULL, forgotten_at TEXT, "
+    "erased_until TEXT)",
+    f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} ("
+    "pseudonym TEXT NOT NULL, version INTEGER NOT NULL, person_key TEXT, created_at TEXT NOT NULL, "
+    "destroyed_at TEXT, PRIMARY KEY (pseudonym, version))",
 )
 
 # Which fields of which stored events name persons (by the event classes' qualified names).
@@ -49,48 +63,95 @@ PERSON_FIELDS: dict[str, tuple[str, ...]] = {
     "ChatGroup.ModeratorChanged": ("person_id",),
     "Person.Registered": ("person_id",),
 }
-_FORGOTTEN = b""  # a key row whose key is gone
+
+
+def _format(moment: datetime) -> str:
+    # fixed width, UTC: the text sorts as the time does (the SQL compares horizons as text)
+    return _utc(moment).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse(text: str | None) -> datetime | None:
+    return None if text is None else datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return _format(datetime.now(UTC))
+
+
+@dataclass
+class KeyState:
+    """What the store holds about one pseudonym: its key versions (None: destroyed) and its erasure horizon."""
+
+    erased_until: datetime | None = None
+    keys: dict[int, bytes | None] = field(default_factory=dict)
+
+    @property
+    def latest(self) -> int:
+        return max(self.keys, default=0)
+
+    def live(self, above: int = 0) -> int | None:
+        """The newest version above `above` whose key still exists."""
+        return max((v for v, key in self.keys.items() if key and v > above), default=None)
+
+    def copy(self) -> KeyState:
+        return KeyState(self.erased_until, dict(self.keys))
 
 
 class KeyTable(Protocol):
-    def get_or_create(self, pseudonym: str, org: str) -> bytes: ...  # b"" when forgotten
-    def get_or_create_many(self, wanted: dict[str, str]) -> dict[str, bytes]: ...  # pseudonym → org
-    def get(self, pseudonym: str) -> bytes | None: ...  # None: no such person; b"": forgotten
-    def destroy(self, pseudonym: str, org: str) -> bool: ...  # True if a key was destroyed now
-    def forgotten_count(self) -> int: ...
+    def load_many(self, wanted: dict[str, str]) -> dict[str, KeyState]: ...  # pseudonym → org; new ones get key 1
+    def load(self, pseudonym: str) -> KeyState | None: ...  # None: no such person
+    def add_version(self, pseudonym: str, org: str, version: int) -> bytes | None: ...  # None: destroyed already
+    def erase(self, pseudonym: str, org: str, until: datetime, up_to: int | None) -> bool: ...  # True: a key went
+    def erasures(self) -> object: ...  # a value that changes whenever any erasure is done
 
 
 class MemoryKeyTable:
     def __init__(self) -> None:
-        self._keys: dict[str, bytes] = {}
+        self._states: dict[str, KeyState] = {}
+        self._erasures = 0
         self._lock = threading.Lock()
 
-    def get_or_create(self, pseudonym: str, org: str) -> bytes:
+    def load_many(self, wanted: dict[str, str]) -> dict[str, KeyState]:
         with self._lock:
-            return self._keys.setdefault(pseudonym, AESGCM.generate_key(256))
+            loaded = {}
+            for pseudonym in wanted:
+                state = self._states.setdefault(pseudonym, KeyState())
+                if not state.keys:
+                    state.keys[1] = AESGCM.generate_key(256)
+                loaded[pseudonym] = state.copy()
+            return loaded
 
-    def get_or_create_many(self, wanted: dict[str, str]) -> dict[str, bytes]:
-        return {pseudonym: self.get_or_create(pseudonym, org) for pseudonym, org in wanted.items()}
-
-    def get(self, pseudonym: str) -> bytes | None:
-        return self._keys.get(pseudonym)
-
-    def destroy(self, pseudonym: str, org: str) -> bool:
+    def load(self, pseudonym: str) -> KeyState | None:
         with self._lock:
-            had = bool(self._keys.get(pseudonym))
-            self._keys[pseudonym] = _FORGOTTEN
-            return had
+            state = self._states.get(pseudonym)
+            return None if state is None else state.copy()
 
-    def forgotten_count(self) -> int:
-        return sum(1 for key in self._keys.values() if not key)
+    def add_version(self, pseudonym: str, org: str, version: int) -> bytes | None:
+        with self._lock:
+            keys = self._states.setdefault(pseudonym, KeyState()).keys
+            return keys.setdefault(version, AESGCM.generate_key(256))
+
+    def erase(self, pseudonym: str, org: str, until: datetime, up_to: int | None) -> bool:
+        with self._lock:
+            state = self._states.setdefault(pseudonym, KeyState())
+            doomed = [v for v, key in state.keys.items() if key and (up_to is None or v <= up_to)]
+            for version in doomed:
+                state.keys[version] = None
+            state.keys.setdefault(1, None)  # a person erased before ever keyed: their first key is gone too
+            state.erased_until = max(state.erased_until or until, until)
+            self._erasures += 1
+            return bool(doomed)
+
+    def erasures(self) -> object:
+        return self._erasures
 
 
 class SQLKeyTable:
-    """The key table in the store's database; `?` placeholders, converted for psycopg."""
+    """The key tables in the store's database; `?` placeholders, converted for psycopg."""
 
     def __init__(self, datastore: Any, placeholder: str):
         self.datastore = datastore
@@ -100,81 +161,165 @@ class SQLKeyTable:
         return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)
 
     def create_table(self) -> None:
+        """Create the tables, or bring a store of the previous release (one key per person, kept in the key
+        table's `person_key`, a destroyed one leaving a tombstone) to key versions and horizons."""
+        for attempt in (1, 2, 3):
+            try:
+                self._create_tables()
+                break
+            except PersistenceError:  # replicas starting at once race to create the same table
+                if attempt == 3:
+                    raise
+                time.sleep(0.2 * attempt)
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(
+                f"INSERT INTO {VERSION_TABLE} (pseudonym, version, person_key, created_at) "
+                f"SELECT pseudonym, 1, person_key, created_at FROM {KEY_TABLE} WHERE person_key IS NOT NULL "
+                "ON CONFLICT (pseudonym, version) DO NOTHING"
+            )
+            c.execute(f"UPDATE {KEY_TABLE} SET person_key = NULL WHERE person_key IS NOT NULL")  # one copy of a key
+            # The previous release's tombstones do not say whether HiOrg-Server or an operator erased: for ever.
+            c.execute(
+                f"INSERT INTO {VERSION_TABLE} (pseudonym, version, person_key, created_at, destroyed_at) "
+                f"SELECT pseudonym, 1, NULL, created_at, forgotten_at FROM {KEY_TABLE} "
+                "WHERE erased_until IS NULL AND forgotten_at IS NOT NULL ON CONFLICT (pseudonym, version) DO NOTHING"
+            )
+            c.execute(
+                self._sql(
+                    f"UPDATE {KEY_TABLE} SET erased_until = ? WHERE erased_until IS NULL AND forgotten_at IS NOT NULL"
+                ),
+                (_format(FOREVER),),
+            )
+
+    def _create_tables(self) -> None:
         with self.datastore.transaction(commit=True) as c:
             for statement in CREATE_STATEMENTS:
                 c.execute(statement)
+            if self.placeholder == "?":
+                c.execute(f"PRAGMA table_info({KEY_TABLE})")
+                missing = "erased_until" not in {row["name"] for row in c.fetchall()}
+            else:  # looked up first: ALTER TABLE locks the table against a running worker even when it is a no-op
+                c.execute(
+                    "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+                    f"AND table_name = '{KEY_TABLE}' AND column_name = 'erased_until'"
+                )
+                missing = c.fetchone() is None
+            if missing:
+                c.execute(f"ALTER TABLE {KEY_TABLE} ADD COLUMN erased_until TEXT")
 
-    def get_or_create(self, pseudonym: str, org: str) -> bytes:
-        with self.datastore.transaction(commit=True) as c:
+    def _select(self, c: Any, pseudonyms: list[str]) -> dict[str, KeyState]:
+        states: dict[str, KeyState] = {}
+        for start in range(0, len(pseudonyms), 500):
+            chunk = pseudonyms[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            c.execute(self._sql(f"SELECT pseudonym, erased_until FROM {KEY_TABLE} WHERE pseudonym IN ({marks})"), chunk)
+            for row in c.fetchall():
+                states[row["pseudonym"]] = KeyState(_parse(row["erased_until"]))
             c.execute(
-                self._sql(
-                    f"INSERT INTO {KEY_TABLE} (pseudonym, org, person_key, created_at) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (pseudonym) DO NOTHING"
-                ),
-                (pseudonym, org, AESGCM.generate_key(256).hex(), _now()),
+                self._sql(f"SELECT pseudonym, version, person_key FROM {VERSION_TABLE} WHERE pseudonym IN ({marks})"),
+                chunk,
             )
-            c.execute(self._sql(f"SELECT person_key FROM {KEY_TABLE} WHERE pseudonym = ?"), (pseudonym,))
-            row = c.fetchone()
-        return bytes.fromhex(row["person_key"]) if row["person_key"] else _FORGOTTEN
+            for row in c.fetchall():
+                if row["pseudonym"] in states:
+                    key = row["person_key"]
+                    states[row["pseudonym"]].keys[int(row["version"])] = bytes.fromhex(key) if key else None
+        return states
 
-    def get_or_create_many(self, wanted: dict[str, str]) -> dict[str, bytes]:
-        """Keys for many persons in one transaction (a batch's new persons)."""
-        keys: dict[str, bytes] = {}
+    def load_many(self, wanted: dict[str, str]) -> dict[str, KeyState]:
+        """The states of many persons in one transaction (a batch's persons); new ones get their first key."""
         pseudonyms = list(wanted)
+        now = _now()
         with self.datastore.transaction(commit=True) as c:
             c.executemany(
                 self._sql(
-                    f"INSERT INTO {KEY_TABLE} (pseudonym, org, person_key, created_at) VALUES (?, ?, ?, ?) "
+                    f"INSERT INTO {KEY_TABLE} (pseudonym, org, created_at) VALUES (?, ?, ?) "
                     "ON CONFLICT (pseudonym) DO NOTHING"
                 ),
-                [(p, wanted[p], AESGCM.generate_key(256).hex(), _now()) for p in pseudonyms],
+                [(p, wanted[p], now) for p in pseudonyms],
             )
-            for start in range(0, len(pseudonyms), 500):
-                chunk = pseudonyms[start : start + 500]
-                c.execute(
-                    self._sql(
-                        f"SELECT pseudonym, person_key FROM {KEY_TABLE} "
-                        f"WHERE pseudonym IN ({','.join('?' * len(chunk))})"
-                    ),
-                    chunk,
-                )
-                for row in c.fetchall():
-                    keys[row["pseudonym"]] = bytes.fromhex(row["person_key"]) if row["person_key"] else _FORGOTTEN
-        return keys
+            c.executemany(  # every pseudonym has a version 1 (an erasure writes it destroyed): only new ones get it
+                self._sql(
+                    f"INSERT INTO {VERSION_TABLE} (pseudonym, version, person_key, created_at) VALUES (?, 1, ?, ?) "
+                    "ON CONFLICT (pseudonym, version) DO NOTHING"
+                ),
+                [(p, AESGCM.generate_key(256).hex(), now) for p in pseudonyms],
+            )
+            return self._select(c, pseudonyms)
 
-    def get(self, pseudonym: str) -> bytes | None:
+    def load(self, pseudonym: str) -> KeyState | None:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(self._sql(f"SELECT person_key FROM {KEY_TABLE} WHERE pseudonym = ?"), (pseudonym,))
-            row = c.fetchone()
-        if row is None:
-            return None
-        return bytes.fromhex(row["person_key"]) if row["person_key"] else _FORGOTTEN
+            return self._select(c, [pseudonym]).get(pseudonym)
 
-    def destroy(self, pseudonym: str, org: str) -> bool:
+    def add_version(self, pseudonym: str, org: str, version: int) -> bytes | None:
         with self.datastore.transaction(commit=True) as c:
-            c.execute(self._sql(f"SELECT person_key FROM {KEY_TABLE} WHERE pseudonym = ?"), (pseudonym,))
-            row = c.fetchone()
-            destroyed = row is not None and row["person_key"] is not None
             c.execute(
                 self._sql(
-                    f"UPDATE {KEY_TABLE} SET person_key = NULL, forgotten_at = ? "
-                    "WHERE pseudonym = ? AND person_key IS NOT NULL"
+                    f"INSERT INTO {VERSION_TABLE} (pseudonym, version, person_key, created_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (pseudonym, version) DO NOTHING"
                 ),
-                (_now(), pseudonym),
+                (pseudonym, version, AESGCM.generate_key(256).hex(), _now()),
+            )
+            c.execute(
+                self._sql(f"SELECT person_key FROM {VERSION_TABLE} WHERE pseudonym = ? AND version = ?"),
+                (pseudonym, version),
+            )
+            key = c.fetchone()["person_key"]
+        return bytes.fromhex(key) if key else None
+
+    def erase(self, pseudonym: str, org: str, until: datetime, up_to: int | None) -> bool:
+        now, horizon = _now(), _format(until)
+        bound = "" if up_to is None else " AND version <= ?"
+        params: tuple[Any, ...] = (pseudonym,) if up_to is None else (pseudonym, up_to)
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(
+                self._sql(f"SELECT COUNT(*) AS n FROM {VERSION_TABLE} WHERE pseudonym = ? AND person_key IS NOT NULL"
+                          + bound),
+                params,
+            )  # fmt: skip
+            destroyed = int(c.fetchone()["n"]) > 0
+            c.execute(
+                self._sql(
+                    f"UPDATE {VERSION_TABLE} SET person_key = NULL, destroyed_at = ? "
+                    "WHERE pseudonym = ? AND person_key IS NOT NULL" + bound
+                ),
+                (now, *params),
             )
             c.execute(
                 self._sql(
-                    f"INSERT INTO {KEY_TABLE} (pseudonym, org, person_key, created_at, forgotten_at) "
-                    "VALUES (?, ?, NULL, ?, ?) ON CONFLICT (pseudonym) DO NOTHING"
+                    f"INSERT INTO {KEY_TABLE} (pseudonym, org, created_at, forgotten_at, erased_until) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (pseudonym) DO NOTHING"
                 ),
-                (pseudonym, org, _now(), _now()),
+                (pseudonym, org, now, now, horizon),
+            )
+            c.execute(
+                self._sql(
+                    f"INSERT INTO {VERSION_TABLE} (pseudonym, version, person_key, created_at, destroyed_at) "
+                    "VALUES (?, 1, NULL, ?, ?) ON CONFLICT (pseudonym, version) DO NOTHING"
+                ),
+                (pseudonym, now, now),
+            )
+            c.execute(
+                self._sql(
+                    f"UPDATE {KEY_TABLE} SET forgotten_at = ?, erased_until = CASE "
+                    "WHEN erased_until IS NULL OR erased_until < ? THEN ? ELSE erased_until END WHERE pseudonym = ?"
+                ),
+                (now, horizon, horizon, pseudonym),
             )
         return destroyed
 
-    def forgotten_count(self) -> int:
+    def erasures(self) -> object:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(f"SELECT COUNT(*) AS n FROM {KEY_TABLE} WHERE person_key IS NULL")
-            return int(c.fetchone()["n"])
+            c.execute(
+                f"SELECT COUNT(*) AS n, MAX(forgotten_at) AS last FROM {KEY_TABLE} WHERE forgotten_at IS NOT NULL"
+            )
+            row = c.fetchone()
+            return (int(row["n"]), row["last"])
+
+
+class _Erasure(NamedTuple):
+    org: str
+    until: datetime
+    up_to: int  # the newest key version that goes
 
 
 class PersonKeys:
@@ -183,11 +328,13 @@ class PersonKeys:
     def __init__(self, pseudonym_key: bytes, table: KeyTable, recheck_seconds: float = 1.0):
         self._pseudonym_key = pseudonym_key
         self.table = table
-        self._cache: dict[str, bytes] = {}
-        self._ciphers: dict[str, AESGCM] = {}
+        self._states: dict[str, KeyState] = {}
+        self._ciphers: dict[tuple[str, int], AESGCM] = {}
+        # erasures decided by the batch being taken in, carried out once it is stored (`erase_planned`)
+        self._planned: dict[str, _Erasure] = {}
         self._recheck = recheck_seconds
         self._checked = 0.0
-        self._forgotten_seen = -1
+        self._erasures_seen: object = None
         self._lock = threading.Lock()
         self._pseudonyms: dict[tuple[str, str], str] = {}
 
@@ -205,33 +352,34 @@ class PersonKeys:
         return pseudonym
 
     def _refresh(self) -> None:
-        # Another process (`gdpr forget`) may have destroyed keys this process still holds: look now and then.
+        # Another process (`gdpr forget`, another replica) may have destroyed keys this process still holds.
         now = time.monotonic()
         if now - self._checked < self._recheck:
             return
         self._checked = now
-        count = self.table.forgotten_count()
-        if count != self._forgotten_seen:
-            self._forgotten_seen = count
+        erasures = self.table.erasures()
+        if erasures != self._erasures_seen:
+            self._erasures_seen = erasures
             with self._lock:
-                self._cache.clear()
+                self._states.clear()
                 self._ciphers.clear()
 
-    def _key(self, pseudonym: str, org: str | None) -> bytes | None:
+    def _state(self, pseudonym: str, org: str | None, reload: bool = False) -> KeyState | None:
+        """The pseudonym's keys and horizon; `org` given: created (with a first key) when unknown."""
         self._refresh()
-        key = self._cache.get(pseudonym)
-        if key is None:
-            key = self.table.get_or_create(pseudonym, org) if org is not None else self.table.get(pseudonym)
-            if key is None:
+        state = None if reload else self._states.get(pseudonym)
+        if state is None:
+            state = self.table.load_many({pseudonym: org})[pseudonym] if org is not None else self.table.load(pseudonym)
+            if state is None:
                 return None
             with self._lock:
-                self._cache[pseudonym] = key
-        return key
+                self._states[pseudonym] = state
+        return state
 
-    def _cipher(self, pseudonym: str, key: bytes) -> AESGCM:
-        cipher = self._ciphers.get(pseudonym)
+    def _cipher(self, pseudonym: str, version: int, key: bytes) -> AESGCM:
+        cipher = self._ciphers.get((pseudonym, version))
         if cipher is None:
-            cipher = self._ciphers[pseudonym] = AESGCM(key)
+            cipher = self._ciphers[(pseudonym, version)] = AESGCM(key)
         return cipher
 
     def prepare(self, persons: set[tuple[str, str]]) -> None:
@@ -240,57 +388,147 @@ class PersonKeys:
         wanted = {}
         for org, person_id in persons:
             pseudonym = self.pseudonym(org, person_id)
-            if pseudonym != person_id and pseudonym not in self._cache:
+            if pseudonym != person_id and pseudonym not in self._states:
                 wanted[pseudonym] = org
         if wanted:
-            keys = self.table.get_or_create_many(wanted)
+            states = self.table.load_many(wanted)
             with self._lock:
-                self._cache.update(keys)
+                self._states.update(states)
 
-    def seal(self, org: str, person_id: str) -> str:
+    def seal(self, org: str, person_id: str, at: datetime, renew: bool = True) -> str:
+        """The token naming the person in a fact of time `at`: the pseudonym alone when `at` is before the person's
+        erasure, else sealed with the newest key. `renew`: a fact that may start a new person after an erasure
+        (HiOrg-Server's), for whom a fresh key version is made; the reconciler's outcomes never start one."""
         pseudonym = self.pseudonym(org, person_id)
         if pseudonym == person_id:
-            return f"{_TOKEN}{pseudonym}:"
-        key = self._key(pseudonym, org)
-        if not key:
-            return f"{_TOKEN}{pseudonym}:"  # forgotten: the pseudonym alone
+            return f"{_PSEUDONYM_ONLY}{pseudonym}:"
+        at = _utc(at)
+        state = KeyState()
+        for reload in (False, True):  # the second look, in the table: another process may have made a key
+            state = self._state(pseudonym, org, reload) or state  # (with `org`, never None: it is created)
+            until, doomed = state.erased_until, 0
+            planned = self._planned.get(pseudonym)
+            if planned is not None:
+                until, doomed = max(until or planned.until, planned.until), planned.up_to
+            if until is not None and at < until:
+                return f"{_PSEUDONYM_ONLY}{pseudonym}:"
+            version = state.live(above=doomed)
+            if version is not None:
+                return self._encrypt(pseudonym, version, state.keys[version], person_id)  # type: ignore[arg-type]
+        if not renew:
+            return f"{_PSEUDONYM_ONLY}{pseudonym}:"
+        version = max(state.latest, doomed) + 1
+        key = self.table.add_version(pseudonym, org, version)
+        if key is None:  # erased meanwhile by another process
+            return f"{_PSEUDONYM_ONLY}{pseudonym}:"
+        with self._lock:
+            state.keys[version] = key
+        return self._encrypt(pseudonym, version, key, person_id)
+
+    def _encrypt(self, pseudonym: str, version: int, key: bytes, person_id: str) -> str:
         nonce = secrets.token_bytes(12)
-        sealed = self._cipher(pseudonym, key).encrypt(nonce, person_id.encode(), pseudonym.encode())
-        return f"{_TOKEN}{pseudonym}:{base64.urlsafe_b64encode(nonce + sealed).decode()}"
+        sealed = self._cipher(pseudonym, version, key).encrypt(
+            nonce, person_id.encode(), f"{pseudonym}:{version}".encode()
+        )
+        return f"{_TOKEN}{pseudonym}:{version}:{base64.urlsafe_b64encode(nonce + sealed).decode()}"
 
     def open(self, token: str) -> str:
-        """The HiOrg id while the key exists, else the pseudonym; text that is not a token is returned as is."""
-        if not token.startswith(_TOKEN):
+        """The HiOrg id while its key version exists, else the pseudonym; text that is not a token is returned as is."""
+        if token.startswith(_TOKEN):
+            pseudonym, version_text, sealed = token[len(_TOKEN) :].split(":", 2)
+            version, associated = int(version_text), f"{pseudonym}:{version_text}"
+        elif token.startswith(_PSEUDONYM_ONLY):
+            pseudonym, _, sealed = token[len(_PSEUDONYM_ONLY) :].partition(":")
+            version, associated = 1, pseudonym  # the previous release sealed with the only key there was
+            if not sealed:
+                return pseudonym
+        else:
             return token
-        pseudonym, _, sealed = token[len(_TOKEN) :].partition(":")
-        if not sealed:
-            return pseudonym
-        key = self._key(pseudonym, None)
+        key = self._key(pseudonym, version)
         if not key:
             return pseudonym
         raw = base64.urlsafe_b64decode(sealed)
         try:
-            return self._cipher(pseudonym, key).decrypt(raw[:12], raw[12:], pseudonym.encode()).decode()
+            return self._cipher(pseudonym, version, key).decrypt(raw[:12], raw[12:], associated.encode()).decode()
         except InvalidTag:
-            return pseudonym  # sealed with a key destroyed meanwhile (a stale cache elsewhere)
+            return pseudonym
+
+    def _key(self, pseudonym: str, version: int) -> bytes | None:
+        state = self._state(pseudonym, None)
+        if state is not None and version not in state.keys:  # made by another process since we looked
+            state = self._state(pseudonym, None, reload=True)
+        return None if state is None else state.keys.get(version)
 
     def is_known(self, org: str, person_id: str) -> bool:
-        return self.table.get(self.pseudonym(org, person_id)) is not None
+        return self.table.load(self.pseudonym(org, person_id)) is not None
 
     def is_forgotten(self, org: str, person_id: str) -> bool:
-        return self.table.get(self.pseudonym(org, person_id)) == _FORGOTTEN
+        """Erased, and not named again since by a fact that started a new person (no key exists)."""
+        state = self.table.load(self.pseudonym(org, person_id))
+        return state is not None and state.erased_until is not None and state.live() is None
 
-    def forget_pseudonym(self, org: str, pseudonym: str) -> None:
-        if self._cache.get(pseudonym) != _FORGOTTEN:
-            self.forget(org, pseudonym)
+    def erased_until(self, org: str, person_id: str) -> datetime | None:
+        """The person's erasure horizon: facts dated before it name the pseudonym only (FOREVER: all of them)."""
+        state = self.table.load(self.pseudonym(org, person_id))
+        return None if state is None else state.erased_until
 
-    def forget(self, org: str, person_id: str) -> bool:
-        """Destroy the person's key; True if there was one to destroy."""
+    def key_version(self, org: str, person_id: str) -> int:
+        """The newest key version the person has had (0: none): an erasure now destroys up to it."""
+        state = self._state(self.pseudonym(org, person_id), None, reload=True)
+        return 0 if state is None else state.latest
+
+    def plan_erasure(self, org: str, person_id: str, until: datetime) -> int:
+        """Decide, before a batch is sealed, that the person's keys existing now go once it is stored and that its
+        names dated before `until` are stored as the pseudonym alone; returns the newest version that goes."""
         pseudonym = self.pseudonym(org, person_id)
-        destroyed = self.table.destroy(pseudonym, org)
+        state = self._state(pseudonym, org, reload=True)
+        assert state is not None
+        until, up_to = _utc(until), state.latest
+        planned = self._planned.get(pseudonym)
+        if planned is not None:
+            until, up_to = max(until, planned.until), max(up_to, planned.up_to)
+        self._planned[pseudonym] = _Erasure(org, until, up_to)
+        return up_to
+
+    def erase_planned(self, org: str, person_id: str) -> bool:
+        """Carry out the erasure planned for the batch just stored; True if a key was destroyed now."""
+        pseudonym = self.pseudonym(org, person_id)
+        planned = self._planned.pop(pseudonym, None)
+        return planned is not None and self._erase(pseudonym, org, planned.until, planned.up_to)
+
+    def abandon_erasure(self, org: str, person_id: str) -> None:
+        """The batch was not stored: its erasure never happened."""
+        self._planned.pop(self.pseudonym(org, person_id), None)
+
+    def forget_pseudonym(self, org: str, pseudonym: str, until: datetime, up_to: int) -> None:
+        """A recorded erasure, read back: carry it out if it is not yet (a crash came between the fact and the key),
+        never touching a key version made after it."""
+        state = self._state(pseudonym, None)
+        done = (
+            state is not None
+            and state.erased_until is not None
+            and state.erased_until >= _utc(until)
+            and not any(key for version, key in state.keys.items() if version <= up_to)
+        )
+        if not done:
+            self._erase(pseudonym, org, _utc(until), up_to)
+
+    def forget(self, org: str, person_id: str, until: datetime = FOREVER, up_to: int | None = None) -> bool:
+        """Destroy the person's keys (up to version `up_to`, all by default) and move the horizon to `until` (by
+        default the end of time: an operator's erasure); True if there was a key to destroy."""
+        return self._erase(self.pseudonym(org, person_id), org, _utc(until), up_to)
+
+    def _erase(self, pseudonym: str, org: str, until: datetime, up_to: int | None) -> bool:
+        destroyed = self.table.erase(pseudonym, org, until, up_to)
         with self._lock:
-            self._cache[pseudonym] = _FORGOTTEN
-            self._ciphers.pop(pseudonym, None)
+            state = self._states.get(pseudonym)
+            if state is not None:
+                for version in state.keys:
+                    if up_to is None or version <= up_to:
+                        state.keys[version] = None
+                        self._ciphers.pop((pseudonym, version), None)
+                state.keys.setdefault(1, None)
+                state.erased_until = max(state.erased_until or until, until)
         return destroyed
 
 
@@ -327,8 +565,12 @@ class PersonSealingMapper(Mapper[UUID]):
             return super().to_stored_event(domain_event)
         state = dict(vars(domain_event))
         org = self._org(qualname, domain_event.originator_id, state)
+        # the time of the fact: HiOrg-Server's `occurred_at`, or the reconciler's `at` (which starts no new person)
+        at, renew = state.get("occurred_at"), True
+        if at is None:
+            at, renew = state.get("at") or state["timestamp"], False
         for name in fields:
-            state[name] = self._convert(state[name], lambda person: self.persons.seal(org, person))
+            state[name] = self._convert(state[name], lambda person: self.persons.seal(org, person, at, renew))
         sealed = object.__new__(type(domain_event))
         object.__setattr__(sealed, "__dict__", state)
         return super().to_stored_event(sealed)
@@ -337,9 +579,13 @@ class PersonSealingMapper(Mapper[UUID]):
         domain_event = super().to_domain_event(stored_event)
         qualname = type(domain_event).__qualname__
         fields = PERSON_FIELDS.get(qualname)
-        if qualname == "Person.Forgotten":  # the key goes with the fact, even if a crash came between them
+        if qualname == "Person.Forgotten":  # the keys go with the fact, even if a crash came between them
+            forgotten = domain_event.__dict__
             self.persons.forget_pseudonym(
-                self._org(qualname, domain_event.originator_id, {}), domain_event.__dict__["pseudonym"]
+                self._org(qualname, domain_event.originator_id, {}),
+                forgotten["pseudonym"],
+                FOREVER if forgotten["reason"] == "gdpr forget" else forgotten["at"],
+                forgotten.get("key_version", 1),  # recorded before key versions: there was one key
             )
         if fields is not None:
             state = domain_event.__dict__

@@ -188,10 +188,12 @@ class Person(Aggregate):
         self.status = status
 
     @event("Forgotten")
-    def forget(self, pseudonym: str, at: datetime, reason: str) -> None:
-        """The person's key was destroyed (crypto-shredding): from now on the person is `pseudonym` only.
+    def forget(self, pseudonym: str, at: datetime, reason: str, key_version: int = 1) -> None:
+        """The person's keys up to version `key_version` were destroyed (crypto-shredding): what named the person
+        until `at` names `pseudonym` only.
 
-        `reason`: "person deleted" (HiOrg-Server's status) or "gdpr forget" (an operator's erasure).
+        `reason`: "person deleted" (HiOrg-Server's status: a later fact naming the person id is about a new person)
+        or "gdpr forget" (an operator's erasure, for ever). Events recorded without `key_version` had one key.
         """
         self.person_id = pseudonym
         self.status = "deleted"
