@@ -61,6 +61,19 @@ def publish(bootstrap: str, topic: str, lines: Sequence[bytes]) -> None:
         producer.close()
 
 
+def publish_records(bootstrap: str, topic: str, records: Sequence[tuple[bytes, bytes]]) -> list[int]:
+    """Publish (key, value) pairs in this order with the default partitioner; returns each record's partition."""
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_in_flight_requests_per_connection=1
+    )
+    try:
+        futures = [producer.send(topic, key=key, value=value) for key, value in records]
+        producer.flush(timeout=60)
+        return [future.get(timeout=60).partition for future in futures]
+    finally:
+        producer.close()
+
+
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     try:
@@ -223,6 +236,19 @@ class Worker:
                     return int(json.loads(line)["event"].rsplit(" ", 1)[1])
             time.sleep(0.2)
         raise AssertionError(f"the worker announced no port\n{self.output()[-3000:]}")
+
+
+def run_until_idle(env: dict[str, str], log_dir: Path, idle: float = 6, timeout: float = 240) -> str:
+    """`chatbridge run --no-reconcile --exit-when-idle IDLE` to its end; returns its output (exit 0 asserted)."""
+    log_path = log_dir / f"run-{uuid.uuid4().hex[:6]}.log"
+    with log_path.open("wb") as log:
+        result = subprocess.run(
+            [CHATBRIDGE, "run", "--no-reconcile", "--exit-when-idle", str(idle)],
+            env=env, cwd=ROOT, stdout=log, stderr=log, timeout=timeout, check=False,
+        )  # fmt: skip
+    output = log_path.read_text(errors="replace")
+    assert result.returncode == 0, f"chatbridge run exited {result.returncode}:\n{output[-3000:]}"
+    return output
 
 
 def stored_positions(env: dict[str, str], topic: str, partitions: Sequence[int]) -> dict[int, int]:
