@@ -7,13 +7,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import timedelta
+from types import SimpleNamespace
 
+import httpx
 import pytest
 from kafka.errors import KafkaTimeoutError
 
+from chatbridge.observability import HealthServer, Metrics
 from chatbridge.reconciler.knowledge import CompleteInput, KnowledgeGate, Partition
 from chatbridge.reconciler.plan import StepKind
 from chatbridge.reconciler.service import dry_run, plan_document, render_plan
+from chatbridge.worker import _deletions_note
 from tests.support import ALICE, BOB, CAROL, ORG, at
 from tests.unit.test_reconcile_loop import World
 
@@ -308,3 +312,33 @@ def test_a_generation_confirmed_deleted_stays_deleted_whatever_arrives_later():
     world.reconciler.pass_once([replace(reopened, generation=2)], now + timedelta(hours=12))
     assert world.chat(generation=2).members == {world.uid(ALICE), world.uid(BOB)}
     world.reconciler.close()
+
+
+# -- what operators see: /readyz notes and metrics ------------------------------------------------------------
+
+
+def test_readyz_notes_the_waiting_deletion_without_failing_and_metrics_count_it(gated):
+    gated.run(at(2))
+    gated.store.positions[(T, 0)] = 8
+    gated.run(DELETE_AT)
+    metrics = Metrics()
+    metrics.observe_gate(len(gated.reconciler.waiting()), gated.gate.lag(), gated.gate.known_at)
+    note = _deletions_note(SimpleNamespace(reconciler=gated.reconciler))  # type: ignore[arg-type]
+    server = HealthServer(metrics, "127.0.0.1", 0, checks={"store": lambda: None}, notes={"deletions": note}).start()
+    try:
+        ready = httpx.get(f"http://127.0.0.1:{server.port}/readyz")
+        assert ready.status_code == 200 and ready.json()["checks"] == {"store": "ok"}  # a note, not a failure
+        assert ready.json()["notes"] == {
+            "deletions": f"1 chat deletions wait; {ORG}/4711 waits for complete input: hiorg.chat.v1:0 2 behind "
+            "(end offsets read at 2027-01-06T16:00:00Z)"
+        }
+        text = httpx.get(f"http://127.0.0.1:{server.port}/metrics").text
+        assert "\nchatbridge_deletions_waiting 1.0\n" in text
+        assert '\nchatbridge_deletion_gate_lag{partition="0",topic="hiorg.chat.v1"} 2.0\n' in text
+        known = float(text.split("\nchatbridge_input_complete_until_timestamp_seconds ")[1].split()[0])
+        assert known == at(2).timestamp()  # the reading of the pass at at(2) was complete
+    finally:
+        server.stop()
+    gated.store.positions[(T, 0)] = 10
+    gated.run(DELETE_AT + timedelta(seconds=1))
+    assert note() is None
