@@ -18,8 +18,8 @@ the in-order case costs.
 Persons are known to the fold by their keyed pseudonym only (audit.shredding): facts hold pseudonyms, never HiOrg
 ids. The HiOrg id is needed once, for a chat's members; each person keeps the latest sealed token naming them, and
 it is opened when the row is written — so once a key is destroyed nothing in the projection can name the person.
-Person deletion erases: facts that named the person before the deletion lose the name, so a later message naming
-the same id is a new person.
+Person deletion erases: in the walk, the deletion takes the person off the chat, so whatever named them before it
+(arriving early or late) is gone, and a later message naming the same id is a new person.
 
 The same fold serves `simulate` (in memory), the persistent projection behind `state` (which loads only the rows a
 page of the log touches: memory stays bounded by the page, not the store), its rebuild, and the audit's
@@ -51,6 +51,8 @@ STAFFING = "s"  # (person, status)
 CANCEL = "c"  # ()
 DELETE = "d"  # ()
 BACKEND_DELETED = "x"  # (generation,): the backend confirmed it; nothing arriving later revives it
+PERSON = "p"  # in a walk only: (person,) a status message about a person the chat may name
+ERASURE = "e"  # in a walk only: (person,) the person was deleted: what named them until now is erased
 ChatFact = tuple[Any, ...]
 Switch = tuple[datetime, int, bool]  # an organisation's feature switched on (True) or off
 
@@ -115,23 +117,48 @@ class Walk:
     as_of: datetime | None  # the latest fact or switch: deadlines after it are due next
 
 
-def walk(facts: Iterable[ChatFact], switches: Iterable[Switch], policy: Policy) -> Walk:
-    """Step through one chat's facts merged with its organisation's switches, in (occurred_at, stored) order."""
+def walk(
+    facts: Iterable[ChatFact], switches: Iterable[Switch], persons: dict[str, PersonRecord], policy: Policy
+) -> Walk:
+    """Step through one chat's facts merged with its organisation's switches and the status facts and erasures of
+    the persons it ever named, in (occurred_at, stored) order.
+
+    A person message touches the chat (settles it) when the chat names the person at that moment; an erasure then
+    takes the person off the staff and the responsible place — so a fact dated before the deletion, however late it
+    arrives, is erased, and one dated after it names a new person.
+    """
+    touches: list[tuple[Any, ...]] = []
+    for person, record in persons.items():
+        touches.extend((at, seq, PERSON, person) for at, seq, status in record.statuses if status != "deleted")
+        touches.extend((at, seq, ERASURE, person) for at, seq in record.erasures)
+    touches.sort()
     organisation = OrganisationFeature()
     life: ChatLife | None = None
     generations: list[Generation] = []
     fact_generation: dict[int, int] = {}
     started: set[int] = set()
     as_of: datetime | None = None
-    for item in heapq.merge(facts, switches):
+    for item in heapq.merge(facts, switches, touches):
         at = item[0]
-        as_of = at
         kind = item[2]
         if kind is True or kind is False:  # an organisation switch
+            as_of = at
             if life is not None:
                 lifecycle.settle(life, organisation, policy, at)
             lifecycle.switch_organisation(organisation, kind, at)
             continue
+        if kind in (PERSON, ERASURE):
+            person = item[3]
+            if life is None or (person not in life.staff and person != life.responsible):
+                continue
+            as_of = at
+            lifecycle.settle(life, organisation, policy, at)
+            if kind == ERASURE:
+                life.staff.pop(person, None)
+                if life.responsible == person:
+                    life.responsible = None
+            continue
+        as_of = at
         seq = item[1]
         if life is None:
             if kind == UPSERT and item[4]:  # the first record with chat enabled: generation 1
@@ -421,17 +448,10 @@ class DesiredStateFold:
         self._walks.pop(key, None)
 
     def _add_fact(self, key: ChatKey, fact: ChatFact) -> None:
-        """Insert a fact in its place, erased of persons deleted after it, and index the persons it names."""
+        """Insert a fact in its place and index the persons it names."""
         org, event_id = key
-        for person in list(_named(fact)):
+        for person in _named(fact):
             person_key = (org, person)
-            record = self._loaded_person(person_key)
-            if record is not None and record.erasures and (fact[0], fact[1]) < record.erasures[-1]:
-                erased = _erase(fact, {person})  # named before a deletion that is already known
-                if erased is None:
-                    return
-                fact = erased
-                continue
             chats = self.person_chats.setdefault(person_key, set())
             if event_id not in chats:
                 chats.add(event_id)
@@ -497,30 +517,26 @@ class DesiredStateFold:
         self._erase(self._person_of(aggregate_id), (at, seq))
 
     def _erase(self, key: PersonKey, until: Stamp) -> None:
-        """Person deletion erases: every fact that named the person before `until` forgets the name."""
-        record = self._person(key)
-        insort(record.erasures, until)
-        org, pseudonym = key
+        """Person deletion erases what named the person until then: each chat that named them is walked again."""
+        insort(self._person(key).erasures, until)
         for event_id in self._index(key):
-            chat = self.chats.get((org, event_id))
-            if chat is None:
-                continue
-            kept = []
-            for fact in chat.facts:
-                if (fact[0], fact[1]) < until and pseudonym in set(_named(fact)):
-                    fact = _erase(fact, {pseudonym})
-                if fact is not None:
-                    kept.append(fact)
-            chat.facts = kept
-            self._dirty((org, event_id))
+            self._dirty((key[0], event_id))
 
     # -- reading ---------------------------------------------------------------------------------------------
 
     def walk(self, key: ChatKey) -> Walk:
         result = self._walks.get(key)
         if result is None:
-            switches = self._loaded_organisation(key[0]) or []
-            result = self._walks[key] = walk(self.chats[key].facts, switches, self.policy)
+            org = key[0]
+            facts = self.chats[key].facts
+            named = {person for fact in facts for person in _named(fact)}
+            persons = {}
+            for person in named:
+                record = self._loaded_person((org, person))
+                if record is not None and (record.statuses or record.erasures):
+                    persons[person] = record
+            switches = self._loaded_organisation(org) or []
+            result = self._walks[key] = walk(facts, switches, persons, self.policy)
         return result
 
     def desired(self, key: ChatKey) -> DesiredChat:
@@ -581,18 +597,6 @@ class DesiredStateFold:
         self.take_dirty()
         index = {(org, person, event) for (org, person), events in self.person_chats.items() for event in events}
         return Changes(set(self.chats), set(self.organisations), set(self.persons), index)
-
-
-def _erase(fact: ChatFact, persons: set[str]) -> ChatFact | None:
-    """The fact without these persons (a staffing fact about one of them goes altogether)."""
-    kind = fact[2]
-    if kind == STAFFING:
-        return None
-    if kind == UPSERT:
-        responsible = None if fact[5] in persons else fact[5]
-        staff = fact[6] if fact[6] is None else {p: s for p, s in fact[6].items() if p not in persons}
-        return (*fact[:5], responsible, staff)
-    return fact
 
 
 person_aggregate_id = lru_cache(maxsize=65536)(Person.create_id)
