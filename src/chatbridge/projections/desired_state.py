@@ -439,9 +439,11 @@ class DesiredStateFold:
 
     def apply(self, event: Any, seq: int) -> None:
         """Fold one aggregate event (as decoded from the notification log) stored as notification `seq`."""
-        handler = _DISPATCH.get(type(event).__qualname__)
-        if handler is not None:
-            handler(self, event, seq)
+        folded = FOLDED.get(type(event).__qualname__)
+        if folded is not None:
+            method, fields = folded
+            state = event.__dict__
+            method(self, event.originator_id, seq, *[state[name] for name in fields])
 
     def _dirty(self, key: ChatKey) -> None:
         self.dirty_chats.add(key)
@@ -489,6 +491,12 @@ class DesiredStateFold:
 
     def organisation_registered(self, aggregate_id: UUID, seq: int, org: str) -> None:
         self._organisation(org, aggregate_id)
+
+    def organisation_switched_on(self, aggregate_id: UUID, seq: int, at: datetime) -> None:
+        self.organisation_switched(aggregate_id, seq, at, True)
+
+    def organisation_switched_off(self, aggregate_id: UUID, seq: int, at: datetime) -> None:
+        self.organisation_switched(aggregate_id, seq, at, False)
 
     def organisation_switched(self, aggregate_id: UUID, seq: int, at: datetime, on: bool) -> None:
         org = self._organisation_of(aggregate_id)
@@ -604,22 +612,22 @@ organisation_aggregate_id = lru_cache(maxsize=4096)(Organisation.create_id)
 chat_aggregate_id = lru_cache(maxsize=65536)(ChatGroup.create_id)
 
 
-# Decoded aggregate events → the fold's methods, by the event classes' qualified names (the aggregates' @event
-# names). The reconciler's other outcomes (access, moderators, read-only) are the audit's; the fold needs deletions.
-_DISPATCH: dict[str, Callable[[DesiredStateFold, Any, int], None]] = {
-    "ChatGroup.Registered": lambda f, e, seq: f.chat_registered(
-        e.originator_id, seq, e.org, e.event_id, e.occurred_at, e.end, e.responsible, e.staff),
-    "ChatGroup.EventRecorded": lambda f, e, seq: f.event_recorded(
-        e.originator_id, seq, e.occurred_at, e.end, e.chat_enabled, e.responsible, e.staff),
-    "ChatGroup.StaffingChanged": lambda f, e, seq: f.staffing_changed(
-        e.originator_id, seq, e.occurred_at, e.person_id, e.status),
-    "ChatGroup.Cancelled": lambda f, e, seq: f.cancelled(e.originator_id, seq, e.occurred_at),
-    "ChatGroup.Deleted": lambda f, e, seq: f.deleted(e.originator_id, seq, e.occurred_at),
-    "ChatGroup.ChatDeleted": lambda f, e, seq: f.deleted_at_backend(e.originator_id, seq, e.at, e.generation),
-    "Organisation.Registered": lambda f, e, seq: f.organisation_registered(e.originator_id, seq, e.org),
-    "Organisation.ChatEnabled": lambda f, e, seq: f.organisation_switched(e.originator_id, seq, e.occurred_at, True),
-    "Organisation.ChatDisabled": lambda f, e, seq: f.organisation_switched(e.originator_id, seq, e.occurred_at, False),
-    "Person.Registered": lambda f, e, seq: f.person_registered(e.originator_id, seq, e.org, e.pseudonym, e.person_id),
-    "Person.StatusChanged": lambda f, e, seq: f.person_status_changed(e.originator_id, seq, e.occurred_at, e.status),
-    "Person.Forgotten": lambda f, e, seq: f.person_forgotten(e.originator_id, seq, e.at),
+# The facts the fold reads, by the event classes' qualified names (the aggregates' @event names): the fold's method
+# and the event's fields it takes, after (originator id, notification id). The reconciler's other outcomes (access,
+# moderators, read-only) are the audit's; the fold needs only deletions.
+FOLDED: dict[str, tuple[Callable[..., None], tuple[str, ...]]] = {
+    "ChatGroup.Registered": (DesiredStateFold.chat_registered,
+                             ("org", "event_id", "occurred_at", "end", "responsible", "staff")),
+    "ChatGroup.EventRecorded": (DesiredStateFold.event_recorded,
+                                ("occurred_at", "end", "chat_enabled", "responsible", "staff")),
+    "ChatGroup.StaffingChanged": (DesiredStateFold.staffing_changed, ("occurred_at", "person_id", "status")),
+    "ChatGroup.Cancelled": (DesiredStateFold.cancelled, ("occurred_at",)),
+    "ChatGroup.Deleted": (DesiredStateFold.deleted, ("occurred_at",)),
+    "ChatGroup.ChatDeleted": (DesiredStateFold.deleted_at_backend, ("at", "generation")),
+    "Organisation.Registered": (DesiredStateFold.organisation_registered, ("org",)),
+    "Organisation.ChatEnabled": (DesiredStateFold.organisation_switched_on, ("occurred_at",)),
+    "Organisation.ChatDisabled": (DesiredStateFold.organisation_switched_off, ("occurred_at",)),
+    "Person.Registered": (DesiredStateFold.person_registered, ("org", "pseudonym", "person_id")),
+    "Person.StatusChanged": (DesiredStateFold.person_status_changed, ("occurred_at", "status")),
+    "Person.Forgotten": (DesiredStateFold.person_forgotten, ("at",)),
 }  # fmt: skip

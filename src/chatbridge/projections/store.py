@@ -32,6 +32,7 @@ from chatbridge.application import ChatBridge
 from chatbridge.domain.lifecycle import Policy
 from chatbridge.persistence import insert_rows
 from chatbridge.projections.desired_state import (
+    FOLDED,
     UPSERT,
     Changes,
     ChatFact,
@@ -468,34 +469,33 @@ class StoredFacts:
         self.originators: set[UUID] = set()
         self.persons: set[str] = set()  # pseudonyms of the persons the page names
 
-    def decode(self, notifications: Iterable[Any]) -> list[tuple[Callable[..., None], tuple[Any, ...]]]:
+    def decode(self, notifications: Iterable[Any]) -> list[tuple[Callable[..., None], list[Any]]]:
         self.originators, self.persons = set(), set()
         mapper = self.app.mapper
         calls = []
         for notification in notifications:
             topic = notification.topic
             name = topic[topic.rfind(":") + 1 :]
-            decoder = _DECODERS.get(name)
-            if decoder is None:
+            folded = FOLDED.get(name)
+            if folded is None:
                 continue
-            if name == "Person.Forgotten":
-                event = mapper.to_domain_event(notification)
-                calls.append((DesiredStateFold.person_forgotten, (event.originator_id, notification.id, event.at)))
-                self.originators.add(event.originator_id)
-                continue
-            state = notification.state
-            if mapper.cipher:
-                state = mapper.cipher.decrypt(state)
-            if mapper.compressor:
-                state = mapper.compressor.decompress(state)
-            fields = json.loads(state)
+            method, names = folded
             originator = notification.originator_id
             originator = originator if isinstance(originator, UUID) else UUID(str(originator))
             self.originators.add(originator)
-            calls.append((decoder[0], decoder[1](originator, notification.id, fields)))
-            for token in _tokens(fields):
-                if token.startswith("enc"):
-                    self.persons.add(token.split(":", 2)[1])
+            if name == "Person.Forgotten":
+                fields = mapper.to_domain_event(notification).__dict__
+            else:
+                state = notification.state
+                if mapper.cipher:
+                    state = mapper.cipher.decrypt(state)
+                if mapper.compressor:
+                    state = mapper.compressor.decompress(state)
+                fields = json.loads(state)
+                for token in _tokens(fields):
+                    if token.startswith("enc"):
+                        self.persons.add(token.split(":", 2)[1])
+            calls.append((method, [originator, notification.id, *[_value(fields[field]) for field in names]]))
         return calls
 
 
@@ -509,30 +509,9 @@ def _tokens(fields: dict[str, Any]) -> Iterator[str]:
         yield from staff
 
 
-def _time(value: Any) -> datetime:
-    """A datetime as the library's transcoder stores it: `{"_type_": "datetime_iso", "_data_": "…"}`."""
-    return datetime.fromisoformat(value["_data_"])
-
-
-_DECODERS: dict[str, tuple[Callable[..., None], Callable[[UUID, int, dict[str, Any]], tuple[Any, ...]]]] = {
-    "ChatGroup.Registered": (DesiredStateFold.chat_registered, lambda i, seq, f: (
-        i, seq, f["org"], f["event_id"], _time(f["occurred_at"]), _time(f["end"]), f["responsible"], f["staff"])),
-    "ChatGroup.EventRecorded": (DesiredStateFold.event_recorded, lambda i, seq, f: (
-        i, seq, _time(f["occurred_at"]), _time(f["end"]), f["chat_enabled"], f["responsible"], f["staff"])),
-    "ChatGroup.StaffingChanged": (DesiredStateFold.staffing_changed, lambda i, seq, f: (
-        i, seq, _time(f["occurred_at"]), f["person_id"], f["status"])),
-    "ChatGroup.Cancelled": (DesiredStateFold.cancelled, lambda i, seq, f: (i, seq, _time(f["occurred_at"]))),
-    "ChatGroup.Deleted": (DesiredStateFold.deleted, lambda i, seq, f: (i, seq, _time(f["occurred_at"]))),
-    "ChatGroup.ChatDeleted": (DesiredStateFold.deleted_at_backend, lambda i, seq, f: (
-        i, seq, _time(f["at"]), f["generation"])),
-    "Organisation.Registered": (DesiredStateFold.organisation_registered, lambda i, seq, f: (i, seq, f["org"])),
-    "Organisation.ChatEnabled": (DesiredStateFold.organisation_switched, lambda i, seq, f: (
-        i, seq, _time(f["occurred_at"]), True)),
-    "Organisation.ChatDisabled": (DesiredStateFold.organisation_switched, lambda i, seq, f: (
-        i, seq, _time(f["occurred_at"]), False)),
-    "Person.Registered": (DesiredStateFold.person_registered, lambda i, seq, f: (
-        i, seq, f["org"], f["pseudonym"], f["person_id"])),
-    "Person.StatusChanged": (DesiredStateFold.person_status_changed, lambda i, seq, f: (
-        i, seq, _time(f["occurred_at"]), f["status"])),
-    "Person.Forgotten": (DesiredStateFold.person_forgotten, lambda i, seq, f: ()),  # through the mapper, above
-}  # fmt: skip
+def _value(value: Any) -> Any:
+    """A field as the fold takes it: datetimes come as the library's transcoder stores them,
+    `{"_type_": "datetime_iso", "_data_": "…"}` (a decoded event already holds a datetime)."""
+    if type(value) is dict and value.get("_type_") == "datetime_iso":
+        return datetime.fromisoformat(value["_data_"])
+    return value
