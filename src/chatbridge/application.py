@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from copy import deepcopy
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import lru_cache
 from typing import Any, cast
 from uuid import UUID
@@ -202,6 +203,7 @@ class ChatBridge(EventSourcedProjection[UUID]):
             raise
         for org, person_id in processing.forgotten:  # deleted persons: their keys go once their facts are stored
             self.persons.erase_planned(org, person_id)
+        self.persons.note_named(_times_named(batch, processing.outcomes))
         self._cache_saved(processing.aggregates)
         return processing.outcomes
 
@@ -284,8 +286,11 @@ def _person_status_changed(message: PersonStatusChanged, unit: _UnitOfWork) -> s
         unit.add(person)
     person.change_status(message.id, message.occurred_at, message.data.status)
     if deleted:  # crypto-shredding: this batch is sealed knowing it, the keys go once it is stored
+        named_again = persons.named_after(message.org, person_id, message.occurred_at)
         key_version = persons.plan_erasure(message.org, person_id, message.occurred_at)
         person.forget(pseudonym, message.occurred_at, "person deleted", key_version)
+        if named_again is not None:  # an earlier batch named the new person the deletion is followed by
+            person.name_again(person_id, named_again)
     return APPLIED
 
 
@@ -357,6 +362,25 @@ def _persons_named(batch: Sequence[Received]) -> set[tuple[str, str]]:
                 named.add((message.org, data.responsible))
         elif isinstance(message, StaffingChanged | PersonStatusChanged):
             named.add((message.org, message.data.person_id))
+    return named
+
+
+def _times_named(batch: Sequence[Received], outcomes: Sequence[IntakeRecord]) -> dict[tuple[str, str], datetime]:
+    """(org, person_id) → the latest `occurred_at` of a stored chat fact naming the person."""
+    named: dict[tuple[str, str], datetime] = {}
+    for record, outcome in zip(batch, outcomes, strict=True):
+        message = record.parsed
+        if outcome.outcome != APPLIED:
+            continue
+        persons: list[str] = []
+        if isinstance(message, EventUpserted):
+            persons = [s.person_id for s in message.data.staff or ()]
+            persons += [message.data.responsible] if message.data.responsible else []
+        elif isinstance(message, StaffingChanged):
+            persons = [message.data.person_id]
+        for person_id in persons:
+            key = (message.org, person_id)
+            named[key] = max(named.get(key, message.occurred_at), message.occurred_at)
     return named
 
 

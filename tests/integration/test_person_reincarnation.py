@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from chatbridge import services
 from chatbridge.application import ChatBridge
 from chatbridge.audit.service import forget_person
 from chatbridge.audit.settings import AuditKeys
@@ -24,6 +25,9 @@ from chatbridge.audit.shredding import FOREVER, PERSON_FIELDS, VERSION_TABLE, Me
 from chatbridge.bootstrap import open_store
 from chatbridge.consumers.jsonl import ingest_lines
 from chatbridge.domain.aggregates import Person
+from chatbridge.domain.lifecycle import Policy
+from chatbridge.projections.desired_state import DesiredStateFold
+from chatbridge.projections.store import fold_log
 from chatbridge.settings import Settings
 from tests.support import ALICE, ORG, Stream
 
@@ -153,6 +157,31 @@ def test_a_person_named_after_their_deletion_is_readable_only_from_then_on(open_
         assert not report.rejected and report.outcomes == {"applied": len(piece)}
     check(app)
     check(open_app())  # another process, from the store alone
+
+
+def test_a_new_person_named_in_a_batch_stored_before_the_deletion_is_a_member(open_app: Any) -> None:
+    """Another partition ran ahead: the fact naming the new person (dated after the deletion) is stored first,
+    sealed with the key the deletion then destroys. The deletion names the person again under a fresh key, so the
+    chat has its member — and everything dated before the deletion stays erased."""
+    s = Stream()
+    s.org_on(jan(1, 8))
+    s.event("E", jan(1), start=jan(20), end=jan(21), responsible=ALICE, staff={P: "assigned"})
+    s.event("F", jan(4), start=jan(22), end=jan(23), responsible=ALICE, staff={P: "assigned"})  # after TD
+    s.person(P, "deleted", TD)
+    app = open_app()
+    for line in s.numbered():  # one batch each: the deletion comes after F is stored
+        ingest_lines(app, "hiorg", [line])
+    members = {c["event_id"]: c["members"] for c in services.simulate_lines(s.numbered(), jan(10), Policy())["chats"]}
+    assert members == {"E": [ALICE], "F": sorted([ALICE, P])}  # simulate: one batch, the in-batch rule
+    fold = DesiredStateFold(pseudonym=app.persons.pseudonym, open_name=app.persons.open)
+    fold_log(app, fold)
+    assert {c.event_id: c.members for c in fold.all_desired()} == members
+    again = open_app()  # another process, from the store alone
+    fold = DesiredStateFold(pseudonym=again.persons.pseudonym, open_name=again.persons.open)
+    fold_log(again, fold)
+    assert {c.event_id: c.members for c in fold.all_desired()} == members
+    before = [names for _, when, names, _ in named(again) if when < TD]
+    assert before and all(P not in names for names in before)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])

@@ -47,7 +47,7 @@ CREATE_STATEMENTS = (
     # person_key: the previous release's single key, moved to version 1 when the store is opened
     f"CREATE TABLE IF NOT EXISTS {KEY_TABLE} ("
     "pseudonym TEXT PRIMARY KEY, org TEXT NOT NULL, person_key TEXT, created_at TEXT NOT NULL, forgotten_at TEXT, "
-    "erased_until TEXT)",
+    "erased_until TEXT, named_until TEXT)",
     f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} ("
     "pseudonym TEXT NOT NULL, version INTEGER NOT NULL, person_key TEXT, created_at TEXT NOT NULL, "
     "destroyed_at TEXT, PRIMARY KEY (pseudonym, version))",
@@ -62,6 +62,7 @@ PERSON_FIELDS: dict[str, tuple[str, ...]] = {
     "ChatGroup.AccessRevoked": ("person_id",),
     "ChatGroup.ModeratorChanged": ("person_id",),
     "Person.Registered": ("person_id",),
+    "Person.NamedAgain": ("person_id",),
 }
 
 
@@ -88,6 +89,7 @@ class KeyState:
 
     erased_until: datetime | None = None
     keys: dict[int, bytes | None] = field(default_factory=dict)
+    named_until: datetime | None = None  # the latest time of a stored fact that named the person in a chat
 
     @property
     def latest(self) -> int:
@@ -98,7 +100,7 @@ class KeyState:
         return max((v for v, key in self.keys.items() if key and v > above), default=None)
 
     def copy(self) -> KeyState:
-        return KeyState(self.erased_until, dict(self.keys))
+        return KeyState(self.erased_until, dict(self.keys), self.named_until)
 
 
 class KeyTable(Protocol):
@@ -107,6 +109,7 @@ class KeyTable(Protocol):
     def add_version(self, pseudonym: str, org: str, version: int) -> bytes | None: ...  # None: destroyed already
     def erase(self, pseudonym: str, org: str, until: datetime, up_to: int | None) -> bool: ...  # True: a key went
     def erasures(self) -> object: ...  # a value that changes whenever any erasure is done
+    def note_named(self, named: dict[str, datetime]) -> None: ...  # pseudonym → the latest fact naming them
 
 
 class MemoryKeyTable:
@@ -149,6 +152,12 @@ class MemoryKeyTable:
     def erasures(self) -> object:
         return self._erasures
 
+    def note_named(self, named: dict[str, datetime]) -> None:
+        with self._lock:
+            for pseudonym, at in named.items():
+                state = self._states.setdefault(pseudonym, KeyState())
+                state.named_until = max(state.named_until or at, at)
+
 
 class SQLKeyTable:
     """The key tables in the store's database; `?` placeholders, converted for psycopg."""
@@ -171,6 +180,13 @@ class SQLKeyTable:
                 if attempt == 3:
                     raise
                 time.sleep(0.2 * attempt)
+        with self.datastore.transaction(commit=False) as c:  # looked at first: replicas open a store at once
+            c.execute(
+                f"SELECT 1 FROM {KEY_TABLE} WHERE person_key IS NOT NULL "
+                "OR (erased_until IS NULL AND forgotten_at IS NOT NULL) LIMIT 1"
+            )
+            if c.fetchone() is None:
+                return
         with self.datastore.transaction(commit=True) as c:
             c.execute(
                 f"INSERT INTO {VERSION_TABLE} (pseudonym, version, person_key, created_at) "
@@ -195,26 +211,30 @@ class SQLKeyTable:
         with self.datastore.transaction(commit=True) as c:
             for statement in CREATE_STATEMENTS:
                 c.execute(statement)
-            if self.placeholder == "?":
-                c.execute(f"PRAGMA table_info({KEY_TABLE})")
-                missing = "erased_until" not in {row["name"] for row in c.fetchall()}
-            else:  # looked up first: ALTER TABLE locks the table against a running worker even when it is a no-op
-                c.execute(
-                    "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
-                    f"AND table_name = '{KEY_TABLE}' AND column_name = 'erased_until'"
-                )
-                missing = c.fetchone() is None
-            if missing:
-                c.execute(f"ALTER TABLE {KEY_TABLE} ADD COLUMN erased_until TEXT")
+            for column in ("erased_until", "named_until"):
+                if self.placeholder == "?":
+                    c.execute(f"PRAGMA table_info({KEY_TABLE})")
+                    missing = column not in {row["name"] for row in c.fetchall()}
+                else:  # looked up first: ALTER TABLE locks the table against a running worker even as a no-op
+                    c.execute(
+                        "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+                        f"AND table_name = '{KEY_TABLE}' AND column_name = '{column}'"
+                    )
+                    missing = c.fetchone() is None
+                if missing:
+                    c.execute(f"ALTER TABLE {KEY_TABLE} ADD COLUMN {column} TEXT")
 
     def _select(self, c: Any, pseudonyms: list[str]) -> dict[str, KeyState]:
         states: dict[str, KeyState] = {}
         for start in range(0, len(pseudonyms), 500):
             chunk = pseudonyms[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            c.execute(self._sql(f"SELECT pseudonym, erased_until FROM {KEY_TABLE} WHERE pseudonym IN ({marks})"), chunk)
+            c.execute(
+                self._sql(f"SELECT pseudonym, erased_until, named_until FROM {KEY_TABLE} WHERE pseudonym IN ({marks})"),
+                chunk,
+            )
             for row in c.fetchall():
-                states[row["pseudonym"]] = KeyState(_parse(row["erased_until"]))
+                states[row["pseudonym"]] = KeyState(_parse(row["erased_until"]), named_until=_parse(row["named_until"]))
             c.execute(
                 self._sql(f"SELECT pseudonym, version, person_key FROM {VERSION_TABLE} WHERE pseudonym IN ({marks})"),
                 chunk,
@@ -307,6 +327,16 @@ class SQLKeyTable:
             )
         return destroyed
 
+    def note_named(self, named: dict[str, datetime]) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            c.executemany(
+                self._sql(
+                    f"UPDATE {KEY_TABLE} SET named_until = CASE WHEN named_until IS NULL OR named_until < ? THEN ? "
+                    "ELSE named_until END WHERE pseudonym = ?"
+                ),
+                [(_format(at), _format(at), pseudonym) for pseudonym, at in named.items()],
+            )
+
     def erasures(self) -> object:
         with self.datastore.transaction(commit=False) as c:
             c.execute(
@@ -383,12 +413,15 @@ class PersonKeys:
         return cipher
 
     def prepare(self, persons: set[tuple[str, str]]) -> None:
-        """Fetch or create the keys of these (org, person_id) in one transaction, before a batch is sealed."""
+        """Fetch or create the keys of these (org, person_id) in one transaction, before a batch is sealed.
+
+        Read afresh every batch, never from the cache: another replica may have erased a person or made a new key
+        since, and a name sealed with a key destroyed meanwhile could never be read again."""
         self._refresh()
         wanted = {}
         for org, person_id in persons:
             pseudonym = self.pseudonym(org, person_id)
-            if pseudonym != person_id and pseudonym not in self._states:
+            if pseudonym != person_id:
                 wanted[pseudonym] = org
         if wanted:
             states = self.table.load_many(wanted)
@@ -476,6 +509,25 @@ class PersonKeys:
         """The newest key version the person has had (0: none): an erasure now destroys up to it."""
         state = self._state(self.pseudonym(org, person_id), None, reload=True)
         return 0 if state is None else state.latest
+
+    def note_named(self, named: dict[tuple[str, str], datetime]) -> None:
+        """Remember, once a batch is stored, the latest time each person was named in a chat fact."""
+        pseudonyms: dict[str, datetime] = {}
+        for (org, person_id), at in named.items():
+            pseudonym = self.pseudonym(org, person_id)
+            if pseudonym != person_id:
+                pseudonyms[pseudonym] = max(pseudonyms.get(pseudonym, at), _utc(at))
+        if pseudonyms:
+            self.table.note_named(pseudonyms)
+
+    def named_after(self, org: str, person_id: str, until: datetime) -> datetime | None:
+        """The latest time a stored fact named the person, if it is after `until` (their deletion): such a fact,
+        stored before the deletion, names a new person (the contract) but was sealed with a key the deletion
+        destroys — the person must be named again under a fresh key."""
+        state = self._state(self.pseudonym(org, person_id), None, reload=True)
+        if state is None or state.named_until is None or state.named_until <= _utc(until):
+            return None
+        return state.named_until
 
     def plan_erasure(self, org: str, person_id: str, until: datetime) -> int:
         """Decide, before a batch is sealed, that the person's keys existing now go once it is stored and that its

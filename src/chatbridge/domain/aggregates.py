@@ -187,6 +187,13 @@ class Person(Aggregate):
     def change_status(self, message_id: str, occurred_at: datetime, status: str) -> None:
         self.status = status
 
+    @event("NamedAgain")
+    def name_again(self, person_id: str, occurred_at: datetime) -> None:
+        """The person, deleted, was already named by a fact dated `occurred_at`, after the deletion but stored before
+        it: a new person (the contract), named here under a fresh key, since that fact's key went with the deletion.
+        """
+        self.person_id = person_id
+
     @event("Forgotten")
     def forget(self, pseudonym: str, at: datetime, reason: str, key_version: int = 1) -> None:
         """The person's keys up to version `key_version` were destroyed (crypto-shredding): what named the person

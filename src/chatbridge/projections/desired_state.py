@@ -520,6 +520,13 @@ class DesiredStateFold:
             for event_id in self._index(key):
                 self._dirty((key[0], event_id))
 
+    def person_named_again(self, aggregate_id: UUID, seq: int, person: str) -> None:
+        # a name under a fresh key for a new person whose earlier facts went unreadable with the deletion
+        key = self._person_of(aggregate_id)
+        self.identity(key[0], person)
+        for event_id in self._index(key):
+            self._dirty((key[0], event_id))
+
     def person_forgotten(self, aggregate_id: UUID, seq: int, at: datetime) -> None:
         # the person's key is gone (a HiOrg deletion, or an operator's erasure): erase what named them until then
         self._erase(self._person_of(aggregate_id), (at, seq))
@@ -630,4 +637,5 @@ FOLDED: dict[str, tuple[Callable[..., None], tuple[str, ...]]] = {
     "Person.Registered": (DesiredStateFold.person_registered, ("org", "pseudonym", "person_id")),
     "Person.StatusChanged": (DesiredStateFold.person_status_changed, ("occurred_at", "status")),
     "Person.Forgotten": (DesiredStateFold.person_forgotten, ("at",)),
+    "Person.NamedAgain": (DesiredStateFold.person_named_again, ("person_id",)),
 }  # fmt: skip
