@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,11 +63,33 @@ def audit_keys(settings: Settings, *, create: bool = True) -> AuditKeys:
 
 
 def open_store(settings: Settings, policy: Policy | None = None, keys: AuditKeys | None = None) -> Store:
-    app = ChatBridge(env=store_env(settings), keys=keys or audit_keys(settings))
-    view_class = PostgresDesiredStateView if settings.store == "postgres" else SQLiteDesiredStateView
-    view = app.factory.tracking_recorder(view_class)  # type: ignore[arg-type]
-    assert isinstance(view, view_class)
+    keys = keys or audit_keys(settings)
+    with _schema_lock(settings):
+        app = ChatBridge(env=store_env(settings), keys=keys)
+        view_class = PostgresDesiredStateView if settings.store == "postgres" else SQLiteDesiredStateView
+        view = app.factory.tracking_recorder(view_class)  # type: ignore[arg-type]
+        assert isinstance(view, view_class)
+        view.ensure_current()  # rows of an earlier version of the projection are folded again
     return Store(app=app, projection=DesiredStateProjection(app, view, policy or settings.policy))
+
+
+@contextmanager
+def _schema_lock(settings: Settings) -> Iterator[None]:
+    """Replicas opening a fresh PostgreSQL store at once would race to create the same tables (a unique-violation
+    in the catalogue): one at a time, by an advisory lock held while the schema is looked at and made. SQLite
+    serialises its own schema changes."""
+    if settings.store != "postgres":
+        yield
+        return
+    with _postgres_connection(settings) as connection:
+        connection.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
+        try:
+            yield
+        finally:
+            connection.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
+
+
+_SCHEMA_LOCK = 0x63686174  # "chat": the advisory lock id chatbridge takes while it makes its schema
 
 
 # Every table chatbridge keeps in a PostgreSQL database (the library names its own after the application).

@@ -205,6 +205,13 @@ class _DesiredStateTables:
         with self.datastore.transaction(commit=True) as c:
             c.execute(self._sql(_WRITE_META), ("fold_version", FOLD_VERSION))
 
+    def ensure_current(self) -> None:
+        """Tables of an earlier version of the fold are replaced (a store opened without creating tables)."""
+        with self.datastore.transaction(commit=False) as c:
+            current = self._version(c) == FOLD_VERSION
+        if not current:
+            self.create_table()
+
     def _version(self, c: Any) -> str | None:
         if not self._table_exists(c, "desired_state_meta"):
             return None
