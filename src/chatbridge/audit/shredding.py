@@ -26,7 +26,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
@@ -110,6 +110,7 @@ class KeyTable(Protocol):
     def erase(self, pseudonym: str, org: str, until: datetime, up_to: int | None) -> bool: ...  # True: a key went
     def erasures(self) -> object: ...  # a value that changes whenever any erasure is done
     def note_named(self, named: dict[str, datetime]) -> None: ...  # pseudonym → the latest fact naming them
+    def load_states(self, pseudonyms: list[str]) -> dict[str, KeyState]: ...  # read only; unknown ones left out
 
 
 class MemoryKeyTable:
@@ -132,6 +133,10 @@ class MemoryKeyTable:
         with self._lock:
             state = self._states.get(pseudonym)
             return None if state is None else state.copy()
+
+    def load_states(self, pseudonyms: list[str]) -> dict[str, KeyState]:
+        with self._lock:
+            return {p: self._states[p].copy() for p in pseudonyms if p in self._states}
 
     def add_version(self, pseudonym: str, org: str, version: int) -> bytes | None:
         with self._lock:
@@ -269,6 +274,10 @@ class SQLKeyTable:
     def load(self, pseudonym: str) -> KeyState | None:
         with self.datastore.transaction(commit=False) as c:
             return self._select(c, [pseudonym]).get(pseudonym)
+
+    def load_states(self, pseudonyms: list[str]) -> dict[str, KeyState]:
+        with self.datastore.transaction(commit=False) as c:
+            return self._select(c, pseudonyms)
 
     def add_version(self, pseudonym: str, org: str, version: int) -> bytes | None:
         with self.datastore.transaction(commit=True) as c:
@@ -425,6 +434,15 @@ class PersonKeys:
                 wanted[pseudonym] = org
         if wanted:
             states = self.table.load_many(wanted)
+            with self._lock:
+                self._states.update(states)
+
+    def preload(self, pseudonyms: Iterable[str]) -> None:
+        """Read the keys of many persons in a few queries, before many of their tokens are opened."""
+        self._refresh()
+        wanted = [p for p in set(pseudonyms) if p not in self._states]
+        if wanted:
+            states = self.table.load_states(wanted)
             with self._lock:
                 self._states.update(states)
 

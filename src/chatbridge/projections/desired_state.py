@@ -336,6 +336,20 @@ class DesiredStateFold:
         for person, person_record in self.rows.persons_by_pseudonyms(set(pseudonyms) - loaded):
             self.load_person(person, person_record)
 
+    def load_named(self) -> None:
+        """Load, in a few queries, the persons the changed chats name (their rows are about to be walked)."""
+        if self.rows is None:
+            return
+        wanted = {
+            (org, person)
+            for org, event_id in self.dirty_chats
+            for fact in self.chats[(org, event_id)].facts
+            for person in _named(fact)
+            if (org, person) not in self.persons
+        }
+        for person, record in self.rows.persons_by_keys(wanted):
+            self.load_person(person, record)
+
     def forget_loaded(self) -> None:
         """Drop everything loaded (after a write): the next page loads what it touches."""
         assert not (self.dirty_chats or self.dirty_organisations or self.dirty_persons), "write before forgetting"

@@ -417,11 +417,17 @@ class DesiredStateProjection:
         last = self.app.recorder.max_notification_id() or 0
         fold = self._fold(self.view)
         for position in fold_pages(self.app, fold, start, last, self.page_size):
+            self._preload_keys(fold)
             self.view.write(fold, Tracking(PROJECTION_NAME, position))
             fold.forget_loaded()
             if progress:
                 progress(position - start, last - start)
         return position - start
+
+    def _preload_keys(self, fold: DesiredStateFold) -> None:
+        """The persons the rows about to be written name, and their keys: a few queries, not one each."""
+        fold.load_named()
+        self.app.persons.preload(p for (_, p), record in fold.persons.items() if record.name)
 
     def rebuild(self, progress: Progress | None = None) -> int:
         """Refold the whole log into empty tables (replay after a bug fix or a policy change)."""
@@ -432,6 +438,7 @@ class DesiredStateProjection:
             if progress:
                 progress(position, last)
         # all rows at once at the end, so readers never see a half-built projection
+        self._preload_keys(fold)
         self.view.write(fold, Tracking(PROJECTION_NAME, position) if position else None, replace_all=True)
         return position
 
