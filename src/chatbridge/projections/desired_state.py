@@ -292,6 +292,7 @@ class DesiredStateFold:
     dirty_persons: set[PersonKey] = field(default_factory=set)
     new_index_entries: set[tuple[str, str, str]] = field(default_factory=set)
     _walks: dict[ChatKey, Walk] = field(default_factory=dict)  # until the chat changes again
+    _opened: dict[str, str] = field(default_factory=dict)  # token → name, for one write (`take_dirty` clears it)
     _whole_organisations: set[str] = field(default_factory=set)  # all their chats are loaded
     _whole_index: set[PersonKey] = field(default_factory=set)  # person_chats holds all their chats
 
@@ -471,7 +472,8 @@ class DesiredStateFold:
             chats = self.person_chats.setdefault(person_key, set())
             if event_id not in chats:
                 chats.add(event_id)
-                self.new_index_entries.add((org, person, event_id))
+                if self.rows is not None:  # a fold holding everything writes the whole index (`everything`)
+                    self.new_index_entries.add((org, person, event_id))
         insort(self.chats[key].facts, fact)
         self._dirty(key)
 
@@ -578,7 +580,7 @@ class DesiredStateFold:
         names: dict[str, str] = {}
         for pseudonym in named:
             record = self._loaded_person((org, pseudonym))
-            name = self.open_name(record.name) if record is not None and record.name else pseudonym
+            name = self._open(record.name) if record is not None and record.name else pseudonym
             if is_unreadable(name):
                 statuses[pseudonym] = "deleted"  # the key is gone: no one can be a member under that name
                 continue
@@ -603,6 +605,13 @@ class DesiredStateFold:
             moderators=sorted(names[p] for p in moderators),
         )
 
+    def _open(self, token: str) -> str:
+        """A person's name, opened once per token (a person in many chats has one latest token)."""
+        name = self._opened.get(token)
+        if name is None:
+            name = self._opened[token] = self.open_name(token)
+        return name
+
     def _loaded_person(self, key: PersonKey) -> PersonRecord | None:
         record = self.persons.get(key)
         if record is None and self.rows is not None:
@@ -616,6 +625,7 @@ class DesiredStateFold:
 
     def take_dirty(self) -> Changes:
         """What changed since the last call."""
+        self._opened = {}  # a key may be destroyed before the next write
         changes = Changes(self.dirty_chats, self.dirty_organisations, self.dirty_persons, self.new_index_entries)
         self.dirty_chats, self.dirty_organisations, self.dirty_persons = set(), set(), set()
         self.new_index_entries = set()
