@@ -90,11 +90,16 @@ def throwaway_postgres_database(server: dict[str, object], prefix: str = "cbtest
 def postgres_env(postgres_server: dict[str, object]) -> Iterator[dict[str, str]]:
     """A fresh, empty database for one test, as chatbridge's environment variables."""
     with throwaway_postgres_database(postgres_server) as name:
-        yield {
-            "CHATBRIDGE_STORE": "postgres",
-            "CHATBRIDGE_POSTGRES_HOST": str(postgres_server["host"]),
-            "CHATBRIDGE_POSTGRES_PORT": str(postgres_server["port"]),
-            "CHATBRIDGE_POSTGRES_DBNAME": name,
-            "CHATBRIDGE_POSTGRES_USER": str(postgres_server["user"]),
-            "CHATBRIDGE_POSTGRES_PASSWORD": str(postgres_server["password"]),
-        }
+        yield postgres_environment(postgres_server, name)
+
+
+def postgres_environment(server: dict[str, object], database: str) -> dict[str, str]:
+    """chatbridge's environment variables for one database of the local PostgreSQL server."""
+    return {
+        "CHATBRIDGE_STORE": "postgres",
+        "CHATBRIDGE_POSTGRES_HOST": str(server["host"]),
+        "CHATBRIDGE_POSTGRES_PORT": str(server["port"]),
+        "CHATBRIDGE_POSTGRES_DBNAME": database,
+        "CHATBRIDGE_POSTGRES_USER": str(server["user"]),
+        "CHATBRIDGE_POSTGRES_PASSWORD": str(server["password"]),
+    }

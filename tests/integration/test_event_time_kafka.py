@@ -34,7 +34,7 @@ from tests.kafka_support import (
     wait_until,
     worker_env,
 )
-from tests.services import ROOT, throwaway_postgres_database
+from tests.services import ROOT, postgres_environment, throwaway_postgres_database
 
 pytestmark = pytest.mark.integration
 
@@ -184,15 +184,7 @@ def fresh_store(workdir: Path, request: pytest.FixtureRequest) -> Iterator[Calla
                 return {"CHATBRIDGE_STORE": "sqlite", "CHATBRIDGE_DATABASE": str(directory / "chatbridge.db")}
             server = request.getfixturevalue("postgres_server")
             name = stack.enter_context(throwaway_postgres_database(server, prefix="cbevtime"))
-            return {
-                "CHATBRIDGE_STORE": "postgres",
-                "CHATBRIDGE_POSTGRES_HOST": str(server["host"]),
-                "CHATBRIDGE_POSTGRES_PORT": str(server["port"]),
-                "CHATBRIDGE_POSTGRES_DBNAME": name,
-                "CHATBRIDGE_POSTGRES_USER": str(server["user"]),
-                "CHATBRIDGE_POSTGRES_PASSWORD": str(server["password"]),
-                "CHATBRIDGE_AUDIT_KEY_FILE": str(directory / "audit-keys"),
-            }
+            return {**postgres_environment(server, name), "CHATBRIDGE_AUDIT_KEY_FILE": str(directory / "audit-keys")}
 
         yield make
 
