@@ -370,13 +370,13 @@ def _times_named(batch: Sequence[Received], outcomes: Sequence[IntakeRecord]) ->
     named: dict[tuple[str, str], datetime] = {}
     for record, outcome in zip(batch, outcomes, strict=True):
         message = record.parsed
-        if outcome.outcome != APPLIED:
+        if outcome.outcome != APPLIED or not isinstance(message, EventUpserted | StaffingChanged):
             continue
         persons: list[str] = []
         if isinstance(message, EventUpserted):
             persons = [s.person_id for s in message.data.staff or ()]
             persons += [message.data.responsible] if message.data.responsible else []
-        elif isinstance(message, StaffingChanged):
+        else:
             persons = [message.data.person_id]
         for person_id in persons:
             key = (message.org, person_id)
