@@ -427,15 +427,20 @@ class PersonKeys:
         Read afresh every batch, never from the cache: another replica may have erased a person or made a new key
         since, and a name sealed with a key destroyed meanwhile could never be read again."""
         self._refresh()
-        wanted = {}
+        new, known = {}, []
         for org, person_id in persons:
             pseudonym = self.pseudonym(org, person_id)
-            if pseudonym != person_id:
-                wanted[pseudonym] = org
-        if wanted:
-            states = self.table.load_many(wanted)
-            with self._lock:
-                self._states.update(states)
+            if pseudonym == person_id:
+                continue
+            if pseudonym in self._states:
+                known.append(pseudonym)
+            else:
+                new[pseudonym] = org
+        states = self.table.load_many(new) if new else {}  # made when unknown, in one transaction
+        if known:
+            states.update(self.table.load_states(known))  # read only
+        with self._lock:
+            self._states.update(states)
 
     def preload(self, pseudonyms: Iterable[str]) -> None:
         """Read the keys of many persons in a few queries, before many of their tokens are opened."""

@@ -292,6 +292,8 @@ class DesiredStateFold:
     dirty_persons: set[PersonKey] = field(default_factory=set)
     new_index_entries: set[tuple[str, str, str]] = field(default_factory=set)
     _walks: dict[ChatKey, Walk] = field(default_factory=dict)  # until the chat changes again
+    _absent: set[PersonKey] = field(default_factory=set)  # looked up, no row: new to the projection
+    _absent_pseudonyms: set[str] = field(default_factory=set)
     _opened: dict[str, str] = field(default_factory=dict)  # token → name, for one write (`take_dirty` clears it)
     _whole_organisations: set[str] = field(default_factory=set)  # all their chats are loaded
     _whole_index: set[PersonKey] = field(default_factory=set)  # person_chats holds all their chats
@@ -333,9 +335,10 @@ class DesiredStateFold:
             i for i in wanted if i not in self.person_keys
         ):
             self.load_organisation(org, aggregate_id, switches)
-        loaded = {pseudonym for _, pseudonym in self.persons}
-        for person, person_record in self.rows.persons_by_pseudonyms(set(pseudonyms) - loaded):
+        wanted = set(pseudonyms) - {pseudonym for _, pseudonym in self.persons}
+        for person, person_record in self.rows.persons_by_pseudonyms(wanted):
             self.load_person(person, person_record)
+        self._absent_pseudonyms |= wanted - {pseudonym for _, pseudonym in self.persons}
 
     def load_named(self) -> None:
         """Load, in a few queries, the persons the changed chats name (their rows are about to be walked)."""
@@ -350,6 +353,7 @@ class DesiredStateFold:
         }
         for person, record in self.rows.persons_by_keys(wanted):
             self.load_person(person, record)
+        self._absent |= wanted - self.persons.keys()
 
     def forget_loaded(self) -> None:
         """Drop everything loaded (after a write): the next page loads what it touches."""
@@ -359,6 +363,8 @@ class DesiredStateFold:
             mapping.clear()
         self._whole_organisations.clear()
         self._whole_index.clear()
+        self._absent.clear()
+        self._absent_pseudonyms.clear()
 
     def _chat_of(self, aggregate_id: UUID) -> ChatKey:
         key = self.chat_keys.get(aggregate_id)
@@ -614,10 +620,14 @@ class DesiredStateFold:
 
     def _loaded_person(self, key: PersonKey) -> PersonRecord | None:
         record = self.persons.get(key)
-        if record is None and self.rows is not None:
+        if record is None and self.rows is not None and key not in self._absent:
+            if key[1] in self._absent_pseudonyms:
+                return None
             for loaded, loaded_record in self.rows.persons_by_keys([key]):
                 self.load_person(loaded, loaded_record)
             record = self.persons.get(key)
+            if record is None:
+                self._absent.add(key)
         return record
 
     def all_desired(self) -> list[DesiredChat]:
