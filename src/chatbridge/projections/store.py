@@ -415,6 +415,10 @@ class DesiredStateProjection:
     def _catch_up(self, progress: Progress | None) -> int:
         start = position = self.position()
         last = self.app.recorder.max_notification_id() or 0
+        if start == 0 and last > 10 * self.page_size:
+            # nothing folded yet and a backlog: folded in memory and written once is several times faster (a crash
+            # before the end starts it again, losing no fact)
+            return self.rebuild(progress)
         fold = self._fold(self.view)
         for position in fold_pages(self.app, fold, start, last, self.page_size):
             self._preload_keys(fold)
