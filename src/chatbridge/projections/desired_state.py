@@ -62,8 +62,9 @@ def is_unreadable(name: str) -> bool:
     return len(name) == 35 and name.startswith("ps-")
 
 
-def _token_parts(token: str) -> tuple[str, bool]:
-    """(pseudonym, sealed) of a stored person token (`enc1:{pseudonym}:{…}`, `enc2:{pseudonym}:{version}:{…}`)."""
+def token_parts(token: str) -> tuple[str, bool]:
+    """(pseudonym, sealed) of a stored person token (`enc1:{pseudonym}:{…}`, `enc2:{pseudonym}:{version}:{…}`,
+    written by audit.shredding): the pseudonym is in the clear, so the fold needs no key to know the person."""
     parts = token.split(":")
     return parts[1], len(parts) > 2 and bool(parts[-1])
 
@@ -443,7 +444,7 @@ class DesiredStateFold:
     def identity(self, org: str, name: str) -> str:
         """The pseudonym of the person a name in an event stands for, remembering a name that can be opened."""
         if name.startswith("enc"):  # a stored token: the pseudonym is in the clear
-            pseudonym, sealed = _token_parts(name)
+            pseudonym, sealed = token_parts(name)
             if sealed:
                 self._person((org, pseudonym)).name = name
             return pseudonym

@@ -47,6 +47,7 @@ from chatbridge.projections.desired_state import (
     chat_aggregate_id,
     organisation_aggregate_id,
     person_aggregate_id,
+    token_parts,
 )
 
 PROJECTION_NAME = "desired_state"
@@ -512,7 +513,7 @@ class StoredFacts:
                 fields = json.loads(state)
                 for token in _tokens(fields):
                     if token.startswith("enc"):
-                        self.persons.add(token.split(":", 2)[1])
+                        self.persons.add(token_parts(token)[0])
             calls.append((method, [originator, notification.id, *[_value(fields[field]) for field in names]]))
         return calls
 
