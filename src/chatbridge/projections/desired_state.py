@@ -336,10 +336,10 @@ class DesiredStateFold:
             i for i in wanted if i not in self.person_keys
         ):
             self.load_organisation(org, aggregate_id, switches)
-        wanted = set(pseudonyms) - {pseudonym for _, pseudonym in self.persons}
-        for person, person_record in self.rows.persons_by_pseudonyms(wanted):
+        named = set(pseudonyms) - {pseudonym for _, pseudonym in self.persons}
+        for person, person_record in self.rows.persons_by_pseudonyms(named):
             self.load_person(person, person_record)
-        self._absent_pseudonyms |= wanted - {pseudonym for _, pseudonym in self.persons}
+        self._absent_pseudonyms |= named - {pseudonym for _, pseudonym in self.persons}
 
     def load_named(self) -> None:
         """Load, in a few queries, the persons the changed chats name (their rows are about to be walked)."""
