@@ -73,7 +73,6 @@ class Generation:
     frozen: Deadlines | None = None  # the deadlines at the moment the generation was deleted
 
 
-
 @dataclass
 class ChatLife:
     """Everything the policy needs to know about one event's chat."""
