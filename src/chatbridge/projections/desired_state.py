@@ -69,7 +69,7 @@ def token_parts(token: str) -> tuple[str, bool]:
     return parts[1], len(parts) > 2 and bool(parts[-1])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DesiredChat:
     """One row of the desired state: what the chat should be, independent of the clock but for `phase(now)`."""
 

@@ -328,26 +328,43 @@ class _DesiredStateTables:
                 (_WRITE_INDEX, list(changes.index_entries))]  # fmt: skip
 
     def desired_chats(self) -> list[DesiredChat]:
+        """Every chat's row. Read a chunk at a time, with one object for each person id and each deadline however
+        many chats share it: the reconciler holds all rows, and a large installation has many."""
+        shared: dict[Any, Any] = {}
+
+        def one(value: Any) -> Any:
+            return shared.setdefault(value, value)
+
+        def persons(text: str) -> list[str]:
+            return [one(person) for person in json.loads(text)]
+
+        def moment(text: str | None) -> datetime | None:
+            return None if text is None else one(_unstamp(text))
+
+        chats: list[DesiredChat] = []
         with self.datastore.transaction(commit=False) as c:
             c.execute(
                 "SELECT org, event_id, generation, deleted, awaiting_organisation, read_only_at, delete_at, "
                 "next_due, members, moderators FROM desired_state ORDER BY org, event_id"
             )
-            return [
-                DesiredChat(
-                    org=row["org"],
-                    event_id=row["event_id"],
-                    generation=row["generation"],
-                    deleted=bool(row["deleted"]),
-                    awaiting_organisation=bool(row["awaiting_organisation"]),
-                    read_only_at=_unstamp(row["read_only_at"]),  # type: ignore[arg-type]
-                    delete_at=_unstamp(row["delete_at"]),  # type: ignore[arg-type]
-                    next_due=_unstamp(row["next_due"]),
-                    members=json.loads(row["members"]),
-                    moderators=json.loads(row["moderators"]),
+            cursor = getattr(c, "sqlite_cursor", c)  # the library's SQLite wrapper has no fetchmany; its cursor has
+            while rows := cursor.fetchmany(5000):
+                chats.extend(
+                    DesiredChat(
+                        org=one(row["org"]),
+                        event_id=row["event_id"],
+                        generation=row["generation"],
+                        deleted=bool(row["deleted"]),
+                        awaiting_organisation=bool(row["awaiting_organisation"]),
+                        read_only_at=moment(row["read_only_at"]),  # type: ignore[arg-type]
+                        delete_at=moment(row["delete_at"]),  # type: ignore[arg-type]
+                        next_due=moment(row["next_due"]),
+                        members=persons(row["members"]),
+                        moderators=persons(row["moderators"]),
+                    )
+                    for row in rows
                 )
-                for row in c.fetchall()
-            ]
+        return chats
 
     def chats_of_person(self, org: str, pseudonym: str) -> list[str]:
         """The person index: every event whose chat named the person (known by their pseudonym)."""

@@ -48,7 +48,7 @@ from chatbridge.reconciler.plan import Step, StepKind, hold_deletion, plan
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(slots=True)
 class ChatState:
     """What the loop remembers about one chat between passes."""
 
@@ -68,7 +68,7 @@ class ChatState:
     stays_deleted: bool = False  # the desired generation was confirmed deleted: never created again
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChatOutcome:
     """One chat's reconciliation in one pass."""
 
@@ -186,10 +186,14 @@ class Reconciler:
     # -- passes ----------------------------------------------------------------------------------------------
 
     def pass_once(self, rows: list[DesiredChat], now: datetime) -> PassReport:
-        """Reconcile every chat that needs a look at `now`, with bounded concurrency; waits for all of them."""
-        futures = self.submit(rows, now)
+        """Reconcile every chat that needs a look at `now`, with bounded concurrency; waits for all of them.
+
+        Submitted a slice at a time: a future per chat of a large installation at once would hold more memory than
+        the chats' rows themselves."""
         report = PassReport(considered=len(rows))
-        report.outcomes = [future.result() for future in futures]
+        step = 64 * self.settings.concurrency
+        for start in range(0, len(rows), step):
+            report.outcomes.extend(future.result() for future in self.submit(rows[start : start + step], now))
         report.parked = self.parked()
         return report
 
