@@ -48,6 +48,7 @@ CREATE_STATEMENTS = (
     f"CREATE TABLE IF NOT EXISTS {KEY_TABLE} ("
     "pseudonym TEXT PRIMARY KEY, org TEXT NOT NULL, person_key TEXT, created_at TEXT NOT NULL, forgotten_at TEXT, "
     "erased_until TEXT, named_until TEXT)",
+    f"CREATE INDEX IF NOT EXISTS {KEY_TABLE}_forgotten ON {KEY_TABLE} (forgotten_at)",  # erasures(), each batch
     f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} ("
     "pseudonym TEXT NOT NULL, version INTEGER NOT NULL, person_key TEXT, created_at TEXT NOT NULL, "
     "destroyed_at TEXT, PRIMARY KEY (pseudonym, version))",
@@ -72,7 +73,7 @@ def _format(moment: datetime) -> str:
 
 
 def _parse(text: str | None) -> datetime | None:
-    return None if text is None else datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return None if text is None else datetime.fromisoformat(text)  # the fixed format above, with its Z
 
 
 def _utc(moment: datetime) -> datetime:
@@ -390,10 +391,10 @@ class PersonKeys:
         pseudonym = self._pseudonyms[(org, person_id)] = "ps-" + mac.hexdigest()[:32]
         return pseudonym
 
-    def _refresh(self) -> None:
+    def _refresh(self, *, now_please: bool = False) -> None:
         # Another process (`gdpr forget`, another replica) may have destroyed keys this process still holds.
         now = time.monotonic()
-        if now - self._checked < self._recheck:
+        if now - self._checked < self._recheck and not now_please:
             return
         self._checked = now
         erasures = self.table.erasures()
@@ -424,23 +425,19 @@ class PersonKeys:
     def prepare(self, persons: set[tuple[str, str]]) -> None:
         """Fetch or create the keys of these (org, person_id) in one transaction, before a batch is sealed.
 
-        Read afresh every batch, never from the cache: another replica may have erased a person or made a new key
-        since, and a name sealed with a key destroyed meanwhile could never be read again."""
-        self._refresh()
-        new, known = {}, []
+        Whether another process erased anyone is asked every batch (one indexed query), not once a second: a name
+        sealed with a key another replica destroyed meanwhile could never be read again. A key version another
+        process made is found when sealing looks again."""
+        self._refresh(now_please=True)
+        wanted = {}
         for org, person_id in persons:
             pseudonym = self.pseudonym(org, person_id)
-            if pseudonym == person_id:
-                continue
-            if pseudonym in self._states:
-                known.append(pseudonym)
-            else:
-                new[pseudonym] = org
-        states = self.table.load_many(new) if new else {}  # made when unknown, in one transaction
-        if known:
-            states.update(self.table.load_states(known))  # read only
-        with self._lock:
-            self._states.update(states)
+            if pseudonym != person_id and pseudonym not in self._states:
+                wanted[pseudonym] = org
+        if wanted:
+            states = self.table.load_many(wanted)  # made when unknown, in one transaction
+            with self._lock:
+                self._states.update(states)
 
     def preload(self, pseudonyms: Iterable[str]) -> None:
         """Read the keys of many persons in a few queries, before many of their tokens are opened."""

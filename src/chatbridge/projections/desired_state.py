@@ -62,6 +62,11 @@ def is_unreadable(name: str) -> bool:
     return len(name) == 35 and name.startswith("ps-")
 
 
+def _same_key(kept: str, name: str) -> bool:
+    """Two names that open alike: the same HiOrg id, or tokens of one key version (`enc2:{pseudonym}:{version}:…`)."""
+    return kept == name or (name.startswith("enc2:") and kept.rsplit(":", 1)[0] == name.rsplit(":", 1)[0])
+
+
 def token_parts(token: str) -> tuple[str, bool]:
     """(pseudonym, sealed) of a stored person token (`enc1:{pseudonym}:{…}`, `enc2:{pseudonym}:{version}:{…}`,
     written by audit.shredding): the pseudonym is in the clear, so the fold needs no key to know the person."""
@@ -446,13 +451,21 @@ class DesiredStateFold:
         if name.startswith("enc"):  # a stored token: the pseudonym is in the clear
             pseudonym, sealed = token_parts(name)
             if sealed:
-                self._person((org, pseudonym)).name = name
+                self._name((org, pseudonym), name)
             return pseudonym
         if is_unreadable(name):
             return name
         pseudonym = self.pseudonym(org, name)
-        self._person((org, pseudonym)).name = name
+        self._name((org, pseudonym), name)
         return pseudonym
+
+    def _name(self, key: PersonKey, name: str) -> None:
+        """Keep the latest name of the person; a token sealed with the same key as the one kept is as good (each
+        fact's token differs only by its nonce), so the person's row is not written again for it."""
+        record = self.persons.get(key) or self._loaded_person(key)
+        if record is not None and record.name is not None and _same_key(record.name, name):
+            return
+        self._person(key).name = name
 
     def _identities(self, org: str, names: dict[str, str] | None) -> dict[str, str] | None:
         return None if names is None else {self.identity(org, p): s for p, s in names.items()}
