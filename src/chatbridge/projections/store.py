@@ -400,16 +400,23 @@ DesiredStateView = SQLiteDesiredStateView | PostgresDesiredStateView
 class DesiredStateProjection:
     """Follows the application's notification log into its view (`SQLiteDesiredStateView` or the PostgreSQL one).
 
-    Catching up folds a page of the log at a time with a fold that loads just the rows the page touches, writes
-    the changed rows with the new position in one transaction, and forgets them: memory is bounded by the page,
-    whatever the size of the store. A rebuild folds the whole log in memory and writes every row at the end.
+    Catching up folds a page of the log at a time with a fold that loads just the rows the page touches and
+    writes the changed rows with the new position in one transaction. The rows loaded stay for the next page and
+    the next catch-up (a live stream touches the same chats again), up to `keep_rows`, then are forgotten: memory
+    is bounded whatever the size of the store. When another process moved the projection on, what this one holds
+    is dropped. A rebuild folds the whole log in memory and writes every row at the end.
     """
 
-    def __init__(self, app: ChatBridge, view: DesiredStateView, policy: Policy, page_size: int = 5000):
+    def __init__(
+        self, app: ChatBridge, view: DesiredStateView, policy: Policy, page_size: int = 5000, keep_rows: int = 20000
+    ):
         self.app = app
         self.view = view
         self.policy = policy
         self.page_size = page_size
+        self.keep_rows = keep_rows
+        self._kept: DesiredStateFold | None = None
+        self._kept_at = 0  # the position the kept rows were written at
 
     def position(self) -> int:
         return self.view.max_tracking_id(PROJECTION_NAME) or 0
@@ -427,7 +434,7 @@ class DesiredStateProjection:
             try:
                 return self._catch_up(progress)
             except IntegrityError:
-                pass  # another process (a replica, `replay`) stored the same notifications first: go on from there
+                self._kept = None  # another process (a replica, `replay`) folded first: go on from its rows
         raise IntegrityError("the desired-state projection kept moving under this process; try again")
 
     def _catch_up(self, progress: Progress | None) -> int:
@@ -437,13 +444,16 @@ class DesiredStateProjection:
             # nothing folded yet and a backlog: folded in memory and written once is several times faster (a crash
             # before the end starts it again, losing no fact)
             return self.rebuild(progress)
-        fold = self._fold(self.view)
+        fold = self._kept if self._kept is not None and self._kept_at == start else self._fold(self.view)
+        self._kept = None
         for position in fold_pages(self.app, fold, start, last, self.page_size):
             self._preload_keys(fold)
             self.view.write(fold, Tracking(PROJECTION_NAME, position))
-            fold.forget_loaded()
+            if len(fold.chats) + len(fold.persons) > self.keep_rows:
+                fold.forget_loaded()
             if progress:
                 progress(position - start, last - start)
+        self._kept, self._kept_at = fold, position
         return position - start
 
     def _preload_keys(self, fold: DesiredStateFold) -> None:
@@ -453,6 +463,7 @@ class DesiredStateProjection:
 
     def rebuild(self, progress: Progress | None = None) -> int:
         """Refold the whole log into empty tables (replay after a bug fix or a policy change)."""
+        self._kept = None
         fold = self._fold(None)
         last = self.app.recorder.max_notification_id() or 0
         position = 0
