@@ -350,18 +350,25 @@ def _staffing_changed(message: StaffingChanged, unit: _UnitOfWork) -> str:
     )
 
 
+def _chat_persons(message: Message | Rejection) -> list[str]:
+    """The persons a message names as an event's staff or responsible (the facts that name persons in chats)."""
+    if isinstance(message, EventUpserted):
+        data = message.data
+        return [s.person_id for s in data.staff or ()] + ([data.responsible] if data.responsible else [])
+    if isinstance(message, StaffingChanged):
+        return [message.data.person_id]
+    return []
+
+
 def _persons_named(batch: Sequence[Received]) -> set[tuple[str, str]]:
     """(org, person_id) of every person the batch's messages name: their events will be sealed with their keys."""
     named: set[tuple[str, str]] = set()
     for record in batch:
         message = record.parsed
-        if isinstance(message, EventUpserted):
-            data = message.data
-            named.update((message.org, s.person_id) for s in data.staff or ())
-            if data.responsible:
-                named.add((message.org, data.responsible))
-        elif isinstance(message, StaffingChanged | PersonStatusChanged):
+        if isinstance(message, PersonStatusChanged):
             named.add((message.org, message.data.person_id))
+        elif isinstance(message, EventUpserted | StaffingChanged):
+            named.update((message.org, person_id) for person_id in _chat_persons(message))
     return named
 
 
@@ -372,13 +379,7 @@ def _times_named(batch: Sequence[Received], outcomes: Sequence[IntakeRecord]) ->
         message = record.parsed
         if outcome.outcome != APPLIED or not isinstance(message, EventUpserted | StaffingChanged):
             continue
-        persons: list[str] = []
-        if isinstance(message, EventUpserted):
-            persons = [s.person_id for s in message.data.staff or ()]
-            persons += [message.data.responsible] if message.data.responsible else []
-        else:
-            persons = [message.data.person_id]
-        for person_id in persons:
+        for person_id in _chat_persons(message):
             key = (message.org, person_id)
             named[key] = max(named.get(key, message.occurred_at), message.occurred_at)
     return named
