@@ -323,9 +323,6 @@ class DesiredStateFold:
         self.persons[key] = record
         self.person_keys[person_aggregate_id(*key)] = key
 
-    def load_index_entry(self, org: str, person: str, event_id: str) -> None:
-        self.person_chats.setdefault((org, person), set()).add(event_id)
-
     def prefetch(self, originator_ids: Iterable[UUID], pseudonyms: Iterable[str] = ()) -> None:
         """Load the rows a page of the log is about — its aggregates and the persons it names — in a few queries
         rather than one each."""

@@ -247,29 +247,31 @@ class _DesiredStateTables:
                 c.execute(self._sql(f"{statement} WHERE {column} IN ({', '.join('?' * len(chunk))})"), chunk)
                 yield from c.fetchall()
 
-    def chats_by_ids(self, ids: Iterable[UUID]) -> Iterator[tuple[ChatKey, ChatRecord]]:
-        for row in self._select("SELECT org, event_id, fold_state FROM desired_state", "aggregate_id",
-                                (str(i) for i in ids)):  # fmt: skip
+    def _chats(self, column: str, values: Iterable[Any]) -> Iterator[tuple[ChatKey, ChatRecord]]:
+        for row in self._select("SELECT org, event_id, fold_state FROM desired_state", column, values):
             yield (row["org"], row["event_id"]), _chat_from_json(row["fold_state"])
+
+    def _persons(self, column: str, values: Iterable[Any]) -> Iterator[tuple[PersonKey, PersonRecord]]:
+        for row in self._select("SELECT org, person_id, fold_state FROM person_status", column, values):
+            yield (row["org"], row["person_id"]), _person_from_json(row["fold_state"])
+
+    def chats_by_ids(self, ids: Iterable[UUID]) -> Iterator[tuple[ChatKey, ChatRecord]]:
+        return self._chats("aggregate_id", (str(i) for i in ids))
 
     def chats_by_keys(self, keys: Iterable[ChatKey]) -> Iterator[tuple[ChatKey, ChatRecord]]:
         return self.chats_by_ids(chat_aggregate_id(*key) for key in keys)
 
     def chats_of_organisation(self, org: str) -> Iterator[tuple[ChatKey, ChatRecord]]:
-        for row in self._select("SELECT org, event_id, fold_state FROM desired_state", "org", [org]):
-            yield (row["org"], row["event_id"]), _chat_from_json(row["fold_state"])
+        return self._chats("org", [org])
 
     def persons_by_ids(self, ids: Iterable[UUID]) -> Iterator[tuple[PersonKey, PersonRecord]]:
-        for row in self._select("SELECT org, person_id, fold_state FROM person_status", "aggregate_id",
-                                (str(i) for i in ids)):  # fmt: skip
-            yield (row["org"], row["person_id"]), _person_from_json(row["fold_state"])
+        return self._persons("aggregate_id", (str(i) for i in ids))
 
     def persons_by_keys(self, keys: Iterable[PersonKey]) -> Iterator[tuple[PersonKey, PersonRecord]]:
         return self.persons_by_ids(person_aggregate_id(*key) for key in keys)
 
     def persons_by_pseudonyms(self, pseudonyms: Iterable[str]) -> Iterator[tuple[PersonKey, PersonRecord]]:
-        for row in self._select("SELECT org, person_id, fold_state FROM person_status", "person_id", pseudonyms):
-            yield (row["org"], row["person_id"]), _person_from_json(row["fold_state"])
+        return self._persons("person_id", pseudonyms)
 
     def organisations_by_ids(self, ids: Iterable[UUID]) -> Iterator[tuple[str, UUID, list[Switch]]]:
         for row in self._select("SELECT org, aggregate_id, fold_state FROM organisation_feature", "aggregate_id",
