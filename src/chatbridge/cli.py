@@ -298,8 +298,8 @@ def _outcomes(outcomes: dict[str, int]) -> str:
 
 dlq_app = typer.Typer(help="Dead letters: list rejected records, re-drive them once the cause is fixed.")
 app.add_typer(dlq_app, name="dlq")
-app.add_typer(audit_app, name="audit")  # issue 5: audit queries and `audit verify`
-app.add_typer(gdpr_app, name="gdpr")  # issue 5: `gdpr forget`
+app.add_typer(audit_app, name="audit")  # the audit queries and `audit verify`
+app.add_typer(gdpr_app, name="gdpr")  # `gdpr forget`
 
 Reason = Annotated[str | None, typer.Option("--reason", help="Only letters whose reason contains this text.")]
 Since = Annotated[str | None, typer.Option("--since", help="Only letters dead-lettered at or after (ISO 8601).")]
@@ -481,7 +481,7 @@ def main() -> None:
     app()
 
 
-# -- reconcile (issue #4): the chats at the chat backend brought in line with the desired state ----------------
+# -- reconcile: the chats at the chat backend brought in line with the desired state ----------------
 
 
 @app.command()

@@ -1,1 +1,1 @@
-"""Audit queries, the hash chain and crypto-shredding come with issue 5."""
+"""The audit: queries answered from the log alone, the hash chain and its checkpoints, crypto-shredding."""

@@ -1,1 +1,1 @@
-"""Message sources: JSONL files now; the Kafka poll loop with tracking and dead letters comes with issue 3."""
+"""Message sources: JSONL files and the Kafka poll loop (positions stored with the events), and dead letters."""
