@@ -1,1 +1,1 @@
-"""The chat backend port and its Matrix (Synapse) adapter come with issue 4."""
+"""The chat backend port, its Matrix (Synapse) adapter, and an in-memory fake for tests."""

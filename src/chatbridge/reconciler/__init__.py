@@ -1,1 +1,1 @@
-"""The level-triggered reconciler (plan and apply against the chat backend) comes with issue 4."""
+"""The level-triggered reconciler: a pure plan per chat, its apply against the chat backend, and the loop."""
