@@ -56,6 +56,24 @@ def test_a_chat_is_encrypted_invite_only_without_guests_inside_its_space(matrix:
     assert matrix.chat_link(chat.chat_id).startswith("https://matrix.to/#/!")
 
 
+def test_a_chat_the_bridge_user_is_not_in_is_read_through_the_admin_api(matrix, synapse: Synapse, org):
+    """The alias resolves but the room's state is forbidden to a non-member (the bridge user never joined it, was
+    kicked, or the room is just being made): the chat is read as it is, not reported as an error."""
+    alice = synapse.register_user(matrix.user_id(org, person()))
+    alias = matrix._chat_alias(org, "4713", 1)
+    with alice.client() as client:
+        created = client.post(
+            "/_matrix/client/v3/createRoom", json={"preset": "private_chat", "room_alias_name": alias}
+        )
+    assert created.status_code == 200, created.text
+    with synapse.admin() as client:
+        forbidden = client.get(f"/_matrix/client/v3/rooms/{created.json()['room_id']}/state")
+    assert forbidden.status_code == 403  # what the bridge user's own read answers
+    chat = matrix.get_chat(org, "4713", 1)
+    assert chat is not None and chat.chat_id == created.json()["room_id"]
+    assert chat.members == {alice.user_id} and not chat.read_only  # (a v12 room's creator has no power level)
+
+
 def test_members_join_idempotently_and_unknown_or_deactivated_accounts_are_pending(matrix, synapse: Synapse, org):
     chat = matrix.create_chat(org, "1", 1, matrix.ensure_tenant(org, TENANT).tenant_id)
     alice, ghost, gone = (matrix.user_id(org, person()) for _ in range(3))

@@ -270,11 +270,22 @@ class MatrixBackend:
         response = self._request("read room state", "GET", f"/_matrix/client/v3/rooms/{_path(room)}/state")
         if response.status_code == 404:
             return None
-        if response.status_code != 200:
+        if response.status_code == 403:
+            # the bridge user is not in the room (not yet, or kicked, or the room is being deleted) though its
+            # alias resolves: the admin API reads the room without membership — state, not an error
+            response = self._request("read room state", "GET", f"/_synapse/admin/v1/rooms/{_path(room)}/state")
+            if response.status_code == 404:
+                return None
+            if response.status_code != 200:
+                raise self._error("read room state", response)
+            state = response.json()["state"]
+        elif response.status_code != 200:
             raise self._error("read room state", response)
+        else:
+            state = response.json()
         members: set[str] = set()
         levels: dict[str, Any] | None = None
-        for event in response.json():
+        for event in state:
             kind, content = event.get("type"), event.get("content") or {}
             if kind == "m.room.member":
                 if content.get("membership") in ("join", "invite") and event["state_key"] != bot:
