@@ -25,6 +25,16 @@ pid_alive() {
     tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$marker"
 }
 
+# child_running PID -> 0 while a process this script just started runs (not exited, not a zombie). Unlike
+# pid_alive it asks no marker: between fork and exec the child's command line is still this script's.
+child_running() {
+    local pid="$1" stat
+    [[ -n "$pid" && "$pid" =~ ^[0-9]+$ ]] || return 1
+    stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
+    stat="${stat##*) }"
+    [[ -n "$stat" && "${stat:0:1}" != "Z" ]]
+}
+
 # read_pid FILE -> prints the pid stored in FILE (first line), or nothing
 read_pid() {
     if [[ -f "$1" ]]; then head -n1 "$1" 2>/dev/null || true; fi

@@ -67,7 +67,7 @@ PY
 wait_ready() {
     local pid="$1" t0=$SECONDS
     while ! ready; do
-        if ! pid_alive "$pid" "$MARKER"; then
+        if ! child_running "$pid"; then
             echo "----- last 40 lines of $LOGFILE -----" >&2
             tail -n 40 "$LOGFILE" >&2 || true
             rm -f "$PIDFILE"

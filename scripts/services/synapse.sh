@@ -75,7 +75,7 @@ ensure_config() {
 wait_ready() {
     local pid="$1" t0=$SECONDS
     while ! answers; do
-        if ! pid_alive "$pid" "$MARKER"; then
+        if ! child_running "$pid"; then
             echo "----- last 40 lines of $OUTFILE / $HSLOG -----" >&2
             tail -n 20 "$OUTFILE" >&2 || true
             tail -n 20 "$HSLOG" >&2 || true
