@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -82,8 +83,15 @@ def throwaway_postgres_database(server: dict[str, object], prefix: str = "cbtest
     try:
         yield name
     finally:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
+        try:
+            for attempt in range(20):
+                try:
+                    admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+                    break
+                except psycopg.errors.InsufficientPrivilege:  # an autovacuum worker in it, on a server whose
+                    time.sleep(0.5)  # role lacks pg_signal_backend: it is done in a moment
+        finally:
+            admin.close()
 
 
 @pytest.fixture

@@ -118,6 +118,8 @@ BEGIN
   END IF;
 END
 \$\$;
+-- the tests drop their throwaway databases WITH (FORCE), which must also stop an autovacuum worker busy in one
+GRANT pg_signal_backend TO $DB_USER;
 SELECT 'CREATE DATABASE $DB_NAME OWNER $DB_USER'
  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$DB_NAME') \gexec
 SQL
@@ -151,6 +153,7 @@ do_start() {
     pid="$(server_pid)"
     if [[ -n "$pid" ]] && accepting; then
         log "already running (pid $pid) on 127.0.0.1:$PORT"
+        ensure_role_and_db  # a server started by an older version of this script gets today's role and grants
         return 0
     fi
     if [[ -z "$pid" ]] && port_open "$PORT"; then

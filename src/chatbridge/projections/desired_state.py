@@ -29,7 +29,7 @@ timelines — so all of them answer alike by construction.
 from __future__ import annotations
 
 import heapq
-from bisect import insort
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -264,6 +264,19 @@ class RowSource(Protocol):
     def index_of(self, person: PersonKey) -> set[str]: ...
 
 
+def _insert_once(facts: list[Any], fact: tuple[Any, ...]) -> bool:
+    """Insert a fact in its (occurred_at, notification id) place unless that notification's fact is already there;
+    False when it was. Replicas fold the same log side by side: a row loaded after another process wrote it may
+    already hold facts this fold is about to add, and a fact folded twice is not harmless (an upsert seen twice
+    settles the generation it started)."""
+    stamp = fact[:2]
+    index = bisect_left(facts, stamp, key=lambda kept: kept[:2])
+    if index < len(facts) and facts[index][:2] == stamp:
+        return False
+    facts.insert(index, fact)
+    return True
+
+
 def _named(fact: ChatFact) -> Iterator[str]:
     kind = fact[2]
     if kind == UPSERT:
@@ -483,6 +496,8 @@ class DesiredStateFold:
 
     def _add_fact(self, key: ChatKey, fact: ChatFact) -> None:
         """Insert a fact in its place and index the persons it names."""
+        if not _insert_once(self.chats[key].facts, fact):
+            return
         org, event_id = key
         for person in _named(fact):
             person_key = (org, person)
@@ -491,7 +506,6 @@ class DesiredStateFold:
                 chats.add(event_id)
                 if self.rows is not None:  # a fold holding everything writes the whole index (`everything`)
                     self.new_index_entries.add((org, person, event_id))
-        insort(self.chats[key].facts, fact)
         self._dirty(key)
 
     def chat_registered(self, aggregate_id: UUID, seq: int, org: str, event_id: str, at: datetime, end: datetime,
@@ -533,7 +547,8 @@ class DesiredStateFold:
 
     def organisation_switched(self, aggregate_id: UUID, seq: int, at: datetime, on: bool) -> None:
         org = self._organisation_of(aggregate_id)
-        insort(self._organisation(org), (at, seq, on))
+        if not _insert_once(self._organisation(org), (at, seq, on)):
+            return
         self.dirty_organisations.add(org)
         for event_id in self._whole_organisation(org):
             self._dirty((org, event_id))
@@ -546,7 +561,8 @@ class DesiredStateFold:
 
     def person_status_changed(self, aggregate_id: UUID, seq: int, at: datetime, status: str) -> None:
         key = self._person_of(aggregate_id)
-        insort(self._person(key).statuses, (at, seq, status))
+        if not _insert_once(self._person(key).statuses, (at, seq, status)):
+            return
         if status == "deleted":
             self._erase((key), (at, seq))
         else:
@@ -566,7 +582,8 @@ class DesiredStateFold:
 
     def _erase(self, key: PersonKey, until: Stamp) -> None:
         """Person deletion erases what named the person until then: each chat that named them is walked again."""
-        insort(self._person(key).erasures, until)
+        if not _insert_once(self._person(key).erasures, until):
+            return
         for event_id in self._index(key):
             self._dirty((key[0], event_id))
 
