@@ -84,7 +84,7 @@ def throwaway_postgres_database(server: dict[str, object], prefix: str = "cbtest
         yield name
     finally:
         try:
-            for attempt in range(20):
+            for _attempt in range(20):
                 try:
                     admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
                     break
