@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -20,6 +21,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from chatbridge import logs
 from chatbridge.audit import queries
 from chatbridge.audit.queries import NotFound
 from chatbridge.audit.service import compact, forget_person, records_of_processing, verify_log
@@ -205,6 +207,38 @@ def verify(fmt: FormatOption = Format.table) -> None:
         for finding in sorted(result.findings, key=lambda f: f.notification_id)[1:20]:
             print(f"  also {finding}")
     raise typer.Exit(0 if result.ok else 1)
+
+
+@audit_app.command("report")
+def report(
+    org: Org,
+    out: Annotated[Path, typer.Option("--out", help="FILE.html (the page) or FILE.pdf (printed by Chromium).")],
+    start: Annotated[str | None, typer.Option("--from", help="Start of the period (ISO 8601).")] = None,
+    end: Annotated[
+        str | None, typer.Option("--to", help="End of the period and the clock for overdue (default: now).")
+    ] = None,
+    person_id: Annotated[str | None, typer.Option("--person", help="Only this person's access (Art. 15).")] = None,
+    event: Annotated[str | None, typer.Option("--event", help="Only this event's chat, with every fact.")] = None,
+    lang: Annotated[str | None, typer.Option("--lang", help="de or en (default: from the locale).")] = None,
+) -> None:
+    """The organisation's proof as one document to file: a self-contained HTML page, or the same as PDF."""
+    from chatbridge.audit import report as reporting
+
+    if person_id and event:
+        raise _fail("choose --person or --event, not both", 2)
+    language = lang or reporting.default_language()
+    if language not in reporting.LANGUAGES:
+        raise _fail(f"--lang must be one of {', '.join(reporting.LANGUAGES)}", 2)
+    scope = reporting.Scope(org, _moment(start) if start else None, _moment(end) if end else None, person_id, event)
+    settings = _settings()
+    logs.configure(settings.log_format, settings.log_level)
+    with _store(settings) as store:
+        document = reporting.gather(store.app, settings, scope, store.app.keys.verify_key)
+    try:
+        written = reporting.write_report(document, out, language)
+    except reporting.ReportError as error:
+        raise _fail(str(error), 2) from None
+    print(written)
 
 
 def _finding(finding: Any) -> dict[str, Any]:
