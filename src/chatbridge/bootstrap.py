@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore, SQLiteTransaction
+
 from chatbridge.application import ChatBridge
 from chatbridge.audit import chain
-from chatbridge.audit.settings import AuditKeys, AuditSettings, default_key_file, load_keys
+from chatbridge.audit.settings import AuditKeyError, AuditKeys, AuditSettings, default_key_file, load_keys
 from chatbridge.domain.lifecycle import Policy
 from chatbridge.projections.store import DesiredStateProjection, PostgresDesiredStateView, SQLiteDesiredStateView
 from chatbridge.settings import Settings
@@ -49,7 +53,6 @@ def store_env(settings: Settings) -> dict[str, str]:
             f"{_PREFIX}POSTGRES_USER": settings.postgres_user,
             f"{_PREFIX}POSTGRES_PASSWORD": settings.postgres_password.get_secret_value(),
         }
-    settings.database.parent.mkdir(parents=True, exist_ok=True)
     return {
         f"{_PREFIX}PERSISTENCE_MODULE": "eventsourcing.sqlite",
         f"{_PREFIX}SQLITE_DBNAME": str(settings.database),
@@ -57,15 +60,40 @@ def store_env(settings: Settings) -> dict[str, str]:
     }
 
 
+class StoreError(Exception):
+    """The configured store cannot be used as asked: missing, not a store, read-only or unreachable. The message
+    is one line naming the setting and what to do; it never holds a password."""
+
+
 def audit_keys(settings: Settings, *, create: bool = True) -> AuditKeys:
     """The audit's keys (`CHATBRIDGE_AUDIT_…`, or the key file, made on first use); raises `AuditKeyError`."""
     return load_keys(AuditSettings(), default_key_file(settings.store, settings.database), create=create)
 
 
-def open_store(settings: Settings, policy: Policy | None = None, keys: AuditKeys | None = None) -> Store:
-    keys = keys or audit_keys(settings)
+def open_store(
+    settings: Settings, policy: Policy | None = None, keys: AuditKeys | None = None, *, create: bool = True
+) -> Store:
+    """The store the settings name, with its audit keys.
+
+    With `create` (`ingest`, `run`, `replay --from-kafka`), a store that is not there yet is made, and its audit
+    keys with it. Every other command needs an existing store: a typo in a path must not answer from an empty
+    store made on the spot. Keys are never made for a store that exists: new keys would leave its pseudonyms
+    unfindable and its signatures unverifiable, so a missing key file is an error naming it.
+    """
+    exists = _store_exists(settings)
+    if not exists and not create:
+        raise StoreError(f"{_where(settings)}: no chatbridge store there (`chatbridge ingest` or `run` makes one)")
+    if keys is None:
+        try:
+            keys = audit_keys(settings, create=not exists)
+        except AuditKeyError as error:
+            if exists:
+                raise AuditKeyError(f"{error}; the store holds data, so no new keys are made: restore them") from None
+            raise
     with _schema_lock(settings):
         app = ChatBridge(env=store_env(settings), keys=keys)
+        if isinstance(app.factory.datastore, SQLiteDatastore):  # type: ignore[attr-defined]
+            _writers_wait_their_turn(app.factory.datastore)  # type: ignore[attr-defined]
         view_class = PostgresDesiredStateView if settings.store == "postgres" else SQLiteDesiredStateView
         view = app.factory.tracking_recorder(view_class)  # type: ignore[arg-type]
         assert isinstance(view, view_class)
@@ -73,13 +101,86 @@ def open_store(settings: Settings, policy: Policy | None = None, keys: AuditKeys
     return Store(app=app, projection=DesiredStateProjection(app, view, policy or settings.policy))
 
 
+class _ImmediateTransaction(SQLiteTransaction):
+    """A write transaction that takes SQLite's write lock as it begins, waiting its turn (the busy timeout)."""
+
+    def __enter__(self) -> SQLiteCursor:
+        cursor = self.connection.cursor()
+        cursor.execute("BEGIN IMMEDIATE")
+        return cursor
+
+
+def _writers_wait_their_turn(datastore: SQLiteDatastore) -> None:
+    """Several processes may write one SQLite file (`ingest`s, `state`, a worker). The library begins every
+    transaction deferred: one that reads before it writes (the person keys', the projection's) then fails at once
+    with "database is locked" when another process wrote since its read — no busy timeout can help it. Write
+    transactions here begin immediate, so a writer waits for the lock before it reads; reads stay deferred."""
+    reads = datastore.transaction
+
+    @contextmanager
+    def transaction(*, commit: bool) -> Iterator[SQLiteCursor]:
+        if not commit:
+            with reads(commit=False) as cursor:
+                yield cursor
+            return
+        with (
+            datastore.get_connection(commit=True) as connection,
+            _ImmediateTransaction(connection, commit=True) as cursor,
+            cursor,
+        ):
+            yield cursor
+
+    datastore.transaction = transaction  # type: ignore[method-assign]
+
+
+def _where(settings: Settings) -> str:
+    if settings.store == "postgres":
+        where = f"{settings.postgres_host}:{settings.postgres_port}"
+        return f"CHATBRIDGE_POSTGRES_DBNAME {settings.postgres_dbname} at {where}"
+    return f"CHATBRIDGE_DATABASE {settings.database}"
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _store_exists(settings: Settings) -> bool:
+    """Whether the store is there; raises `StoreError` for a path or database that cannot be a store."""
+    if settings.store == "postgres":
+        return _postgres_schema_exists(settings)
+    path = settings.database
+    if path.is_dir():
+        raise StoreError(f"{_where(settings)}: is a directory; name the store's file in it")
+    if not path.exists():
+        if path.parent.exists() and not os.access(path.parent, os.W_OK | os.X_OK):
+            raise StoreError(f"{_where(settings)}: cannot write in {path.parent}")
+        return False
+    try:
+        with path.open("rb") as file:
+            header = file.read(len(_SQLITE_HEADER))
+    except OSError as error:
+        raise StoreError(f"{_where(settings)}: {error.strerror}") from None
+    if header and header != _SQLITE_HEADER:
+        raise StoreError(f"{_where(settings)}: not an SQLite database, so not a chatbridge store")
+    if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK | os.X_OK):
+        # even `state` folds new events into the projection's tables, and SQLite writes its WAL beside the file
+        raise StoreError(f"{_where(settings)}: the store (or its directory) is read-only")
+    return bool(header)
+
+
 @contextmanager
 def _schema_lock(settings: Settings) -> Iterator[None]:
-    """Replicas opening a fresh PostgreSQL store at once would race to create the same tables (a unique-violation
-    in the catalogue): one at a time, by an advisory lock held while the schema is looked at and made. SQLite
-    serialises its own schema changes."""
+    """Processes opening a fresh store at once would race to create the same tables (a unique-violation in the
+    catalogue on PostgreSQL, a second `__migration__` tracking row on SQLite): one at a time. PostgreSQL: an
+    advisory lock. SQLite: an exclusive `flock` on the store's directory — never on the database file itself,
+    whose every descriptor closed would drop the locks SQLite holds on it."""
     if settings.store != "postgres":
-        yield
+        settings.database.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(settings.database.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(descriptor)  # releases the lock
         return
     with _postgres_connection(settings) as connection:
         connection.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
@@ -102,14 +203,19 @@ _ALL_TABLES = (
 def _postgres_connection(settings: Settings) -> Any:
     import psycopg  # only the PostgreSQL store needs it
 
-    return psycopg.connect(
-        host=settings.postgres_host,
-        port=settings.postgres_port,
-        dbname=settings.postgres_dbname,
-        user=settings.postgres_user,
-        password=settings.postgres_password.get_secret_value(),
-        autocommit=True,
-    )
+    try:
+        return psycopg.connect(
+            host=settings.postgres_host,
+            port=settings.postgres_port,
+            dbname=settings.postgres_dbname,
+            user=settings.postgres_user,
+            password=settings.postgres_password.get_secret_value(),
+            autocommit=True,
+            connect_timeout=10,
+        )
+    except psycopg.OperationalError as error:  # its first line says why (refused, no such database, password)
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise StoreError(f"{_where(settings)}: {reason}") from None
 
 
 def _postgres_schema_exists(settings: Settings) -> bool:

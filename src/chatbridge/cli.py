@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -18,7 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from chatbridge import logs, services, worker
+from chatbridge import failures, logs, services, worker
 from chatbridge.audit.cli import audit_app, gdpr_app
 from chatbridge.bootstrap import open_store
 from chatbridge.config_file import ConfigurationError, FileSettings
@@ -38,6 +39,17 @@ app = typer.Typer(
     add_completion=False,
 )
 err = Console(stderr=True, soft_wrap=True)  # one problem, one line, also in a log file
+_debug = {"on": False}  # `chatbridge --debug …`: a failure shows its traceback
+
+
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of a failure (as does LOG_LEVEL=DEBUG).")
+    ] = False,
+) -> None:
+    """chatbridge keeps each HiOrg-Server event's group chat in step with its staffing and lifecycle."""
+    _debug["on"] = debug
 
 
 def _fail(message: str) -> typer.Exit:
@@ -45,7 +57,7 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
-def _parse_now(value: str) -> datetime:
+def _parse_now(value: str, option: str = "--now") -> datetime:
     """An ISO 8601 date-time; without an offset it is taken as UTC, a bare date as its midnight UTC."""
     try:
         moment = datetime.fromisoformat(value)
@@ -53,7 +65,9 @@ def _parse_now(value: str) -> datetime:
         try:
             moment = datetime.combine(date.fromisoformat(value), datetime.min.time())
         except ValueError:
-            raise typer.BadParameter(f"{value!r} is not an ISO 8601 date-time (e.g. 2026-12-01T12:00:00Z)") from None
+            raise typer.BadParameter(
+                f"{value!r} is not an ISO 8601 date-time (e.g. 2026-12-01T12:00:00Z)", param_hint=option
+            ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -150,9 +164,10 @@ def state(
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON document of `simulate`.")] = False,
 ) -> None:
     """Print each chat's desired state at --now from the persistent store."""
-    store = open_store(_settings())
+    moment = _parse_now(now)
+    store = open_store(_settings(), create=False)
     try:
-        document = services.state(store, _parse_now(now))
+        document = services.state(store, moment)
     finally:
         store.close()
     if as_json:
@@ -204,7 +219,7 @@ def replay(
         return
     if force:
         raise _fail("--force only applies to --from-kafka")
-    store = open_store(settings)
+    store = open_store(settings, create=False)
     try:
         with _progress() as bar:
             task = bar.add_task("replaying", total=None)
@@ -317,8 +332,8 @@ def _selection(
 ) -> dlq.Selection:  # fmt: skip
     return dlq.Selection(
         reason=reason,
-        since=_parse_now(since) if since else None,
-        until=_parse_now(until) if until else None,
+        since=_parse_now(since, "--since") if since else None,
+        until=_parse_now(until, "--until") if until else None,
         source_topic=topic,
         source_partition=partition,
         dlq_offsets=frozenset(dlq_offsets or ()),
@@ -478,7 +493,29 @@ def _progress() -> Progress:
 
 
 def main() -> None:
-    app()
+    """The installed command. Every failure a user can cause ends as one line on stderr and a documented exit code
+    (`failures`); the traceback only with `--debug` or CHATBRIDGE_LOG_LEVEL=DEBUG."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        _error_line("aborted")
+        sys.exit(130)
+    except Exception as error:
+        if hasattr(error, "format_message") and hasattr(error, "exit_code"):  # a bad argument or option (click's)
+            context = getattr(error, "ctx", None)
+            hint = f" (see `{context.command_path} --help`)" if context is not None else ""
+            _error_line(f"{error.format_message()}{hint}")
+            sys.exit(error.exit_code)
+        if _debug["on"] or os.environ.get("CHATBRIDGE_LOG_LEVEL", "").upper() == "DEBUG":
+            raise
+        explained = failures.explain(error)
+        _error_line(explained.line + (" (run `chatbridge --debug …` for the traceback)" if explained.ours else ""))
+        sys.exit(explained.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _error_line(message: str) -> None:
+    err.print(f"[red]error:[/red] {escape(' '.join(message.split()))}", highlight=False)
 
 
 # -- reconcile: the chats at the chat backend brought in line with the desired state ----------------
@@ -514,7 +551,7 @@ def reconcile(
     except ValueError as error:
         raise _fail(str(error)) from None
     moment = _parse_now(now) if now else None
-    store = open_store(settings)
+    store = open_store(settings, create=False)
     # Kafka is the input when it is configured; otherwise (a store fed by `ingest FILE`) the store is all of it
     kafka_input = any(Settings.source_of(name) != "default" for name in ("topics", "kafka_bootstrap_servers"))
     end_offsets = EndOffsetReader(settings) if kafka_input else None

@@ -139,8 +139,11 @@ def test_a_source_position_is_never_applied_twice(tmp_path):
     store = store_at(tmp_path / "store.db")
     try:
         ingest_lines(store.app, "kafka:hiorg.chat.v1:0", stream.numbered(), batch_size=2)
-        with pytest.raises(Exception, match="[Tt]racking|UNIQUE|IntegrityError"):
-            ingest_lines(store.app, "kafka:hiorg.chat.v1:0", stream.numbered()[-1:], batch_size=2)
+        events = store.app.recorder.max_notification_id()
+        # as when a replica stored it first: the store refuses the position, and what is left of the batch is none
+        again = ingest_lines(store.app, "kafka:hiorg.chat.v1:0", stream.numbered()[-1:], batch_size=2)
+        assert again.outcomes == {}
+        assert store.app.recorder.max_notification_id() == events
         assert services.state(store, at(24, month=11))["duplicates"] == 0
     finally:
         store.close()

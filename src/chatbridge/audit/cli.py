@@ -26,7 +26,7 @@ from chatbridge.audit import queries
 from chatbridge.audit.queries import NotFound
 from chatbridge.audit.service import compact, forget_person, records_of_processing, verify_log
 from chatbridge.audit.settings import AuditKeyError, AuditKeys, AuditSettings
-from chatbridge.bootstrap import Store, audit_keys, open_store
+from chatbridge.bootstrap import Store, StoreError, audit_keys, open_store
 from chatbridge.domain.lifecycle import Policy
 from chatbridge.settings import Settings
 
@@ -60,10 +60,12 @@ def _settings() -> Settings:
 
 @contextmanager
 def _store(settings: Settings, keys: AuditKeys | None = None) -> Iterator[Store]:
-    try:
-        store = open_store(settings, keys=keys or audit_keys(settings))
+    try:  # the audit reads an existing store: a wrong path is an error, not an empty answer
+        store = open_store(settings, keys=keys, create=False)
     except AuditKeyError as error:
         raise _fail(str(error), 2) from None
+    except StoreError as error:
+        raise _fail(str(error)) from None
     try:
         yield store
     except NotFound as error:

@@ -432,11 +432,14 @@ class DesiredStateProjection:
         """Fold every notification not yet folded; returns how many. Rebuilds if the policy changed."""
         if self.view.stored_policy() not in (None, _policy_text(self.policy)):
             return self.rebuild(progress)  # stored deadlines were computed under another FULL_USE / VIEW
-        for _attempt in range(3):
+        target = self.app.recorder.max_notification_id() or 0
+        for _attempt in range(10):
             try:
                 return self._catch_up(progress)
             except IntegrityError:
-                self._kept = None  # another process (a replica, `replay`) folded first: go on from its rows
+                self._kept = None  # another process (a replica, `replay`, `state`) folded first: go on from its rows
+                if self.position() >= target:
+                    return 0  # it folded all this process was asked to
         raise IntegrityError("the desired-state projection kept moving under this process; try again")
 
     def _catch_up(self, progress: Progress | None) -> int:
