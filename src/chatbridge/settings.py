@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo
 
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
@@ -63,6 +64,10 @@ class Settings(FileSettings):
     http_host: str = Field(default="0.0.0.0", description="Address of `run`'s /healthz, /readyz and /metrics.")
     http_port: int = Field(
         default=8080, ge=0, le=65535, description="Port of /healthz, /readyz and /metrics (0: any free port)."
+    )
+    timezone: ZoneInfo = Field(
+        default=ZoneInfo("Europe/Berlin"),
+        description="The organisations' local time (IANA name): chat topics give the deadlines in it.",
     )
 
     @property

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from chatbridge.backends.port import ActualChat, AddOutcome, BackendUnavailable, Deletion, Tenant
+from chatbridge.backends.port import ActualChat, AddOutcome, BackendUnavailable, ChatLabels, Deletion, Tenant
 from chatbridge.backends.user_ids import TemplateUserIds
 
 
@@ -24,9 +24,13 @@ class FakeChat:
     moderators: set[str] = field(default_factory=set)
     read_only: bool = False
     media: int = 0
+    name: str | None = None
+    topic: str | None = None
+    order: str | None = None  # its place in the tenant
 
     def actual(self) -> ActualChat:
-        return ActualChat(self.chat_id, frozenset(self.members), frozenset(self.moderators), self.read_only)
+        return ActualChat(self.chat_id, frozenset(self.members), frozenset(self.moderators), self.read_only,
+                          self.name, self.topic, self.order)  # fmt: skip
 
 
 class FakeChatBackend:
@@ -85,14 +89,19 @@ class FakeChatBackend:
         chat = self.chats.get((org, event_id, generation))
         return None if chat is None else chat.actual()
 
-    def create_chat(self, org: str, event_id: str, generation: int, tenant_id: str) -> ActualChat:
+    def create_chat(
+        self, org: str, event_id: str, generation: int, tenant_id: str, labels: ChatLabels | None = None
+    ) -> ActualChat:
         self._call("create_chat", org, event_id, generation)
         key = (org, event_id, generation)
         with self._lock:
             if key not in self.chats:
                 self._serial += 1
                 self.chats[key] = FakeChat(f"!room{self._serial}:{self.ids.server_name}", tenant_id)
-        return self.chats[key].actual()
+            chat = self.chats[key]
+            if labels is not None:
+                chat.name, chat.topic, chat.order = labels.name, labels.topic, labels.order
+        return chat.actual()
 
     def add_member(self, chat_id: str, user_id: str) -> AddOutcome:
         self._call("add_member", chat_id, user_id)
@@ -116,6 +125,19 @@ class FakeChatBackend:
     def set_read_only(self, chat_id: str, read_only: bool) -> None:
         self._call("set_read_only", chat_id, read_only)
         self._by_id(chat_id).read_only = read_only
+
+    def set_name(self, chat_id: str, name: str) -> None:
+        self._call("set_name", chat_id, name)
+        self._by_id(chat_id).name = name
+
+    def set_topic(self, chat_id: str, topic: str) -> None:
+        self._call("set_topic", chat_id, topic)
+        self._by_id(chat_id).topic = topic
+
+    def set_order(self, chat_id: str, tenant_id: str, order: str) -> None:
+        self._call("set_order", chat_id, tenant_id, order)
+        chat = self._by_id(chat_id)
+        chat.tenant_id, chat.order = tenant_id, order
 
     def delete_chat(self, chat_id: str) -> Deletion:
         self._call("delete_chat", chat_id)

@@ -8,7 +8,10 @@ What the recipe (`shared/recipes/matrix-synapse.md`) measured, and why the code 
   deactivation are checked with the admin API before a force-join; such a person is *pending*;
 - "already in the room" and "not in the room" (403) are successes: every operation is idempotent;
 - rooms are version 12: the creator (the bridge) must not appear in the power levels' `users`;
-- a purge leaves uploaded files behind, so a chat's media are deleted before the room is deleted with purge.
+- a purge leaves uploaded files behind, so a chat's media are deleted before the room is deleted with purge;
+- a chat's name and topic are `m.room.name` and `m.room.topic`, set in the room's initial state so that no member
+  ever sees it nameless; its place in the space is the `order` of the space's `m.space.child` event for it (Matrix
+  lists a space's children by that text). The bridge, the rooms' creator, may change them in read-only rooms too.
 
 Transient failures (timeouts, connection errors, 5xx, 429) are retried with exponential backoff and jitter,
 honouring `retry_after_ms` / `Retry-After`; after `max_attempts` a `BackendUnavailable` tells the reconciler to
@@ -28,7 +31,15 @@ from urllib.parse import quote
 
 import httpx
 
-from chatbridge.backends.port import ActualChat, AddOutcome, BackendError, BackendUnavailable, Deletion, Tenant
+from chatbridge.backends.port import (
+    ActualChat,
+    AddOutcome,
+    BackendError,
+    BackendUnavailable,
+    ChatLabels,
+    Deletion,
+    Tenant,
+)
 from chatbridge.backends.settings import MatrixSettings
 from chatbridge.backends.user_ids import TemplateUserIds, escape
 
@@ -191,15 +202,16 @@ class MatrixBackend:
             raise self._error("resolve alias", response)
         return str(response.json()["room_id"])
 
-    def _create_room(self, what: str, alias_local: str, body: dict[str, Any]) -> str:
+    def _create_room(self, what: str, alias_local: str, body: dict[str, Any]) -> tuple[str, bool]:
+        """The room's id, and whether this call made it (False: an earlier attempt did, with what it was given)."""
         body = {**body, "room_alias_name": alias_local}
         response = self._request(what, "POST", "/_matrix/client/v3/createRoom", json=body)
         if response.status_code == 200:
-            return str(response.json()["room_id"])
+            return str(response.json()["room_id"]), True
         if response.status_code == 400 and "M_ROOM_IN_USE" in response.text:  # made by an earlier attempt
             room = self._resolve(f"#{alias_local}:{self.server_name}")
             if room is not None:
-                return room
+                return room, False
         raise self._error(what, response)
 
     def _state(self, what: str, room: str, event_type: str, state_key: str = "") -> dict[str, Any] | None:
@@ -210,6 +222,16 @@ class MatrixBackend:
         if response.status_code != 200:
             raise self._error(what, response)
         return dict(response.json())
+
+    def _state_or_none(self, what: str, room: str, event_type: str, state_key: str = "") -> dict[str, Any] | None:
+        """A state event's content, or None where the bridge cannot read it (not in that room): the write that
+        follows says why."""
+        try:
+            return self._state(what, room, event_type, state_key)
+        except BackendUnavailable:
+            raise
+        except BackendError:
+            return None
 
     def _put_state(self, what: str, room: str, event_type: str, content: dict[str, Any], state_key: str = "") -> None:
         path = f"/_matrix/client/v3/rooms/{_path(room)}/state/{_path(event_type)}/{_path(state_key)}"
@@ -238,7 +260,7 @@ class MatrixBackend:
         alias_local = f"chatbridge.{escape(org)}"
         space = self._resolve(f"#{alias_local}:{self.server_name}")
         if space is None:
-            space = self._create_room(
+            space, _ = self._create_room(
                 "create tenant space",
                 alias_local,
                 {
@@ -285,6 +307,8 @@ class MatrixBackend:
             state = response.json()
         members: set[str] = set()
         levels: dict[str, Any] | None = None
+        shown: dict[str, Any] = {}  # name, topic: what the room's state events say
+        spaces: list[str] = []
         for event in state:
             kind, content = event.get("type"), event.get("content") or {}
             if kind == "m.room.member":
@@ -292,16 +316,41 @@ class MatrixBackend:
                     members.add(event["state_key"])
             elif kind == "m.room.power_levels" and event.get("state_key") == "":
                 levels = content
+            elif kind in ("m.room.name", "m.room.topic") and event.get("state_key") == "":
+                field = kind.rpartition(".")[2]
+                shown[field] = content.get(field) if isinstance(content.get(field), str) else None
+            elif kind == "m.space.parent" and event.get("state_key") and content.get("via"):
+                spaces.append(event["state_key"])
         if levels is None:
             raise BackendError("read power levels: the room has none")
         moderators = frozenset(
             user for user, level in levels.get("users", {}).items() if level >= MODERATOR and user != bot
         )
-        return ActualChat(room, frozenset(members), moderators, read_only=levels.get("events_default", 0) >= LOCKED)
+        return ActualChat(
+            room, frozenset(members), moderators, read_only=levels.get("events_default", 0) >= LOCKED,
+            name=shown.get("name"), topic=shown.get("topic"), order=self._order(spaces, room),
+        )  # fmt: skip
 
-    def create_chat(self, org: str, event_id: str, generation: int, tenant_id: str) -> ActualChat:
+    def _order(self, spaces: list[str], room: str) -> str | None:
+        """The room's `order` in the space it names as its parent (one read: chatbridge gives a chat one parent);
+        None when no parent lists it with an order — `set_order` then lists it in its tenant again."""
+        for space in sorted(spaces):
+            child = self._state_or_none("read place in space", space, "m.space.child", room) or {}
+            if child.get("via") and isinstance(child.get("order"), str):
+                return str(child["order"])
+        return None
+
+    def create_chat(
+        self, org: str, event_id: str, generation: int, tenant_id: str, labels: ChatLabels | None = None
+    ) -> ActualChat:
         via = {"via": [self.server_name]}
-        room = self._create_room(
+        shown = []
+        if labels is not None:
+            shown = [
+                {"type": "m.room.name", "state_key": "", "content": {"name": labels.name}},
+                {"type": "m.room.topic", "state_key": "", "content": {"topic": labels.topic}},
+            ]
+        room, made = self._create_room(
             "create chat",
             self._chat_alias(org, event_id, generation),
             {
@@ -311,13 +360,20 @@ class MatrixBackend:
                     {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "invite"}},
                     {"type": "m.room.guest_access", "state_key": "", "content": {"guest_access": "forbidden"}},
                     {"type": "m.space.parent", "state_key": tenant_id, "content": {**via, "canonical": True}},
+                    *shown,
                 ],
                 # room version 12: the creator (the bridge) must not be listed in `users`
                 "power_level_content_override": {**ACTIVE_LEVELS, "events": dict(ACTIVE_EVENT_LEVELS)},
             },
         )
-        self._put_state("add chat to tenant space", tenant_id, "m.space.child", via, state_key=room)
-        return ActualChat(room)
+        if labels is not None and not made:  # an earlier attempt made it, maybe for an event since renamed
+            self.set_name(room, labels.name)
+            self.set_topic(room, labels.topic)
+        child = {**via, "order": labels.order} if labels is not None else via
+        self._put_state("add chat to tenant space", tenant_id, "m.space.child", child, state_key=room)
+        if labels is None:
+            return ActualChat(room)
+        return ActualChat(room, name=labels.name, topic=labels.topic, order=labels.order)
 
     def add_member(self, chat_id: str, user_id: str) -> AddOutcome:
         account = self._request("look up account", "GET", f"/_synapse/admin/v2/users/{_path(user_id)}")
@@ -375,6 +431,18 @@ class MatrixBackend:
         self._put_state(
             "set read-only", chat_id, "m.room.power_levels", {**levels, **changes, "events": events, "users": users}
         )
+
+    def set_name(self, chat_id: str, name: str) -> None:
+        self._put_state("set chat name", chat_id, "m.room.name", {"name": name})
+
+    def set_topic(self, chat_id: str, topic: str) -> None:
+        self._put_state("set chat topic", chat_id, "m.room.topic", {"topic": topic})
+
+    def set_order(self, chat_id: str, tenant_id: str, order: str) -> None:
+        via = {"via": [self.server_name]}
+        self._put_state("set place in tenant space", tenant_id, "m.space.child", {**via, "order": order}, chat_id)
+        # the room names its space too (where `get_chat` looks); Synapse keeps an unchanged state event as it is
+        self._put_state("name tenant space", chat_id, "m.space.parent", {**via, "canonical": True}, tenant_id)
 
     def delete_chat(self, chat_id: str) -> Deletion:
         room = _path(chat_id)

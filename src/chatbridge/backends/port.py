@@ -30,6 +30,16 @@ class AddOutcome(StrEnum):
 
 
 @dataclass(frozen=True)
+class ChatLabels:
+    """What a member sees of a chat before opening it: its name, its topic, and its place among the chats of the
+    organisation's tenant (a text the chats sort by). Event data only: never a person's."""
+
+    name: str
+    topic: str
+    order: str
+
+
+@dataclass(frozen=True)
 class ActualChat:
     """A chat as the backend has it now. The bridge's own account is never among `members`."""
 
@@ -37,6 +47,9 @@ class ActualChat:
     members: frozenset[str] = frozenset()  # backend user ids that are in the chat or invited to it
     moderators: frozenset[str] = frozenset()  # backend user ids with moderator rights (members or not)
     read_only: bool = False
+    name: str | None = None  # None: the chat shows none
+    topic: str | None = None
+    order: str | None = None  # None: not listed in the tenant, or listed without an order
 
 
 @dataclass(frozen=True)
@@ -87,11 +100,15 @@ class ChatBackend(Protocol):
         ...
 
     def get_chat(self, org: str, event_id: str, generation: int) -> ActualChat | None:
-        """The chat of this generation of the event, or None if there is none (never created, or deleted)."""
+        """The chat of this generation of the event, with its members and labels, or None if there is none (never
+        created, or deleted)."""
         ...
 
-    def create_chat(self, org: str, event_id: str, generation: int, tenant_id: str) -> ActualChat:
-        """Create the (empty) chat inside the tenant; returns the existing one if it was created before."""
+    def create_chat(
+        self, org: str, event_id: str, generation: int, tenant_id: str, labels: ChatLabels | None = None
+    ) -> ActualChat:
+        """Create the (empty) chat inside the tenant, showing `labels` from its first moment; returns the existing
+        one, labelled so, if it was created before."""
         ...
 
     def add_member(self, chat_id: str, user_id: str) -> AddOutcome: ...
@@ -101,6 +118,14 @@ class ChatBackend(Protocol):
     def set_moderator(self, chat_id: str, user_id: str, moderator: bool) -> None: ...
 
     def set_read_only(self, chat_id: str, read_only: bool) -> None: ...
+
+    def set_name(self, chat_id: str, name: str) -> None: ...
+
+    def set_topic(self, chat_id: str, topic: str) -> None: ...
+
+    def set_order(self, chat_id: str, tenant_id: str, order: str) -> None:
+        """List the chat in its tenant at `order` (the tenant's chats sort by it)."""
+        ...
 
     def delete_chat(self, chat_id: str) -> Deletion:
         """Delete the chat with all its content (messages, uploaded files), confirmed by the backend."""

@@ -46,7 +46,7 @@ PersonKey = tuple[str, str]  # (org, pseudonym)
 Stamp = tuple[datetime, int]  # (occurred_at, notification id): the fold's order
 
 # A chat fact: (at, seq, kind, *payload). Tuples, because there are many and they sort by (at, seq) as they are.
-UPSERT = "u"  # (end, chat_enabled, responsible, staff | None): persons by pseudonym
+UPSERT = "u"  # (end, chat_enabled, responsible, staff | None, title, start): persons by pseudonym
 STAFFING = "s"  # (person, status)
 CANCEL = "c"  # ()
 DELETE = "d"  # ()
@@ -88,6 +88,8 @@ class DesiredChat:
     next_due: datetime | None
     members: list[str]  # by the membership rule, before the phase is applied
     moderators: list[str]
+    title: str | None = None  # the event's, as the latest record in event time gives it (the chat's name)
+    start: datetime | None = None
 
     def phase(self, now: datetime) -> Phase:
         return lifecycle.phase_at(
@@ -275,6 +277,15 @@ def _insert_once(facts: list[Any], fact: tuple[Any, ...]) -> bool:
         return False
     facts.insert(index, fact)
     return True
+
+
+def _event_of(facts: list[ChatFact]) -> tuple[str | None, datetime | None]:
+    """The event's title and start as its latest record in event time gives them (a record arriving late does not
+    rename the chat)."""
+    for fact in reversed(facts):
+        if fact[2] == UPSERT and len(fact) > 8:
+            return fact[7], fact[8]
+    return None, None
 
 
 def _named(fact: ChatFact) -> Iterator[str]:
@@ -509,19 +520,23 @@ class DesiredStateFold:
         self._dirty(key)
 
     def chat_registered(self, aggregate_id: UUID, seq: int, org: str, event_id: str, at: datetime, end: datetime,
-                        responsible: str | None, staff: dict[str, str] | None) -> None:  # fmt: skip
+                        responsible: str | None, staff: dict[str, str] | None, title: str | None = None,
+                        start: datetime | None = None) -> None:  # fmt: skip
         key = (org, event_id)
         self._organisation(org)
         self.load_chat(key, ChatRecord(aggregate_id))
         responsible = None if responsible is None else self.identity(org, responsible)
-        self._add_fact(key, (at, seq, UPSERT, end, True, responsible, self._identities(org, staff) or {}))
+        self._add_fact(key, (at, seq, UPSERT, end, True, responsible, self._identities(org, staff) or {}, title,
+                             start))  # fmt: skip
 
     def event_recorded(self, aggregate_id: UUID, seq: int, at: datetime, end: datetime, chat_enabled: bool,
-                       responsible: str | None, staff: dict[str, str] | None) -> None:  # fmt: skip
+                       responsible: str | None, staff: dict[str, str] | None, title: str | None = None,
+                       start: datetime | None = None) -> None:  # fmt: skip
         key = self._chat_of(aggregate_id)
         org = key[0]
         responsible = None if responsible is None else self.identity(org, responsible)
-        self._add_fact(key, (at, seq, UPSERT, end, chat_enabled, responsible, self._identities(org, staff)))
+        self._add_fact(key, (at, seq, UPSERT, end, chat_enabled, responsible, self._identities(org, staff), title,
+                             start))  # fmt: skip
 
     def staffing_changed(self, aggregate_id: UUID, seq: int, at: datetime, person: str, status: str) -> None:
         key = self._chat_of(aggregate_id)
@@ -624,6 +639,7 @@ class DesiredStateFold:
                 statuses[pseudonym] = status
         members, moderators = lifecycle.desired_members(life, statuses)
         current = result.generations[-1]
+        title, start = _event_of(self.chats[key].facts)
         return DesiredChat(
             org=org,
             event_id=key[1],
@@ -637,6 +653,8 @@ class DesiredStateFold:
             else lifecycle.next_due([current.read_only_at, current.delete_at], result.as_of),
             members=sorted(names[p] for p in members),
             moderators=sorted(names[p] for p in moderators),
+            title=title,
+            start=start,
         )
 
     def _open(self, token: str) -> str:
@@ -686,9 +704,9 @@ chat_aggregate_id = lru_cache(maxsize=65536)(ChatGroup.create_id)
 # moderators, read-only) are the audit's; the fold needs only deletions.
 FOLDED: dict[str, tuple[Callable[..., None], tuple[str, ...]]] = {
     "ChatGroup.Registered": (DesiredStateFold.chat_registered,
-                             ("org", "event_id", "occurred_at", "end", "responsible", "staff")),
+                             ("org", "event_id", "occurred_at", "end", "responsible", "staff", "title", "start")),
     "ChatGroup.EventRecorded": (DesiredStateFold.event_recorded,
-                                ("occurred_at", "end", "chat_enabled", "responsible", "staff")),
+                                ("occurred_at", "end", "chat_enabled", "responsible", "staff", "title", "start")),
     "ChatGroup.StaffingChanged": (DesiredStateFold.staffing_changed, ("occurred_at", "person_id", "status")),
     "ChatGroup.Cancelled": (DesiredStateFold.cancelled, ("occurred_at",)),
     "ChatGroup.Deleted": (DesiredStateFold.deleted, ("occurred_at",)),

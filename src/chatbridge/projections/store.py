@@ -6,7 +6,8 @@ a crash loses nothing and a restart resumes where it stopped. `rebuild` folds th
 and replaces every row; by construction it gives the rows the live projection has.
 
 Tables (the same on SQLite and PostgreSQL, in the event store's database):
-    desired_state   one row per chat: generation, deadlines, next_due, members, moderators, and the chat's facts
+    desired_state   one row per chat: generation, deadlines, next_due, members, moderators, the event's title and
+                    start, and the chat's facts
     organisation_feature (feature switches), person_status (by pseudonym: status facts and erasures),
     person_chats (the person index, by pseudonym), desired_state_meta (policy and fold version in force)
 
@@ -51,7 +52,7 @@ from chatbridge.projections.desired_state import (
 )
 
 PROJECTION_NAME = "desired_state"
-FOLD_VERSION = "3"  # facts in event time, persons by pseudonym, rows looked up by aggregate id
+FOLD_VERSION = "4"  # facts in event time, persons by pseudonym, rows looked up by aggregate id, title and start
 Progress = Callable[[int, int], None]  # (notifications folded so far, notifications to fold in all)
 
 
@@ -61,6 +62,8 @@ def _chat_json(record: ChatRecord) -> str:
         row = [fact[0].isoformat(), *fact[1:]]
         if fact[2] == UPSERT:
             row[3] = fact[3].isoformat()
+            if len(row) > 8 and row[8] is not None:
+                row[8] = row[8].isoformat()
         facts.append(row)
     return json.dumps({"id": str(record.aggregate_id), "facts": facts})
 
@@ -72,6 +75,8 @@ def _chat_from_json(text: str) -> ChatRecord:
         row[0] = datetime.fromisoformat(row[0])
         if row[2] == UPSERT:
             row[3] = datetime.fromisoformat(row[3])
+            if len(row) > 8 and row[8] is not None:
+                row[8] = datetime.fromisoformat(row[8])
         facts.append(tuple(row))
     return ChatRecord(UUID(state["id"]), facts)
 
@@ -132,7 +137,7 @@ def _upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
 
 _DESIRED_COLUMNS = (
     "org", "event_id", "aggregate_id", "generation", "deleted", "awaiting_organisation", "read_only_at", "delete_at",
-    "next_due", "members", "moderators", "fold_state",
+    "next_due", "members", "moderators", "title", "starts_at", "fold_state",
 )  # fmt: skip
 _WRITE_FEATURE = _upsert("organisation_feature", ("org", "aggregate_id", "fold_state"), ("org",))
 _WRITE_PERSON = _upsert(
@@ -171,8 +176,8 @@ class _DesiredStateTables:
         "CREATE TABLE IF NOT EXISTS desired_state ("
         "org TEXT NOT NULL, event_id TEXT NOT NULL, aggregate_id TEXT NOT NULL, generation INTEGER NOT NULL, "
         "deleted INTEGER NOT NULL, awaiting_organisation INTEGER NOT NULL, read_only_at TEXT NOT NULL, "
-        "delete_at TEXT NOT NULL, next_due TEXT, members TEXT NOT NULL, moderators TEXT NOT NULL, "
-        "fold_state TEXT NOT NULL, PRIMARY KEY (org, event_id))",
+        "delete_at TEXT NOT NULL, next_due TEXT, members TEXT NOT NULL, moderators TEXT NOT NULL, title TEXT, "
+        "starts_at TEXT, fold_state TEXT NOT NULL, PRIMARY KEY (org, event_id))",
         "CREATE INDEX IF NOT EXISTS desired_state_next_due ON desired_state (next_due)",
         "CREATE INDEX IF NOT EXISTS desired_state_aggregate ON desired_state (aggregate_id)",
         "CREATE TABLE IF NOT EXISTS organisation_feature ("
@@ -323,7 +328,7 @@ class _DesiredStateTables:
                     desired.org, desired.event_id, str(fold.chats[key].aggregate_id), desired.generation,
                     int(desired.deleted), int(desired.awaiting_organisation), _stamp(desired.read_only_at),
                     _stamp(desired.delete_at), _stamp(desired.next_due), json.dumps(desired.members),
-                    json.dumps(desired.moderators), _chat_json(fold.chats[key]),
+                    json.dumps(desired.moderators), desired.title, _stamp(desired.start), _chat_json(fold.chats[key]),
                 )
             )  # fmt: skip
         return [(_WRITE_FEATURE, features), (_WRITE_PERSON, persons), (_WRITE_CHAT, chats),
@@ -347,7 +352,7 @@ class _DesiredStateTables:
         with self.datastore.transaction(commit=False) as c:
             c.execute(
                 "SELECT org, event_id, generation, deleted, awaiting_organisation, read_only_at, delete_at, "
-                "next_due, members, moderators FROM desired_state ORDER BY org, event_id"
+                "next_due, members, moderators, title, starts_at FROM desired_state ORDER BY org, event_id"
             )
             cursor = getattr(c, "sqlite_cursor", c)  # the library's SQLite wrapper has no fetchmany; its cursor has
             while rows := cursor.fetchmany(5000):
@@ -363,6 +368,8 @@ class _DesiredStateTables:
                         next_due=moment(row["next_due"]),
                         members=persons(row["members"]),
                         moderators=persons(row["moderators"]),
+                        title=row["title"],
+                        start=moment(row["starts_at"]),
                     )
                     for row in rows
                 )

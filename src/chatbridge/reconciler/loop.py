@@ -29,7 +29,7 @@ import random
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -43,6 +43,7 @@ from chatbridge.domain.aggregates import ChatGroup, Organisation
 from chatbridge.domain.lifecycle import MEMBER_PHASES, Phase
 from chatbridge.projections.desired_state import ChatKey, DesiredChat
 from chatbridge.reconciler.knowledge import CompleteInput, DeletionGate, Wait
+from chatbridge.reconciler.naming import RoomNaming, configured_naming
 from chatbridge.reconciler.plan import Step, StepKind, hold_deletion, plan
 
 log = logging.getLogger(__name__)
@@ -130,10 +131,12 @@ class Reconciler:
         on_change: StatusListener | None = None,
         jitter: Callable[[], float] = random.random,
         gate: DeletionGate | None = None,
+        naming: RoomNaming | None = None,
     ):
         self.app = app
         self.backend = backend
         self.settings = settings or ReconcilerSettings()
+        self.naming = naming or configured_naming()
         self.on_change = on_change
         self.gate: DeletionGate = gate or CompleteInput()
         self._jitter = jitter
@@ -241,7 +244,7 @@ class Reconciler:
                 stays_deleted = desired.generation in self._chat_group(desired).chats_deleted
             if phase in MEMBER_PHASES and not stays_deleted:  # the tenant first: a chat lives in it
                 self._ensure_tenant(desired.org, now)
-            steps = [] if stays_deleted else plan(desired, actual, now, self.backend)
+            steps = [] if stays_deleted else plan(desired, actual, now, self.backend, self.naming)
             if any(step.kind == StepKind.DELETE_CHAT for step in steps):
                 wait = self.gate.check(desired.delete_at)
                 if wait is not None:
@@ -312,13 +315,17 @@ class Reconciler:
         for step in steps:
             if step.kind == StepKind.CREATE_CHAT:
                 tenant_id = self._ensure_tenant(org, now)
-                actual = self.backend.create_chat(org, event_id, generation, tenant_id)
+                actual = self.backend.create_chat(org, event_id, generation, tenant_id, step.labels)
                 chat_id = actual.chat_id
                 self._record(desired, ChatGroup.record_chat_created, generation, chat_id, now)
                 applied.append(step)
                 continue
             assert actual is not None
             chat_id = actual.chat_id
+            if step.kind in (StepKind.SET_NAME, StepKind.SET_TOPIC, StepKind.SET_ORDER):
+                actual = self._label(org, actual, step, now)  # event data, not access: nothing for the audit
+                applied.append(step)
+                continue
             members, moderators, read_only = set(actual.members), set(actual.moderators), actual.read_only
             user, person = step.user_id or "", step.person_id
             if step.kind == StepKind.ADD_MEMBER:
@@ -351,8 +358,19 @@ class Reconciler:
                 actual = None
                 continue
             applied.append(step)
-            actual = ActualChat(chat_id, frozenset(members), frozenset(moderators), read_only)
+            actual = replace(actual, members=frozenset(members), moderators=frozenset(moderators), read_only=read_only)
         return actual
+
+    def _label(self, org: str, actual: ActualChat, step: Step, now: datetime) -> ActualChat:
+        text = step.text or ""
+        if step.kind == StepKind.SET_NAME:
+            self.backend.set_name(actual.chat_id, text)
+            return replace(actual, name=text)
+        if step.kind == StepKind.SET_TOPIC:
+            self.backend.set_topic(actual.chat_id, text)
+            return replace(actual, topic=text)
+        self.backend.set_order(actual.chat_id, self._ensure_tenant(org, now), text)
+        return replace(actual, order=text)
 
     def _delete_earlier_generations(
         self, desired: DesiredChat, state: ChatState, now: datetime, waits: list[Wait]

@@ -28,6 +28,7 @@ from chatbridge.persistence import partition_source
 from chatbridge.projections.desired_state import DesiredChat
 from chatbridge.reconciler.knowledge import CompleteInput, DeletionGate, EndOffsets, KnowledgeGate, Partition, Wait
 from chatbridge.reconciler.loop import PassReport, Reconciler, StatusListener
+from chatbridge.reconciler.naming import RoomNaming, configured_naming
 from chatbridge.reconciler.plan import Step, StepKind, hold_deletion, plan
 
 log = logging.getLogger(__name__)
@@ -113,11 +114,17 @@ class ChatPlan:
 
 
 def dry_run(
-    app: ChatBridge, rows: list[DesiredChat], backend: ChatBackend, now: datetime, gate: DeletionGate | None = None
+    app: ChatBridge,
+    rows: list[DesiredChat],
+    backend: ChatBackend,
+    now: datetime,
+    gate: DeletionGate | None = None,
+    naming: RoomNaming | None = None,
 ) -> list[ChatPlan]:
     """The plan of every chat at `now`, for every generation, read from the backend, changing nothing (`terraform
     plan`). With `gate` (surveyed at `now` before `rows` were read) deletions it holds back show as waiting."""
     gate = gate or CompleteInput()
+    naming = naming or configured_naming()
     plans = []
     for desired in rows:
         phase = desired.phase(now)
@@ -141,7 +148,7 @@ def dry_run(
                 note = "confirmed deleted at the backend: stays deleted, not created again"
                 plans.append(ChatPlan(desired.org, desired.event_id, desired.generation, phase, [], note=note))
                 continue
-        steps = plan(desired, actual, now, backend)
+        steps = plan(desired, actual, now, backend, naming)
         wait = None
         if any(step.kind == StepKind.DELETE_CHAT for step in steps):
             wait = gate.check(desired.delete_at)
