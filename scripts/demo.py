@@ -249,6 +249,21 @@ def proof_and_timeline(env: dict[str, str], story: dict[str, Any]) -> tuple[list
     return deletions, sorted(timeline, key=lambda t: (t["at"], t["event_id"]))
 
 
+def audit_report(env: dict[str, str], org: str, until: datetime, out: Path) -> list[Path]:
+    """One organisation's audit report beside report.json: the page, and its PDF where Chromium is installed."""
+    written = []
+    for suffix in ("html", "pdf"):
+        path = out / f"audit-report-{org}.{suffix}"
+        made = subprocess.run([CHATBRIDGE, "audit", "report", "--org", org, "--to", z(until), "--lang", "de",
+                               "--out", str(path)], capture_output=True, text=True, env=env)  # fmt: skip
+        if made.returncode == 0:
+            written.append(path)
+        else:
+            reason = (made.stderr.strip().splitlines() or [f"exit {made.returncode}"])[-1]
+            say(f"  (no {suffix} report: {reason})")
+    return written
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--short", action="store_true", help="a small stream (CI)")
@@ -315,10 +330,14 @@ def main() -> int:
             say(f"\n== access timeline of one person ({org}, the responsible of its events), from the event log ==")
             for entry in timeline:
                 say(f"  {entry['at']}  {entry['what']:<14} {org}/{entry['event_id']}")
+        written = audit_report(env, org, stops[-1][1], args.out)
+        report["audit_report"] = [str(path) for path in written]
         report["seconds"] = round(time.monotonic() - began, 1)
         (args.out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
         say(f"\nDone in {report['seconds']}s. Where to look next:")
         say(f"  {args.out / 'report.json'}                      this report as JSON")
+        for path in written:
+            say(f"  {path}   {org}'s audit report for its data-protection officer")
         say(f"  CHATBRIDGE_DATABASE={database} .venv/bin/chatbridge state --now {z(stops[0][1])}")
         say("  docs/operations.md (metrics, alerts, scaling), docs/commands.md, docs/contract.md (for producers)")
         say("  Synapse's admin API at http://127.0.0.1:8008 (while the services run: make services)")
