@@ -174,6 +174,11 @@ def test_a_screenshot_shows_the_timeline(installation: Installation, tmp_path: P
     assert len(drawn) > 200  # text, tables and pictures, not a blank page
     for phase, colour in PHASES.items():  # each phase and the access bars fill hundreds of pixels of their own
         assert drawn[colour] - shots["without"][colour] > 500, phase
+    # the event's report narrows the deletions to its chat
+    deletions = installation.json("deletions", "--org", ORG, "--now", END)["deleted"]
+    assert [r[:2] for r in rows(Tables(html), "deleted")] == [
+        [r["event_id"], str(r["generation"])] for r in deletions if r["event_id"] == "4711"
+    ]
 
 
 # -- the PDF ------------------------------------------------------------------------------------------------------

@@ -97,7 +97,12 @@ def gather(app: ChatBridge, settings: Settings, scope: Scope, verify_key: Ed2551
         chats = [_chat(timeline["event_id"], timeline["generations"], timeline["entries"], end)]
     else:
         chats = _chats_of(app, org, policy, scope, end, person)
-    deleted = [r for r in deletions["deleted"] if _within(r["deleted_at"] or r["delete_at"], scope, end)]
+    shown = None if not (scope.event or scope.person) else {chat["event_id"] for chat in chats}
+    deleted = [
+        r for r in deletions["deleted"]
+        if _within(r["deleted_at"] or r["delete_at"], scope, end) and (shown is None or r["event_id"] in shown)
+    ]  # fmt: skip
+    overdue = [r for r in deletions["overdue"] if shown is None or r["event_id"] in shown]
     return {
         "org": org,
         "period": {"from": None if scope.start is None else utc_z(scope.start), "to": utc_z(end)},
@@ -112,7 +117,7 @@ def gather(app: ChatBridge, settings: Settings, scope: Scope, verify_key: Ed2551
         "software": _software(),
         "records_of_processing": records_of_processing(settings, policy),
         "transfers": [r for r in transfers["transfers"] if _within(r["at"], scope, end)],
-        "deletions": {"deleted": deleted, "overdue": deletions["overdue"], "now": deletions["now"]},
+        "deletions": {"deleted": deleted, "overdue": overdue, "now": deletions["now"]},
         "chats": chats,
         "verify": verification(app, verify_key),
     }
