@@ -23,6 +23,8 @@ from eventsourcing.persistence import Mapper, Notification, ProcessRecorder, Sto
 from eventsourcing.popo import POPOFactory
 from eventsourcing.projection import EventSourcedProjection
 
+from chatbridge.audit.chain import Guard, Sink
+from chatbridge.audit.checkpoints import CheckpointFile, KafkaCheckpoints, kafka_producer
 from chatbridge.audit.settings import AuditKeys
 from chatbridge.audit.shredding import MemoryKeyTable, PersonKeys, PersonSealingMapper, SQLKeyTable
 from chatbridge.domain.aggregates import ChatGroup, Organisation, Person
@@ -44,6 +46,17 @@ INTAKE_RECORDERS = {
     "eventsourcing.sqlite": "chatbridge.persistence:SQLiteIntakeRecorder",
     "eventsourcing.postgres": "chatbridge.persistence:PostgresIntakeRecorder",
 }
+
+
+def _checkpoint_sinks(keys: AuditKeys) -> list[Sink]:
+    """Where this writer publishes its signed checkpoints outside the store (audit.checkpoints)."""
+    sinks: list[Sink] = []
+    if keys.checkpoint_file is not None:
+        sinks.append(CheckpointFile(keys.checkpoint_file))
+    servers = keys.kafka_bootstrap_servers
+    if servers:
+        sinks.append(KafkaCheckpoints(lambda: kafka_producer(servers), keys.checkpoint_topic))
+    return sinks
 
 
 @dataclass(frozen=True)
@@ -151,12 +164,23 @@ class ChatBridge(EventSourcedProjection[UUID]):
         if hasattr(self.recorder, "datastore"):
             table = SQLKeyTable(self.recorder.datastore, getattr(self.recorder, "placeholder", "?"))
             table.create_table()
-            self.recorder.chain_signer = self.keys.signing_key  # type: ignore[attr-defined]
+            self.recorder.chain_guard = Guard(self.keys.signing_key, _checkpoint_sinks(self.keys))  # type: ignore[attr-defined]
             self.recorder.create_chain_tables()  # type: ignore[attr-defined]
         self.persons = PersonKeys(self.keys.pseudonym_key, table)
         mapper = cast(PersonSealingMapper, self.mapper)
         mapper.persons = self.persons
         mapper.first_event = self._first_event
+
+    @property
+    def audit_guard(self) -> Guard | None:
+        """The writer of the audit's chain (None in memory): where checkpoints go, and whether storing stopped."""
+        return cast(Guard | None, getattr(self.recorder, "chain_guard", None))
+
+    def close(self) -> None:
+        guard = self.audit_guard
+        if guard is not None:
+            guard.close()
+        super().close()
 
     def construct_mapper(self) -> Mapper[UUID]:
         # persons' ids are sealed with their own keys (crypto-shredding, audit.shredding)

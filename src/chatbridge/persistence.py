@@ -115,8 +115,19 @@ class _IntakeTable:
     )
 
     datastore: Any
-    chain_signer: Any = None  # the audit's Ed25519 key: each transaction signs its last link (audit.chain)
     events_table_name: str
+    _guard: chain.Guard | None = None
+
+    @property
+    def chain_guard(self) -> chain.Guard:
+        """The audit's writer: checks the chain's head, links, signs and publishes (audit.chain)."""
+        if self._guard is None:
+            self._guard = chain.Guard()
+        return self._guard
+
+    @chain_guard.setter
+    def chain_guard(self, guard: chain.Guard) -> None:
+        self._guard = guard
 
     def _sql(self, statement: str) -> str:
         return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)
@@ -125,6 +136,13 @@ class _IntakeTable:
         with self.datastore.transaction(commit=True) as c:
             for statement in chain.CREATE_STATEMENTS:
                 c.execute(statement)
+            chain.add_columns(c, self.placeholder)
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        # one storing transaction at a time per process, refused once the log was found forged; its checkpoint is
+        # published once it committed
+        with self.chain_guard.writing():
+            return super().insert_events(stored_events, **kwargs)  # type: ignore[misc, no-any-return]
 
     def _write_intake(self, c: Any, intake: Sequence[IntakeRecord]) -> None:
         if intake:
@@ -207,8 +225,9 @@ class SQLiteIntakeRecorder(_IntakeTable, SQLiteProcessRecorder):
     ) -> Sequence[int] | None:
         returning = super()._insert_events(c, stored_events, **kwargs)
         self._write_intake(c, kwargs.get("intake", ()))
-        if returning:  # the audit's hash chain, in the same transaction as the events
-            chain.link(c, self._sql, zip(returning, stored_events, strict=True), self.chain_signer)
+        if returning:  # the audit's hash chain, in the same transaction as the events (holding the write lock)
+            guard = self.chain_guard
+            guard.extend(c, self._sql, guard.check(c, self._sql), zip(returning, stored_events, strict=True))
         return returning
 
 
@@ -216,6 +235,7 @@ class PostgresIntakeRecorder(_IntakeTable, PostgresProcessRecorder):
     """PostgreSQL process recorder (events + tracking) that also writes the intake ledger."""
 
     placeholder = "%s"
+    _head: chain.Head  # found by the storing transaction before the insert, extended after it (under `writing`)
 
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any):
         super().__init__(datastore, **kwargs)
@@ -228,13 +248,18 @@ class PostgresIntakeRecorder(_IntakeTable, PostgresProcessRecorder):
     def _insert_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
         super()._insert_events(curs, stored_events, **kwargs)
         self._write_intake(curs, kwargs.get("intake", ()))
+        if stored_events:
+            # The head is checked here, under the table lock the events' insert takes anyway: a refusal raised
+            # later (after the insert) would be caught by the library and the transaction committed.
+            self._lock_table(curs)
+            self._head = self.chain_guard.check(curs, self._sql)
 
     def _fetch_ids_after_insert_events(
         self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         notification_ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
         if notification_ids:  # the audit's hash chain, in the same transaction (and table lock) as the events
-            chain.link(curs, self._sql, zip(notification_ids, stored_events, strict=True), self.chain_signer)
+            self.chain_guard.extend(curs, self._sql, self._head, zip(notification_ids, stored_events, strict=True))
         return notification_ids
 
 

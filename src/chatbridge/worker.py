@@ -16,10 +16,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from types import FrameType
 
+from prometheus_client import Gauge
+
+from chatbridge.audit.chain import Guard
+from chatbridge.audit.checkpoints import KafkaCheckpoints
 from chatbridge.backends.port import ChatBackend
 from chatbridge.backends.settings import ReconcilerSettings
 from chatbridge.bootstrap import Store
 from chatbridge.consumers.kafka import EndOffsetReader, IntakeCounts, KafkaIngestor
+from chatbridge.consumers.kafka import producer as kafka_producer
 from chatbridge.observability import Check, HealthServer, InstrumentedBackend, Metrics
 from chatbridge.projections.desired_state import DesiredChat
 from chatbridge.reconciler.knowledge import KnowledgeGate
@@ -98,6 +103,8 @@ def run_worker(
             on_batch(ingestor.counts)
 
     def owned_rows() -> list[DesiredChat]:
+        if audit is not None and audit.halted:  # no step at the backend whose proof could not be stored
+            return []
         ownership = ingestor.ownership  # one read: the consumer thread replaces it on a rebalance
         rows = [row for row in store.projection.view.desired_chats() if ownership.owns(row.org, row.event_id)]
         if reconciler is not None:
@@ -113,6 +120,7 @@ def run_worker(
         metrics.observe_gate(sum(1 for state in states.values() if state.waiting), lag, gate.known_at)
 
     ingestor = KafkaIngestor.in_group(store.app, settings, after_poll=after_poll)
+    audit = _publish_checkpoints(store, settings, metrics)
     thread = None
     backend: InstrumentedBackend | None = None
     end_offsets: EndOffsetReader | None = None
@@ -137,7 +145,7 @@ def run_worker(
     server = None
     if http is not None:
         server = HealthServer(metrics, *http, alive=alive, checks=_readiness(store, ingestor, polled_at, chat_sync,
-                                                                             backend),
+                                                                             backend, audit),
                               notes={"deletions": _deletions_note(reconciler)} if reconciler else None)  # fmt: skip
         server.start()
     if thread is not None:
@@ -155,6 +163,23 @@ def run_worker(
         if server is not None:
             server.stop()
     return counts
+
+
+def _publish_checkpoints(store: Store, settings: Settings, metrics: Metrics) -> Guard | None:
+    """The audit's checkpoints also go to their Kafka topic; a halted writer shows as a metric (and in /readyz)."""
+    guard = store.app.audit_guard
+    if guard is None:
+        return None
+    guard.add_sink(KafkaCheckpoints(lambda: kafka_producer(settings), store.app.keys.checkpoint_topic))
+    try:
+        halted = Gauge(
+            "chatbridge_audit_chain_halted", "1 when the store's audit log disagrees with the signed checkpoints "
+            "and storing stopped.", registry=metrics.registry,
+        )  # fmt: skip
+    except ValueError:  # the same metrics served a worker before: the gauge is there
+        return guard
+    halted.set_function(lambda: 1.0 if guard.halted else 0.0)
+    return guard
 
 
 def _deletions_note(worker: ReconcilerWorker) -> Check:
@@ -177,6 +202,7 @@ def _readiness(
     polled_at: list[float],
     chat_sync: ChatSync | None,
     backend: InstrumentedBackend | None,
+    audit: Guard | None = None,
 ) -> dict[str, Check]:
     """/readyz: the broker answered a poll lately, the store answers, partitions are assigned, the backend answers."""
 
@@ -189,6 +215,8 @@ def _readiness(
 
     def database() -> str | None:
         store.app.position("readyz")  # one query; raises when the store does not answer
+        if audit is not None and audit.halted:  # the log disagrees with the signed checkpoints (audit.chain)
+            return f"storing stopped: {audit.halted}"
         return None
 
     checks: dict[str, Check] = {"broker": broker, "store": database, "partitions": partitions}

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import base64
+import os
 import secrets
+import sqlite3
+import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from uuid import uuid4
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from chatbridge.audit import chain
+from chatbridge.audit.checkpoints import CheckpointFile
 from chatbridge.audit.shredding import FOREVER, PSEUDONYM, MemoryKeyTable, PersonKeys
 
 
@@ -23,78 +29,140 @@ class Stored:
     state: bytes
 
 
-class Cursor:
-    """Enough of a DB-API cursor for `chain.link`: two tables as lists."""
-
-    def __init__(self) -> None:
-        self.links: list[tuple] = []
-        self.checkpoints: list[tuple] = []
-        self._row: dict | None = None
-
-    def execute(self, statement: str, params: tuple = ()) -> None:
-        if statement.startswith("SELECT"):
-            self._row = {"chain_hash": self.links[-1][2]} if self.links else None
-        else:
-            self.checkpoints.append(params)
-
-    def fetchone(self) -> dict | None:
-        return self._row
-
-    def executemany(self, statement: str, rows: list[tuple]) -> None:
-        self.links.extend(rows)
+def _database() -> sqlite3.Connection:
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    db.row_factory = sqlite3.Row
+    for statement in chain.CREATE_STATEMENTS:
+        db.execute(statement)
+    return db
 
 
-def build(n: int = 8) -> tuple[list[tuple[int, Stored]], Cursor, Ed25519PrivateKey]:
+def store(db: sqlite3.Connection, guard: chain.Guard, records: list[tuple[int, Stored]]) -> None:
+    """One storing transaction, as the recorders run it."""
+    with guard.writing():
+        c = db.cursor()
+        c.execute("BEGIN")
+        try:
+            guard.extend(c, lambda s: s, guard.check(c, lambda s: s), records)
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        c.execute("COMMIT")
+
+
+def build(n: int = 8) -> tuple[list[tuple[int, Stored]], sqlite3.Connection, Ed25519PrivateKey]:
     key = Ed25519PrivateKey.generate()
     records = [(i, Stored(uuid4(), 1, "chatbridge.domain.aggregates:ChatGroup.Registered", f"{{{i}}}".encode()))
                for i in range(1, n + 1)]  # fmt: skip
-    cursor = Cursor()
-    chain.link(cursor, lambda s: s, records[:4], key)  # two transactions, two checkpoints
-    chain.link(cursor, lambda s: s, records[4:], key)
-    return records, cursor, key
+    db = _database()
+    guard = chain.Guard(key)
+    store(db, guard, records[:4])  # two transactions, two checkpoints
+    store(db, guard, records[4:])
+    return records, db, key
 
 
-def check(records: list[tuple[int, Stored]], cursor: Cursor, key: Ed25519PrivateKey) -> chain.Verification:
+def check(
+    records: list[tuple[int, Stored]],
+    db: sqlite3.Connection,
+    key: Ed25519PrivateKey,
+    published: list[chain.Checkpoint] | None = None,
+) -> chain.Verification:
     hashes = ((i, chain.record_hash(s.originator_id, s.originator_version, s.topic, s.state)) for i, s in records)
-    links = [chain.Link(*row) for row in cursor.links]
-    checkpoints = [chain.Checkpoint(*row) for row in cursor.checkpoints]
-    return chain.verify(hashes, links, checkpoints, key.public_key())
+    links = [chain.Link(*row) for row in db.execute("SELECT * FROM audit_chain ORDER BY notification_id")]
+    checkpoints = [chain.Checkpoint.from_row(row) for row in db.execute("SELECT * FROM audit_checkpoints")]
+    return chain.verify(hashes, links, checkpoints, key.public_key(), published or [])
 
 
 def test_an_untouched_log_verifies() -> None:
-    records, cursor, key = build()
-    result = check(records, cursor, key)
+    records, db, key = build()
+    result = check(records, db, key)
     assert result.ok and result.records == 8 and result.checkpoints == 2 and result.last_checkpoint == 8
 
 
 def test_each_kind_of_tampering_is_named_at_its_first_record() -> None:
-    records, cursor, key = build()
+    records, db, key = build()
     altered = [(i, Stored(s.originator_id, s.originator_version, s.topic, b"{}") if i == 3 else s) for i, s in records]
-    assert (check(altered, cursor, key).first.notification_id, check(altered, cursor, key).first.problem) == (
+    assert (check(altered, db, key).first.notification_id, check(altered, db, key).first.problem) == (
         3, "altered",
     )  # fmt: skip
     missing = [r for r in records if r[0] != 3]
-    assert check(missing, cursor, key).first.problem == "missing"
+    assert check(missing, db, key).first.problem == "missing"
     inserted = [*records, (9, Stored(uuid4(), 1, "x", b"{}"))]
-    assert (check(inserted, cursor, key).first.notification_id, check(inserted, cursor, key).first.problem) == (
+    assert (check(inserted, db, key).first.notification_id, check(inserted, db, key).first.problem) == (
         9, "inserted",
     )  # fmt: skip
     swapped = [(3, records[3][1]), (4, records[2][1])]
     swapped = [*records[:2], *swapped, *records[4:]]
-    first = check(swapped, cursor, key).first
+    first = check(swapped, db, key).first
     assert (first.notification_id, first.problem) == (3, "reordered")
 
 
+def _recompute(db: sqlite3.Connection, records: list[tuple[int, Stored]]) -> None:
+    """What anyone who can write the tables can do: a fresh chain over the records, with SHA-256 alone."""
+    db.execute("DELETE FROM audit_chain")
+    previous = chain.GENESIS
+    for i, s in records:
+        record = chain.record_hash(s.originator_id, s.originator_version, s.topic, s.state)
+        previous = chain.chain_hash(previous, record)
+        db.execute("INSERT INTO audit_chain VALUES (?, ?, ?)", (i, record.hex(), previous.hex()))
+
+
 def test_a_recomputed_chain_or_another_key_fails_the_signatures() -> None:
-    records, cursor, key = build()
-    assert check(records, cursor, Ed25519PrivateKey.generate()).first.problem == "checkpoint invalid"
+    records, db, key = build()
+    assert check(records, db, Ed25519PrivateKey.generate()).first.problem == "checkpoint invalid"
     # the attacker alters record 2 and recomputes every link, but cannot sign
     records[1] = (2, Stored(uuid4(), 1, "x", b"{}"))
-    forged = Cursor()
-    chain.link(forged, lambda s: s, records, None)
-    forged.checkpoints = cursor.checkpoints
-    result = check(records, forged, key)
-    assert not result.ok and {f.problem for f in result.findings} == {"chain altered"}
+    _recompute(db, records)
+    result = check(records, db, key)
+    assert not result.ok and {f.problem for f in result.findings} == {"chain altered", "unsigned"}
+
+
+def test_checkpoints_chain_and_the_published_copies_catch_what_the_store_alone_cannot() -> None:
+    records, db, key = build(12)
+    published = [chain.Checkpoint.from_row(row) for row in db.execute("SELECT * FROM audit_checkpoints")]
+    assert [(c.notification_id, c.records) for c in published] == [(4, 4), (12, 12)]
+    assert published[1].previous == published[0].digest()
+    assert check(records, db, key, published).ok
+    # cut the tail with its links and checkpoint: the store alone looks whole, the published copy does not
+    db.execute("DELETE FROM audit_chain WHERE notification_id > 4")
+    db.execute("DELETE FROM audit_checkpoints WHERE notification_id > 4")
+    assert check(records[:4], db, key).ok
+    first = check(records[:4], db, key, published).first
+    assert first is not None and (first.notification_id, first.problem) == (5, "contradicts published checkpoint")
+    assert "record 12, 12 records" in first.detail
+
+
+def test_the_writer_refuses_a_head_it_did_not_sign_and_then_stores_nothing() -> None:
+    records, db, key = build(4)
+    guard = chain.Guard(key)
+    more = [(5, Stored(uuid4(), 1, "x", b"{5}"))]
+    _recompute(db, [(i, Stored(uuid4(), 1, "x", b"{}")) for i, _ in records])  # a forged chain, old checkpoint
+    try:
+        store(db, guard, more)
+    except chain.ChainHalted as error:
+        assert "record 4" in str(error)
+    else:
+        raise AssertionError("the forged head was extended")
+    assert guard.halted is not None
+    db.execute("DELETE FROM audit_checkpoints")  # even a head that looks fresh is refused now
+    with pytest.raises(chain.ChainHalted):
+        store(db, guard, more)
+    assert db.execute("SELECT COUNT(*) FROM audit_chain").fetchone()[0] == 4
+
+
+def test_the_writer_refuses_a_store_behind_what_it_published(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    records = [(i, Stored(uuid4(), 1, "x", f"{{{i}}}".encode())) for i in range(1, 7)]
+    db = _database()
+    sink = CheckpointFile(tmp_path / "checkpoints.jsonl")
+    store(db, chain.Guard(key, [sink]), records[:3])
+    store(db, chain.Guard(key, [sink]), records[3:5])  # another process: it reads the anchor from the file
+    assert [c.notification_id for c in sink.read()] == [3, 5]
+    assert stat.S_IMODE(os.stat(sink.path).st_mode) == 0o600
+    db.execute("DELETE FROM audit_chain WHERE notification_id > 3")  # cut the tail, checkpoint and all
+    db.execute("DELETE FROM audit_checkpoints WHERE notification_id > 3")
+    with pytest.raises(chain.ChainHalted, match="record 3: the store's last checkpoint is older"):
+        store(db, chain.Guard(key, [sink]), records[5:])
 
 
 P = "a" * 32

@@ -22,7 +22,8 @@ from rich.console import Console
 from rich.table import Table
 
 from chatbridge import logs
-from chatbridge.audit import queries
+from chatbridge.audit import chain, queries
+from chatbridge.audit.checkpoints import CheckpointFile, CheckpointFileError, read_topic
 from chatbridge.audit.queries import NotFound
 from chatbridge.audit.service import compact, forget_person, records_of_processing, verify_log
 from chatbridge.audit.settings import AuditKeyError, AuditKeys, AuditSettings
@@ -177,8 +178,26 @@ def records(fmt: FormatOption = Format.table) -> None:
 
 
 @audit_app.command("verify")
-def verify(fmt: FormatOption = Format.table) -> None:
-    """Recompute the hash chain over the event log and check the signed checkpoints; exit 1 if altered."""
+def verify(
+    fmt: FormatOption = Format.table,
+    checkpoints: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--checkpoints",
+            help="A checkpoint file the auditor kept (JSON lines; default CHATBRIDGE_AUDIT_CHECKPOINT_FILE).",
+        ),
+    ] = None,
+    topic: Annotated[
+        str | None,
+        typer.Option(
+            "--topic",
+            help="Also the checkpoints published to this Kafka topic (e.g. "
+            "chatbridge.audit-checkpoints.v1, on CHATBRIDGE_KAFKA_BOOTSTRAP_SERVERS).",
+        ),
+    ] = None,
+) -> None:
+    """Recompute the hash chain over the event log and check it against the signed checkpoints in the store and
+    those published outside it; exit 1 if altered, cut, or not covered by a signed checkpoint."""
     settings = _settings()
     try:
         keys = audit_keys(settings, create=False)
@@ -187,8 +206,9 @@ def verify(fmt: FormatOption = Format.table) -> None:
     if keys.verify_key is None:
         raise _fail("no key to verify with: set CHATBRIDGE_AUDIT_VERIFY_KEY or CHATBRIDGE_AUDIT_SIGNING_KEY", 2)
     verify_key = keys.verify_key
+    published = _published(checkpoints, topic, settings, chain.key_id(verify_key))
     with _store(settings, keys) as store:
-        result = verify_log(store.app, verify_key)
+        result = verify_log(store.app, verify_key, published)
     problems = [_finding(f) for f in sorted(result.findings, key=lambda f: f.notification_id)]
     document: dict[str, Any] = {
         "ok": result.ok,
@@ -197,13 +217,25 @@ def verify(fmt: FormatOption = Format.table) -> None:
         "checkpoints": result.checkpoints,
         "last_checkpoint": result.last_checkpoint,
         "unsigned_tail": result.unsigned_tail,
+        "published_checkpoints": result.published,
+        "last_published": result.last_published,
         "first_problem": None if result.first is None else _finding(result.first),
         "problems": problems,
     }
     if fmt != Format.table:
         _emit(document, problems, ["record", "problem", "detail"], fmt, "verify")
     elif result.ok:
-        print(f"OK: {result.records} records, chain intact, {result.checkpoints} signed checkpoints valid")
+        against = (
+            f"; agrees with {result.published} published checkpoints (the last at record {result.last_published})"
+            if result.published
+            else "; no published checkpoints compared (--checkpoints FILE, --topic)"
+        )
+        print(
+            f"OK: {result.records} records, chain intact, {result.checkpoints} signed checkpoints valid, "
+            f"the last at record {result.last_checkpoint}{against}"
+            if result.records
+            else "OK: the log is empty"
+        )
     else:
         print(f"ALTERED: {result.first}")
         for finding in sorted(result.findings, key=lambda f: f.notification_id)[1:20]:
@@ -241,6 +273,25 @@ def report(
     except reporting.ReportError as error:
         raise _fail(str(error), 2) from None
     print(written)
+
+
+def _published(files: list[Path] | None, topic: str | None, settings: Settings, signer: str) -> list[chain.Checkpoint]:
+    """The checkpoints published outside the store that `verify` compares the store with."""
+    audit = AuditSettings()
+    if not files and audit.checkpoint_file is not None and audit.checkpoint_file.is_file():
+        files = [audit.checkpoint_file]
+    published: list[chain.Checkpoint] = []
+    for path in files or []:
+        try:
+            published += CheckpointFile(path).read()
+        except CheckpointFileError as error:
+            raise _fail(str(error), 2) from None
+    if topic:
+        try:
+            published += read_topic(settings.kafka_bootstrap_servers, topic, signer)
+        except Exception as error:  # the broker's many errors: say which topic could not be read
+            raise _fail(f"the checkpoint topic {topic} cannot be read: {error}", 2) from None
+    return published
 
 
 def _finding(finding: Any) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,8 +26,11 @@ def _records(app: ChatBridge) -> Iterator[tuple[int, bytes]]:
         yield n.id, chain.record_hash(n.originator_id, n.originator_version, n.topic, n.state)
 
 
-def verify_log(app: ChatBridge, verify_key: Ed25519PublicKey) -> chain.Verification:
-    """Recompute the hash chain from the stored events and check it against its links and signed checkpoints."""
+def verify_log(
+    app: ChatBridge, verify_key: Ed25519PublicKey, published: Sequence[chain.Checkpoint] = ()
+) -> chain.Verification:
+    """Recompute the hash chain from the stored events and check it against its links, its signed checkpoints and
+    the checkpoints `published` outside the store (the auditor's file, the topic)."""
     datastore = getattr(app.recorder, "datastore", None)
     if datastore is None:
         raise ValueError("the in-memory store keeps no hash chain")
@@ -35,14 +38,11 @@ def verify_log(app: ChatBridge, verify_key: Ed25519PublicKey) -> chain.Verificat
         c.execute("SELECT notification_id, record_hash, chain_hash FROM audit_chain ORDER BY notification_id")
         links = [chain.Link(r["notification_id"], r["record_hash"], r["chain_hash"]) for r in c.fetchall()]
         c.execute(
-            "SELECT notification_id, chain_hash, signed_at, key_id, signature FROM audit_checkpoints "
-            "ORDER BY notification_id"
+            "SELECT notification_id, chain_hash, signed_at, key_id, signature, records, previous "
+            "FROM audit_checkpoints ORDER BY notification_id"
         )
-        checkpoints = [
-            chain.Checkpoint(r["notification_id"], r["chain_hash"], r["signed_at"], r["key_id"], r["signature"])
-            for r in c.fetchall()
-        ]
-    return chain.verify(_records(app), links, checkpoints, verify_key)
+        checkpoints = [chain.Checkpoint.from_row(r) for r in c.fetchall()]
+    return chain.verify(_records(app), links, checkpoints, verify_key, published)
 
 
 @dataclass(frozen=True)

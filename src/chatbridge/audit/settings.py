@@ -32,6 +32,20 @@ class AuditSettings(BaseSettings):
     pseudonym_key: SecretStr | None = Field(
         default=None, description="Key (32 bytes, hex) of the persons' keyed pseudonyms (HMAC-SHA256)."
     )
+    checkpoint_file: Path | None = Field(
+        default=None,
+        description="JSON-lines file the writer appends each signed checkpoint to (0600), kept by the auditor; "
+        "`audit verify` checks the store against it.",
+    )
+    checkpoint_topic: str = Field(
+        default="chatbridge.audit-checkpoints.v1",
+        description="Kafka topic the worker publishes each signed checkpoint to (one topic per installation).",
+    )
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        validation_alias="CHATBRIDGE_KAFKA_BOOTSTRAP_SERVERS",
+        description="Set: every writer (`ingest` too, not only the worker) publishes its checkpoints to the topic.",
+    )
     key_file: Path | None = Field(
         default=None,
         description="JSON file holding signing_key and pseudonym_key when they are not set directly; default: "
@@ -48,6 +62,9 @@ class AuditKeys:
     signing_key: Ed25519PrivateKey | None
     verify_key: Ed25519PublicKey | None
     pseudonym_key: bytes
+    checkpoint_file: Path | None = None  # where the writer publishes checkpoints for the auditor (audit.checkpoints)
+    checkpoint_topic: str = "chatbridge.audit-checkpoints.v1"
+    kafka_bootstrap_servers: str | None = None  # set: the writer publishes to the topic too
 
     @staticmethod
     def ephemeral() -> AuditKeys:
@@ -118,4 +135,7 @@ def load_keys(settings: AuditSettings, default_file: Path, *, create: bool) -> A
     verify = signing.public_key() if signing else None
     if settings.verify_key:
         verify = Ed25519PublicKey.from_public_bytes(_hex_bytes(settings.verify_key, "the verify key", 32))
-    return AuditKeys(signing, verify, _hex_bytes(pseudonym_text, "the pseudonym key", 32))
+    return AuditKeys(
+        signing, verify, _hex_bytes(pseudonym_text, "the pseudonym key", 32), settings.checkpoint_file,
+        settings.checkpoint_topic, settings.kafka_bootstrap_servers,
+    )  # fmt: skip

@@ -30,6 +30,7 @@ from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
 from chatbridge.application import ChatBridge, Received
+from chatbridge.audit.chain import ChainHalted
 from chatbridge.consumers import dlq
 from chatbridge.domain.messages import Rejection, parse_record
 from chatbridge.persistence import IntakeRecord, partition_source
@@ -260,6 +261,10 @@ class KafkaIngestor:
                 try:
                     stored = self.poll_once()
                     failures = 0
+                except ChainHalted:  # the audit's writer said why, once; not ready until an operator steps in
+                    self._rewind()
+                    stop.wait(5.0)
+                    continue
                 except (KafkaError, OperationalError, InterfaceError, OSError) as error:
                     failures += 1
                     delay = min(0.5 * 2**failures, 30.0)

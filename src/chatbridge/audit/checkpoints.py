@@ -1,0 +1,170 @@
+"""Where the log's signed checkpoints are published outside the store, and read back by `audit verify`.
+
+Two places, because whoever can write the database can delete checkpoints there together with the chain they
+sign: a JSON-lines file the auditor keeps (`CHATBRIDGE_AUDIT_CHECKPOINT_FILE`, one checkpoint per line, appended,
+mode 0600), and the Kafka topic `chatbridge.audit-checkpoints.v1` (`CHATBRIDGE_AUDIT_CHECKPOINT_TOPIC`), keyed by the
+signing key's id so that `verify` reads only this installation's checkpoints. A checkpoint is published after the
+transaction that signed it committed; one that could not be published is kept and sent with the next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from chatbridge.audit.chain import Checkpoint
+
+TOPIC = "chatbridge.audit-checkpoints.v1"
+
+
+class CheckpointFileError(Exception):
+    """The checkpoint file cannot be read (the message names the file and line)."""
+
+
+class CheckpointFile:
+    """The auditor's copy: every checkpoint, one JSON object per line, in the order they were published."""
+
+    takes_others = True  # the whole sequence, also what other replicas signed (found when this one next writes)
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._pending: list[Checkpoint] = []
+        self._lock = threading.Lock()
+
+    def publish(self, checkpoints: Sequence[Checkpoint]) -> None:
+        with self._lock:
+            self._pending.extend(checkpoints)
+            text = "".join(checkpoint.to_json() + "\n" for checkpoint in self._pending)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(descriptor, text.encode())
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+            self._pending = []
+
+    def last(self) -> Checkpoint | None:
+        """The last checkpoint in the file (its tail is read, not the whole file)."""
+        try:
+            with self.path.open("rb") as file:
+                size = file.seek(0, os.SEEK_END)
+                file.seek(max(0, size - 65536))
+                lines = [line for line in file.read().splitlines() if line.strip()]
+        except FileNotFoundError:
+            return None
+        if not lines:
+            return None
+        try:
+            return Checkpoint.from_json(lines[-1].decode())
+        except (ValueError, KeyError, UnicodeDecodeError) as error:
+            raise CheckpointFileError(f"{self.path}: the last line is not a checkpoint ({error})") from None
+
+    def read(self) -> list[Checkpoint]:
+        try:
+            text = self.path.read_text()
+        except OSError as error:
+            raise CheckpointFileError(f"{self.path}: {error.strerror}") from None
+        checkpoints = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                checkpoints.append(Checkpoint.from_json(line))
+            except (ValueError, KeyError) as error:
+                raise CheckpointFileError(f"{self.path} line {number}: not a checkpoint ({error})") from None
+        return checkpoints
+
+
+class KafkaCheckpoints:
+    """The checkpoint topic: each checkpoint this writer signs, keyed by the signing key's id, acknowledged by the
+    brokers before the writer goes on. The producer is made on first use (a reader never connects); after a failed
+    publication the checkpoints wait (and go with the next one) for a while instead of blocking every batch."""
+
+    takes_others = False  # each replica publishes its own
+    RETRY_AFTER = 30.0  # seconds a failed publication is not retried
+
+    def __init__(self, producer: Callable[[], Any], topic: str = TOPIC):
+        self._make_producer = producer
+        self._producer: Any = None
+        self.topic = topic
+        self._pending: list[Checkpoint] = []
+        self._failed_at: float | None = None
+        self._lock = threading.RLock()
+
+    def publish(self, checkpoints: Sequence[Checkpoint]) -> None:
+        with self._lock:
+            self._pending.extend(checkpoints)
+            if self._failed_at is not None and time.monotonic() - self._failed_at < self.RETRY_AFTER:
+                raise ConnectionError(f"{len(self._pending)} checkpoints wait for the topic {self.topic}")
+            try:
+                if self._producer is None:
+                    self._producer = self._make_producer()
+                futures = [
+                    self._producer.send(self.topic, key=c.key_id.encode(), value=c.to_json().encode())
+                    for c in self._pending
+                ]
+                self._producer.flush(timeout=10)
+                for future in futures:
+                    future.get(timeout=10)
+            except Exception:
+                self._failed_at = time.monotonic()
+                raise
+            self._pending, self._failed_at = [], None
+
+    def last(self) -> Checkpoint | None:
+        return None  # the writer does not read the topic back: other installations may share it
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pending and self._producer is not None:
+                with contextlib.suppress(Exception):  # said when it failed; the file and the store hold them
+                    self.publish([])
+            if self._producer is not None:
+                self._producer.close(timeout=10)
+                self._producer = None
+
+
+def kafka_producer(bootstrap_servers: str) -> Any:
+    """A producer like the dead letters' (acks=all, bounded blocking), for a writer that is not the worker."""
+    from kafka import KafkaProducer
+
+    return KafkaProducer(
+        bootstrap_servers=bootstrap_servers.split(","), client_id="chatbridge", acks="all", linger_ms=5,
+        max_block_ms=10000, reconnect_backoff_max_ms=5000,
+    )  # fmt: skip
+
+
+def read_topic(bootstrap_servers: str, topic: str, signer_key_id: str, timeout: float = 30.0) -> list[Checkpoint]:
+    """Every checkpoint on the topic signed by the key with id `signer_key_id`, from the beginning to the end
+    offsets as they are now."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap_servers.split(","), group_id=None, enable_auto_commit=False,
+        client_id="chatbridge-audit-verify", consumer_timeout_ms=1000,
+    )  # fmt: skip
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            return []
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        found: list[Checkpoint] = []
+        wanted = signer_key_id.encode()
+        deadline = time.monotonic() + timeout
+        while any(consumer.position(tp) < end for tp, end in ends.items()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the topic {topic} could not be read to its end in {timeout:.0f}s")
+            for records in consumer.poll(timeout_ms=500).values():
+                found.extend(Checkpoint.from_json(r.value.decode()) for r in records if r.key == wanted)
+        return found
+    finally:
+        consumer.close()

@@ -1,0 +1,229 @@
+"""The log's proof against whoever can write every table of the store but holds no key: the attacks of someone
+who recomputes the chain with SHA-256 and removes the checkpoints that would betray it — all of them, only the
+later ones, or the tail of the log with its checkpoints. Each is caught against the checkpoints published outside
+the store (the auditor's file, the Kafka topic), on SQLite and PostgreSQL, and the next ingest refuses to store."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatbridge.audit import chain
+from chatbridge.audit.checkpoints import CheckpointFile, read_topic
+from chatbridge.audit.service import verify_log
+from chatbridge.bootstrap import open_store
+from chatbridge.settings import Settings
+from tests.integration.test_audit import Story, jan, tell
+from tests.support import ALICE
+
+pytestmark = pytest.mark.integration
+
+
+class Tables:
+    """Raw SQL on the store's database, as the attacker has it: no key, every table."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.events = "stored_events" if settings.store == "sqlite" else "chatbridge_events"
+        self.id = "rowid" if settings.store == "sqlite" else "notification_id"
+
+    def run(self, work: Callable[[Any, str], Any]) -> Any:
+        if self.settings.store == "sqlite":
+            with sqlite3.connect(self.settings.database) as db:
+                return work(db, "?")
+        import psycopg
+
+        s = self.settings
+        with psycopg.connect(
+            host=s.postgres_host, port=s.postgres_port, dbname=s.postgres_dbname, user=s.postgres_user,
+            password=s.postgres_password.get_secret_value(), autocommit=True,
+        ) as db:  # fmt: skip
+            return work(db, "%s")
+
+    def count(self) -> int:
+        return int(self.run(lambda db, _: db.execute(f"SELECT COUNT(*) FROM {self.events}").fetchone()[0]))
+
+    def last_id(self) -> int:
+        return int(self.run(lambda db, _: db.execute(f"SELECT MAX({self.id}) FROM {self.events}").fetchone()[0]))
+
+    def alter(self, notification_id: int) -> None:
+        """Change one stored event's bytes so that it still reads (an event title, a time)."""
+
+        def work(db: Any, mark: str) -> None:
+            state = bytes(db.execute(f"SELECT state FROM {self.events} WHERE {self.id} = {mark}",
+                                     (notification_id,)).fetchone()[0])  # fmt: skip
+            forged = state.replace(b"2026", b"2025", 1)
+            assert forged != state
+            db.execute(f"UPDATE {self.events} SET state = {mark} WHERE {self.id} = {mark}", (forged, notification_id))
+
+        self.run(work)
+
+    def delete_events(self, condition: str) -> None:
+        self.run(lambda db, _: db.execute(f"DELETE FROM {self.events} WHERE {self.id} {condition}"))
+
+    def recompute_chain(self) -> None:
+        """A fresh chain over the events as they are now, with SHA-256 alone."""
+
+        def work(db: Any, mark: str) -> None:
+            rows = db.execute(
+                f"SELECT {self.id}, originator_id, originator_version, topic, state FROM {self.events} "
+                f"ORDER BY {self.id}"
+            ).fetchall()
+            db.execute("DELETE FROM audit_chain")
+            previous = chain.GENESIS
+            for notification_id, originator, version, topic, state in rows:
+                originator = originator if isinstance(originator, uuid.UUID) else uuid.UUID(originator)
+                record = chain.record_hash(originator, version, topic, bytes(state))
+                previous = chain.chain_hash(previous, record)
+                db.execute(
+                    f"INSERT INTO audit_chain (notification_id, record_hash, chain_hash) VALUES ({mark}, {mark}, {mark})",
+                    (notification_id, record.hex(), previous.hex()),
+                )
+
+        self.run(work)
+
+    def delete(self, table: str, condition: str = "") -> None:
+        self.run(lambda db, _: db.execute(f"DELETE FROM {table} {condition}"))
+
+
+def recompute_and_drop_all(tables: Tables, altered: int) -> None:
+    tables.alter(altered)
+    tables.delete_events(f"= {altered + 2}")
+    tables.recompute_chain()
+    tables.delete("audit_checkpoints")
+
+
+def recompute_and_drop_later(tables: Tables, altered: int) -> None:
+    tables.alter(altered)
+    tables.recompute_chain()
+    tables.delete("audit_checkpoints", f"WHERE notification_id >= {altered}")
+
+
+def cut_the_tail(tables: Tables, altered: int) -> None:
+    tables.delete_events(f">= {altered}")
+    for table in chain.TABLES:
+        tables.delete(table, f"WHERE notification_id >= {altered}")
+
+
+ATTACKS = {"recompute, drop all": recompute_and_drop_all, "recompute, drop later": recompute_and_drop_later,
+           "cut the tail": cut_the_tail}  # fmt: skip
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def settings(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
+    monkeypatch.setenv("CHATBRIDGE_AUDIT_KEY_FILE", str(tmp_path / "keys"))
+    monkeypatch.setenv("CHATBRIDGE_AUDIT_CHECKPOINT_FILE", str(tmp_path / "auditor" / "checkpoints.jsonl"))
+    if request.param == "postgres":
+        for name, value in request.getfixturevalue("postgres_env").items():
+            monkeypatch.setenv(name, value)
+        return Settings()
+    return Settings(database=tmp_path / "proof.db")
+
+
+def told(settings: Settings) -> Iterator[Story]:
+    store = open_store(settings)
+    try:
+        story = Story(store)
+        tell(story)
+        yield story
+    finally:
+        store.close()
+
+
+def verification(settings: Settings, published: list[chain.Checkpoint]) -> chain.Verification:
+    store = open_store(settings)
+    try:
+        key = store.app.keys.signing_key
+        assert key is not None
+        return verify_log(store.app, key.public_key(), published)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+def test_each_attack_is_caught_against_the_published_checkpoints_and_the_next_ingest_refuses(
+    settings: Settings, tmp_path: Path, attack: str
+) -> None:
+    story = next(told(settings), None)
+    assert story is not None
+    file = CheckpointFile(tmp_path / "auditor" / "checkpoints.jsonl")
+    published = file.read()
+    tables = Tables(settings)
+    last = tables.last_id()
+    assert published and published[-1].notification_id == last and published[-1].records == tables.count()
+    assert verification(settings, published).ok
+    altered = last - 6
+    ATTACKS[attack](tables, altered)
+
+    against_file = verification(settings, published)
+    first = against_file.first
+    assert first is not None and first.problem == "contradicts published checkpoint", against_file.findings
+    assert first.notification_id == altered, first
+    assert "published checkpoint at record" in first.detail
+    alone = verification(settings, [])
+    if attack == "cut the tail":
+        assert alone.ok  # the store alone cannot tell a cut log: the published copy can
+    else:
+        assert not alone.ok and {f.problem for f in alone.findings} & {"unsigned", "checkpoint removed"}
+
+    # the next ingest, by a fresh process that knows the published checkpoints only from the auditor's file
+    stored = tables.count()
+    store = open_store(settings)
+    try:
+        story.store = store
+        story.stream.event("4799", jan(9), start=jan(20), end=jan(21), responsible=ALICE)  # a new chat
+        with pytest.raises(chain.ChainHalted) as refused:
+            story.feed()
+        assert str(refused.value).startswith("record ")  # names the record where the log disagrees
+        guard = store.app.audit_guard
+        assert guard is not None and guard.halted
+        with pytest.raises(chain.ChainHalted):  # and it stays stopped
+            story.feed()
+    finally:
+        store.close()
+    assert tables.count() == stored
+    assert file.read() == published  # nothing signed, nothing published
+
+
+def test_the_checkpoint_file_chains_and_is_kept_private(settings: Settings, tmp_path: Path) -> None:
+    next(told(settings), None)
+    path = tmp_path / "auditor" / "checkpoints.jsonl"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    checkpoints = [chain.Checkpoint.from_json(json.dumps(line)) for line in lines]
+    assert checkpoints[0].previous == chain.GENESIS.hex()
+    for before, after in zip(checkpoints, checkpoints[1:], strict=False):
+        assert after.previous == before.digest() and after.records > before.records  # type: ignore[operator]
+
+
+def test_verify_reads_the_checkpoint_topic(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    topic = f"chatbridge.audit-checkpoints.test-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("CHATBRIDGE_AUDIT_KEY_FILE", str(tmp_path / "keys"))
+    monkeypatch.setenv("CHATBRIDGE_KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    monkeypatch.setenv("CHATBRIDGE_AUDIT_CHECKPOINT_TOPIC", topic)
+    settings = Settings(database=tmp_path / "topic.db")
+    next(told(settings), None)
+    store = open_store(settings)
+    try:
+        key = store.app.keys.signing_key
+        assert key is not None
+        signer = chain.key_id(key.public_key())
+    finally:
+        store.close()
+    published = read_topic(kafka_bootstrap, topic, signer)
+    tables = Tables(settings)
+    assert published and published[-1].notification_id == tables.last_id()
+    assert read_topic(kafka_bootstrap, topic, "another-key") == []
+    cut_the_tail(tables, tables.last_id() - 3)
+    first = verification(settings, published).first
+    assert first is not None and first.problem == "contradicts published checkpoint"
