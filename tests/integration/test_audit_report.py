@@ -197,6 +197,7 @@ def test_the_pdf_is_a4_with_the_reports_text_in_german(installation: Installatio
                     "Löschungen (Art. 17 DSGVO)", "Unversehrtheit des Ereignisprotokolls",
                     "Verzeichnis von Verarbeitungstätigkeiten (Art. 30 DSGVO)"):  # fmt: skip
         assert heading in text
+    assert f"Seite 1 / {pages}" in text and f"Seite {pages} / {pages}" in text  # every page numbered for filing
     assert "Veranstaltung 4711" in text and "Veranstaltung 4713" in text and "9001" not in text  # not asb-bonn's
     summary = {line.split("  ")[0].strip(): line.split()[-1] for line in text.splitlines() if "  " in line.strip()}
     deletions = installation.json("deletions", "--org", ORG, "--now", END)

@@ -307,7 +307,13 @@ def _moment(value: str) -> Markup:
     return Markup('<span class="moment">{}</span> <span class="moment">{}</span>').format(day, clock.rstrip("Z"))
 
 
+def _css_text(value: str) -> Markup:
+    """Text for a CSS string (the printed page's footer): anything but letters, digits and '-' as a CSS escape."""
+    return Markup("".join(c if c.isalnum() or c == "-" else f"\\{ord(c):06x}" for c in str(value)))
+
+
 _environment.filters["moment"] = _moment
+_environment.filters["css_text"] = _css_text
 
 
 @cache
