@@ -202,7 +202,9 @@ def snapshot(env: dict[str, str], now: datetime) -> dict[str, Any]:
             chats.append({"org": chat["org"], "event_id": chat["event_id"], "generation": chat["generation"],
                           "phase": chat["phase"], "desired": desired,
                           "in_synapse": sorted(actual.members) if actual else None,
-                          "read_only": actual.read_only if actual else None})  # fmt: skip
+                          "read_only": actual.read_only if actual else None,
+                          "name": actual.name if actual else None,
+                          "topic": actual.topic if actual else None})  # fmt: skip
     finally:
         backend.close()
     return {"now": z(now), "phases": dict(Counter(c["phase"] for c in chats)), "chats": chats}
@@ -224,6 +226,9 @@ def print_stop(title: str, stop: dict[str, Any], passed: dict[str, Any]) -> None
         ro = " read-only" if chat["read_only"] else ""
         say(f"  {chat['org'] + '/' + chat['event_id']:<28} {chat['phase']:<22} {len(chat['desired']):>7} "
             f"{have:>10}{ro}{note}")  # fmt: skip
+        if chat["name"] is not None:  # what a member sees in the chat list, as Synapse holds it
+            name, topic = chat["name"], chat["topic"]
+            say(f'      "{name}" — {topic}')
 
 
 def proof_and_timeline(env: dict[str, str], story: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
