@@ -64,7 +64,8 @@ class Installation:
 def installation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installation]:
     """The audit's story (two generations, each deletion rule, a removal and re-adding) and a person HiOrg deleted."""
     folder = tmp_path_factory.mktemp("report")
-    env = {"CHATBRIDGE_DATABASE": str(folder / "audit.db"), "CHATBRIDGE_LOG_FORMAT": "json"}
+    env = {"CHATBRIDGE_DATABASE": str(folder / "audit.db"), "CHATBRIDGE_LOG_FORMAT": "json",
+           "CHATBRIDGE_AUDIT_CHECKPOINT_FILE": str(folder / "checkpoints.jsonl")}  # the auditor's copy  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():
             patch.setenv(name, value)
@@ -297,6 +298,10 @@ def test_the_numbers_equal_the_audit_json(installation: Installation, page: Path
     assert facts["Records"] == str(verified["records"]) and facts["Signed checkpoints"] == str(verified["checkpoints"])
     assert facts["Verified against the checkpoint at record"] == str(verified["last_checkpoint"])
     assert facts["Integrity of the log"] == "Intact" and verified["ok"]
+    assert verified["published_checkpoints"] > 0  # the report compared the store with the auditor's file, as verify
+    assert facts["Published checkpoints it agrees with"] == (
+        f"{verified['published_checkpoints']} — the last at record {verified['last_published']}"
+    )
 
 
 def test_a_forgotten_person_appears_by_pseudonym_only(installation: Installation, page: Path) -> None:

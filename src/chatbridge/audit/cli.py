@@ -267,7 +267,9 @@ def report(
     settings = _settings()
     logs.configure(settings.log_format, settings.log_level)
     with _store(settings) as store:
-        document = reporting.gather(store.app, settings, scope, store.app.keys.verify_key)
+        key = store.app.keys.verify_key  # the same published checkpoints as `audit verify` without options
+        published = _published(None, None, settings, chain.key_id(key)) if key is not None else []
+        document = reporting.gather(store.app, settings, scope, key, published)
     try:
         written = reporting.write_report(document, out, language)
     except reporting.ReportError as error:

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -84,8 +85,15 @@ def _overlaps(since: str | None, until: str | None, scope: Scope, end: datetime)
     return scope.start is None or ended is None or ended >= scope.start
 
 
-def gather(app: ChatBridge, settings: Settings, scope: Scope, verify_key: Ed25519PublicKey | None) -> dict[str, Any]:
-    """Everything the report shows, as the audit commands answer it (raises `queries.NotFound` like they do)."""
+def gather(
+    app: ChatBridge,
+    settings: Settings,
+    scope: Scope,
+    verify_key: Ed25519PublicKey | None,
+    published: Sequence[chain.Checkpoint] = (),
+) -> dict[str, Any]:
+    """Everything the report shows, as the audit commands answer it (raises `queries.NotFound` like they do);
+    `published`: the checkpoints kept outside the store that `audit verify` compares the store with."""
     policy = settings.policy
     end = scope.end or datetime.now(UTC)
     org = scope.org
@@ -119,7 +127,7 @@ def gather(app: ChatBridge, settings: Settings, scope: Scope, verify_key: Ed2551
         "transfers": [r for r in transfers["transfers"] if _within(r["at"], scope, end)],
         "deletions": {"deleted": deleted, "overdue": overdue, "now": deletions["now"]},
         "chats": chats,
-        "verify": verification(app, verify_key),
+        "verify": verification(app, verify_key, published),
     }
 
 
@@ -174,12 +182,14 @@ def _chat(event_id: str, generations: list[dict[str, Any]], entries: list[dict[s
     }
 
 
-def verification(app: ChatBridge, verify_key: Ed25519PublicKey | None) -> dict[str, Any]:
+def verification(
+    app: ChatBridge, verify_key: Ed25519PublicKey | None, published: Sequence[chain.Checkpoint] = ()
+) -> dict[str, Any]:
     """`audit verify`'s answer (the same fields as its JSON), with the key and the moment it was checked."""
     checked_at = utc_z(datetime.now(UTC))
     if verify_key is None:
         return {"ok": None, "checked_at": checked_at, "key_id": None}
-    result = verify_log(app, verify_key)
+    result = verify_log(app, verify_key, published)
     findings = [
         {"record": f.notification_id, "problem": f.problem, "detail": f.detail}
         for f in sorted(result.findings, key=lambda f: f.notification_id)
@@ -191,6 +201,8 @@ def verification(app: ChatBridge, verify_key: Ed25519PublicKey | None) -> dict[s
         "checkpoints": result.checkpoints,
         "last_checkpoint": result.last_checkpoint,
         "unsigned_tail": result.unsigned_tail,
+        "published_checkpoints": result.published,
+        "last_published": result.last_published,
         "first_problem": findings[0] if findings else None,
         "problems": findings[:20],
         "key_id": chain.key_id(verify_key),
