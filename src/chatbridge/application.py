@@ -26,7 +26,7 @@ from eventsourcing.projection import EventSourcedProjection
 from chatbridge.audit.chain import Guard, Sink
 from chatbridge.audit.checkpoints import CheckpointFile, KafkaCheckpoints, kafka_producer
 from chatbridge.audit.settings import AuditKeys
-from chatbridge.audit.shredding import MemoryKeyTable, PersonKeys, PersonSealingMapper, SQLKeyTable
+from chatbridge.audit.shredding import MemoryKeyTable, PersonKeys, PersonSealingMapper, Pseudonym, SQLKeyTable
 from chatbridge.domain.aggregates import ChatGroup, Organisation, Person
 from chatbridge.domain.messages import (
     EventCancelled,
@@ -306,7 +306,8 @@ def _person_status_changed(message: PersonStatusChanged, unit: _UnitOfWork) -> s
     deleted = message.data.status == "deleted"
     person = unit.get(Person.create_id(message.org, pseudonym))  # never the HiOrg id: nothing may link back
     if person is None:  # (a person first named by their own deletion is erased by it: registered by pseudonym)
-        person = Person(message.org, pseudonym, pseudonym if deleted else person_id, message.id, message.occurred_at)
+        named = Pseudonym(pseudonym) if deleted else person_id
+        person = Person(message.org, pseudonym, named, message.id, message.occurred_at)
         unit.add(person)
     person.change_status(message.id, message.occurred_at, message.data.status)
     if deleted:  # crypto-shredding: this batch is sealed knowing it, the keys go once it is stored

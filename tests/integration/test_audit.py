@@ -394,3 +394,49 @@ def test_forgetting_on_postgres_leaves_no_plaintext_in_the_tables(
             ).fetchone()
             assert found == (0,), table
         assert ALICE in str(db.execute("SELECT members FROM desired_state").fetchall())  # the check can see one
+
+
+def test_a_hiorg_id_spelt_like_anothers_pseudonym_is_another_person(story: Story, tmp_path: Path) -> None:
+    app = story.store.app
+    alice = str(app.persons.pseudonym(ORG, ALICE))  # as a producer would send it: a plain id
+    before = queries.person_access(app, ORG, ALICE, POLICY)
+    s = story.stream
+    s.staffing("4711", alice, "assigned", jan(6, 13))  # a HiOrg id that is ALICE's pseudonym, letter for letter
+    s.person(alice, "deleted", jan(6, 15))
+    story.reconcile(jan(6, 16))
+    # ALICE is untouched: her key, her chat, her plain id in the audit
+    assert not app.persons.is_forgotten(ORG, ALICE) and app.persons.erased_until(ORG, ALICE) is None
+    chat = next(c for c in services.state(story.store, jan(6, 16))["chats"] if c["event_id"] == "4711")
+    assert ALICE in chat["members"] and ALICE in chat["moderators"]
+    assert ALICE in str(queries.chat_timeline(app, ORG, "4711", POLICY)["entries"])
+    assert queries.person_access(app, ORG, ALICE, POLICY) == before
+    # the other one was a person of their own, deleted under a pseudonym of their own
+    assert app.persons.is_forgotten(ORG, alice) and app.persons.pseudonym(ORG, alice) != alice
+    assert verify_log(app, app.keys.signing_key.public_key()).ok  # type: ignore[union-attr]
+
+
+def test_audit_person_keeps_organisations_apart_that_share_an_event_id(tmp_path: Path) -> None:
+    store = open_store(Settings(database=tmp_path / "two.db"))
+    try:
+        story = Story(store)
+        s = story.stream
+        s.org_on(at(1, month=11))
+        s.org_on(at(1, month=11), org=ORG2)
+        s.event("4711", at(20, month=11), start=at(1, 16), end=at(1, 19), responsible=ALICE)
+        s.event("4711", at(20, month=11), start=at(2, 16), end=at(2, 19), responsible=ALICE, org=ORG2)
+        story.reconcile(at(21, 12, month=11))
+        s.event("4711", at(22, month=11), start=at(2, 16), end=at(2, 19), responsible=BOB, org=ORG2)
+        story.reconcile(at(23, 12, month=11))
+        chat_a = story.backend.chat(ORG, "4711", 1).chat_id
+        chat_b = story.backend.chat(ORG2, "4711", 1).chat_id
+        assert chat_a != chat_b
+        a = queries.person_access(store.app, ORG, ALICE, POLICY)["access"]
+        b = queries.person_access(store.app, ORG2, ALICE, POLICY)["access"]
+        assert [(r["event_id"], r["chat_id"], r["until"]) for r in a] == [("4711", chat_a, None)]
+        assert [(r["event_id"], r["chat_id"], r["until"]) for r in b] == [("4711", chat_b, "2026-11-23T11:00:00Z")]
+        timeline_b = queries.chat_timeline(store.app, ORG2, "4711", POLICY)
+        assert {g["chat_id"] for g in timeline_b["generations"]} == {chat_b}
+        deletions_b = queries.deletions(store.app, ORG2, POLICY, jan(20), None)
+        assert {r["chat_id"] for r in deletions_b["deleted"] + deletions_b["overdue"]} <= {chat_b}
+    finally:
+        store.close()

@@ -178,6 +178,9 @@ def test_sealed_persons_open_while_the_key_exists_and_only_as_pseudonym_after() 
     assert P not in token and persons.open(token) == P
     pseudonym = persons.pseudonym("drk", P)
     assert PSEUDONYM.fullmatch(pseudonym) and persons.pseudonym("drk", pseudonym) == pseudonym
+    # a HiOrg id spelt like that pseudonym is another person: its own pseudonym, its own key
+    assert persons.pseudonym("drk", str(pseudonym)) != pseudonym
+    assert persons.seal("drk", str(pseudonym), day(1)) != f"enc1:{pseudonym}:"
     assert persons.pseudonym("asb", P) != pseudonym  # per organisation
     assert persons.forget("drk", P) and not persons.forget("drk", P)  # an operator's erasure: for ever
     assert persons.open(token) == pseudonym and persons.is_forgotten("drk", P)

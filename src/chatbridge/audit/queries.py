@@ -7,12 +7,13 @@ HiOrg id while their key exists, by their pseudonym once it is destroyed — and
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from chatbridge.application import ChatBridge
+from chatbridge.audit.shredding import PSEUDONYM, Pseudonym
 from chatbridge.domain.aggregates import ChatGroup, Organisation
 from chatbridge.domain.lifecycle import Policy
 from chatbridge.projections.desired_state import ChatKey, DesiredStateFold
@@ -232,11 +233,34 @@ def _generation_row(record: GenerationRecord) -> dict[str, Any]:
     }
 
 
+def _names_the_person(hiorg_id: str | None, pseudonym: str) -> Callable[[Any], bool]:
+    """Whether a name read from the log is the person: their HiOrg id (while their key exists) or their pseudonym
+    (once it is gone) — each recognised by its own kind, so a HiOrg id that looks like someone's pseudonym is not
+    taken for them."""
+
+    def names(name: Any) -> bool:
+        if isinstance(name, Pseudonym):
+            return name == pseudonym
+        return hiorg_id is not None and name == hiorg_id
+
+    return names
+
+
 def person_access(app: ChatBridge, org: str, person_id: str, policy: Policy) -> dict[str, Any]:
-    """`audit person` (Art. 15): every chat the person had access to, from when to when."""
-    if not app.persons.is_known(org, person_id):
+    """`audit person` (Art. 15): every chat the person had access to, from when to when.
+
+    `person_id` is a HiOrg id; a forgotten person's pseudonym is accepted too, when no HiOrg id is spelt so."""
+    persons = app.persons
+    hiorg_id: str | None = person_id
+    if persons.is_known(org, person_id):
+        pseudonym = persons.pseudonym(org, person_id)
+        forgotten = persons.is_forgotten(org, person_id)
+    elif PSEUDONYM.fullmatch(person_id) and (state := persons.table.load(person_id)) is not None:
+        hiorg_id, pseudonym = None, person_id
+        forgotten = state.erased_until is not None and state.live() is None
+    else:
         raise NotFound(f"person {person_id!r} of organisation {org!r} not found")
-    names = {person_id, app.persons.pseudonym(org, person_id)}
+    names = _names_the_person(hiorg_id, pseudonym)
     log = LogFold(app, policy, set())
     rows: list[dict[str, Any]] = []
     for (chat_org, event_id), entries in sorted(log.access.items()):
@@ -246,20 +270,19 @@ def person_access(app: ChatBridge, org: str, person_id: str, policy: Policy) -> 
         for entry in entries:
             generation = entry["generation"]
             person = entry["details"].get("person")
-            if entry["what"] == "access granted" and person in names:
+            if entry["what"] == "access granted" and names(person):
                 open_since.setdefault(generation, entry["at"])
             elif generation in open_since and (
-                (entry["what"] == "access revoked" and person in names) or entry["what"].startswith("chat deleted")
+                (entry["what"] == "access revoked" and names(person)) or entry["what"].startswith("chat deleted")
             ):
                 ended = "revoked" if entry["what"] == "access revoked" else "chat deleted"
                 rows.append(_access_row(chat_org, event_id, generation, open_since.pop(generation), entry["at"],
                                         ended, log))  # fmt: skip
         for generation, since in open_since.items():
             rows.append(_access_row(chat_org, event_id, generation, since, None, None, log))
-    forgotten = app.persons.is_forgotten(org, person_id)
     return {
         "org": org,
-        "person": app.persons.pseudonym(org, person_id) if forgotten else person_id,
+        "person": pseudonym if forgotten else person_id,
         "forgotten": forgotten,
         "access": sorted(rows, key=lambda r: (r["from"], r["event_id"], r["generation"])),
     }

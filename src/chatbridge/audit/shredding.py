@@ -37,6 +37,17 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.persistence import Mapper, PersistenceError, StoredEvent
 
 PSEUDONYM = re.compile(r"ps-[0-9a-f]{32}")
+
+
+class Pseudonym(str):
+    """A person named by their pseudonym alone — read from a stored token whose key is gone, or written so on
+    purpose — never a HiOrg id, whatever it looks like. HiOrg ids arrive as plain strings and are always turned into
+    pseudonyms by the HMAC; only this type is sealed as a pseudonym, so no input reaches the pseudonym namespace
+    (a HiOrg id of the form `ps-` + 32 hex digits is just another id)."""
+
+    __slots__ = ()
+
+
 _PSEUDONYM_ONLY = "enc1:"  # enc1:{pseudonym}: — and the previous release's tokens, sealed with key version 1
 _TOKEN = "enc2:"  # enc2:{pseudonym}:{version}:{nonce+ciphertext}
 FOREVER = datetime.max.replace(tzinfo=UTC)  # the horizon of an operator's erasure
@@ -379,16 +390,16 @@ class PersonKeys:
         self._pseudonyms: dict[tuple[str, str], str] = {}
 
     def pseudonym(self, org: str, person_id: str) -> str:
-        """The person's keyed pseudonym; a pseudonym is its own pseudonym (a forgotten person stays one)."""
+        """The person's keyed pseudonym; a `Pseudonym` (a person already named by it alone) is its own."""
+        if isinstance(person_id, Pseudonym):
+            return person_id
         known = self._pseudonyms.get((org, person_id))
         if known is not None:
             return known
-        if PSEUDONYM.fullmatch(person_id):
-            return person_id
         mac = hmac.new(self._pseudonym_key, f"{org}/{person_id}".encode(), hashlib.sha256)
         if len(self._pseudonyms) > 200_000:  # bounded: a remembered pseudonym only saves the HMAC
             self._pseudonyms.clear()
-        pseudonym = self._pseudonyms[(org, person_id)] = "ps-" + mac.hexdigest()[:32]
+        pseudonym = self._pseudonyms[(org, person_id)] = Pseudonym("ps-" + mac.hexdigest()[:32])
         return pseudonym
 
     def _refresh(self, *, now_please: bool = False) -> None:
@@ -432,7 +443,7 @@ class PersonKeys:
         wanted = {}
         for org, person_id in persons:
             pseudonym = self.pseudonym(org, person_id)
-            if pseudonym != person_id and pseudonym not in self._states:
+            if pseudonym is not person_id and pseudonym not in self._states:
                 wanted[pseudonym] = org
         if wanted:
             states = self.table.load_many(wanted)  # made when unknown, in one transaction
@@ -452,9 +463,9 @@ class PersonKeys:
         """The token naming the person in a fact of time `at`: the pseudonym alone when `at` is before the person's
         erasure, else sealed with the newest key. `renew`: a fact that may start a new person after an erasure
         (HiOrg-Server's), for whom a fresh key version is made; the reconciler's outcomes never start one."""
+        if isinstance(person_id, Pseudonym):  # named by pseudonym alone: there is nothing to seal
+            return f"{_PSEUDONYM_ONLY}{person_id}:"
         pseudonym = self.pseudonym(org, person_id)
-        if pseudonym == person_id:
-            return f"{_PSEUDONYM_ONLY}{pseudonym}:"
         at = _utc(at)
         state = KeyState()
         for reload in (False, True):  # the second look, in the table: another process may have made a key
@@ -486,7 +497,8 @@ class PersonKeys:
         return f"{_TOKEN}{pseudonym}:{version}:{base64.urlsafe_b64encode(nonce + sealed).decode()}"
 
     def open(self, token: str) -> str:
-        """The HiOrg id while its key version exists, else the pseudonym; text that is not a token is returned as is."""
+        """The HiOrg id while its key version exists, else the `Pseudonym`; text that is not a token is returned as
+        is."""
         if token.startswith(_TOKEN):
             pseudonym, version_text, sealed = token[len(_TOKEN) :].split(":", 2)
             version, associated = int(version_text), f"{pseudonym}:{version_text}"
@@ -494,17 +506,17 @@ class PersonKeys:
             pseudonym, _, sealed = token[len(_PSEUDONYM_ONLY) :].partition(":")
             version, associated = 1, pseudonym  # the previous release sealed with the only key there was
             if not sealed:
-                return pseudonym
+                return Pseudonym(pseudonym)
         else:
             return token
         key = self._key(pseudonym, version)
         if not key:
-            return pseudonym
+            return Pseudonym(pseudonym)
         raw = base64.urlsafe_b64decode(sealed)
         try:
             return self._cipher(pseudonym, version, key).decrypt(raw[:12], raw[12:], associated.encode()).decode()
         except InvalidTag:
-            return pseudonym
+            return Pseudonym(pseudonym)
 
     def _key(self, pseudonym: str, version: int) -> bytes | None:
         state = self._state(pseudonym, None)
@@ -535,7 +547,7 @@ class PersonKeys:
         pseudonyms: dict[str, datetime] = {}
         for (org, person_id), at in named.items():
             pseudonym = self.pseudonym(org, person_id)
-            if pseudonym != person_id:
+            if pseudonym is not person_id:
                 pseudonyms[pseudonym] = max(pseudonyms.get(pseudonym, at), _utc(at))
         if pseudonyms:
             self.table.note_named(pseudonyms)
