@@ -47,6 +47,7 @@ TENANT_EVENT = "de.hiorg.chatbridge.tenant"  # the space's state event holding e
 TENANT_FIELDS = ("name", "email", "address")
 MODERATOR = 50
 LOCKED = 100
+PLACES_FRESH = 30.0  # seconds a space's children, read once, serve the reads of its chats (a pass reads many)
 # Power levels of an active chat; read-only raises every one of them to LOCKED (members and moderators alike).
 ACTIVE_LEVELS: dict[str, Any] = {"events_default": 0, "invite": MODERATOR, "state_default": MODERATOR}
 ACTIVE_EVENT_LEVELS: dict[str, int] = {
@@ -100,6 +101,9 @@ class MatrixBackend:
         self._bot: str | None = None
         self._lock = threading.Lock()
         self.retries = 0  # transient failures retried in place (for tests and metrics)
+        # space → (read at, room → its `order` there): one read of a space serves the reads of all its chats
+        self._places: dict[str, tuple[float, dict[str, str | None]]] = {}
+        self._places_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: MatrixSettings) -> MatrixBackend:
@@ -223,16 +227,6 @@ class MatrixBackend:
             raise self._error(what, response)
         return dict(response.json())
 
-    def _state_or_none(self, what: str, room: str, event_type: str, state_key: str = "") -> dict[str, Any] | None:
-        """A state event's content, or None where the bridge cannot read it (not in that room): the write that
-        follows says why."""
-        try:
-            return self._state(what, room, event_type, state_key)
-        except BackendUnavailable:
-            raise
-        except BackendError:
-            return None
-
     def _put_state(self, what: str, room: str, event_type: str, content: dict[str, Any], state_key: str = "") -> None:
         path = f"/_matrix/client/v3/rooms/{_path(room)}/state/{_path(event_type)}/{_path(state_key)}"
         self._ok(what, "PUT", path, json=content)
@@ -332,13 +326,48 @@ class MatrixBackend:
         )  # fmt: skip
 
     def _order(self, spaces: list[str], room: str) -> str | None:
-        """The room's `order` in the space it names as its parent (one read: chatbridge gives a chat one parent);
-        None when no parent lists it with an order — `set_order` then lists it in its tenant again."""
+        """The room's `order` in the space it names as its parent (chatbridge gives a chat one); None when no parent
+        lists it with an order — `set_order` then lists it in its tenant again."""
         for space in sorted(spaces):
-            child = self._state_or_none("read place in space", space, "m.space.child", room) or {}
-            if child.get("via") and isinstance(child.get("order"), str):
-                return str(child["order"])
+            order = self._places_in(space).get(room)
+            if order is not None:
+                return order
         return None
+
+    def _places_in(self, space: str) -> dict[str, str | None]:
+        """The space's children and their `order`, read at most every PLACES_FRESH seconds: a resync reads every
+        chat of an organisation in a row, and reading each chat's place apart would make each chat's read cost 70 %
+        more (9 ms instead of 5.5 against a local Synapse on 2 cores). Changes made by hand show at the next read
+        after that; this backend's own writes show at once (`_placed`)."""
+        with self._places_lock:
+            cached = self._places.get(space)
+        if cached is not None and time.monotonic() - cached[0] < PLACES_FRESH:
+            return cached[1]
+        read_at = time.monotonic()
+        response = self._request("read tenant space", "GET", f"/_matrix/client/v3/rooms/{_path(space)}/state")
+        if response.status_code in (403, 404):  # the bridge is not in that space: nothing listed, as far as it sees
+            return {}
+        if response.status_code != 200:
+            raise self._error("read tenant space", response)
+        places: dict[str, str | None] = {}
+        for event in response.json():
+            content = event.get("content") or {}
+            if event.get("type") == "m.space.child" and event.get("state_key") and content.get("via"):
+                order = content.get("order")
+                places[event["state_key"]] = order if isinstance(order, str) else None
+        with self._places_lock:
+            self._places[space] = (read_at, places)
+        return places
+
+    def _placed(self, space: str, room: str, order: str | None, listed: bool = True) -> None:
+        """Remember a change this backend made to a space's children (when it holds that space's)."""
+        with self._places_lock:
+            cached = self._places.get(space)
+            if cached is not None:
+                if listed:
+                    cached[1][room] = order
+                else:
+                    cached[1].pop(room, None)
 
     def create_chat(
         self, org: str, event_id: str, generation: int, tenant_id: str, labels: ChatLabels | None = None
@@ -371,6 +400,7 @@ class MatrixBackend:
             self.set_topic(room, labels.topic)
         child = {**via, "order": labels.order} if labels is not None else via
         self._put_state("add chat to tenant space", tenant_id, "m.space.child", child, state_key=room)
+        self._placed(tenant_id, room, labels.order if labels is not None else None)
         if labels is None:
             return ActualChat(room)
         return ActualChat(room, name=labels.name, topic=labels.topic, order=labels.order)
@@ -441,6 +471,7 @@ class MatrixBackend:
     def set_order(self, chat_id: str, tenant_id: str, order: str) -> None:
         via = {"via": [self.server_name]}
         self._put_state("set place in tenant space", tenant_id, "m.space.child", {**via, "order": order}, chat_id)
+        self._placed(tenant_id, chat_id, order)
         # the room names its space too (where `get_chat` looks); Synapse keeps an unchanged state event as it is
         self._put_state("name tenant space", chat_id, "m.space.parent", {**via, "canonical": True}, tenant_id)
 
@@ -452,6 +483,7 @@ class MatrixBackend:
             for event in state.json():
                 if event.get("type") == "m.space.parent" and event.get("state_key"):
                     self._put_state("remove chat from space", event["state_key"], "m.space.child", {}, chat_id)
+                    self._placed(event["state_key"], chat_id, None, listed=False)
         media = self._ok("list media", "GET", f"/_synapse/admin/v1/room/{room}/media")
         deleted = 0
         for uri in media.get("local", []):
