@@ -67,7 +67,7 @@ class Settings(FileSettings):
     )
     timezone: ZoneInfo = Field(
         default=ZoneInfo("Europe/Berlin"),
-        description="The organisations' local time (IANA name): chat topics give the deadlines in it.",
+        description="The organisations' local time (IANA name): the chats' names and topics give dates in it.",
     )
 
     @property
