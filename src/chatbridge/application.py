@@ -9,6 +9,8 @@ nothing.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 from copy import deepcopy
 from dataclasses import dataclass, field
@@ -46,6 +48,24 @@ INTAKE_RECORDERS = {
     "eventsourcing.sqlite": "chatbridge.persistence:SQLiteIntakeRecorder",
     "eventsourcing.postgres": "chatbridge.persistence:PostgresIntakeRecorder",
 }
+
+
+def _private_sqlite_files(env: dict[str, str]) -> None:
+    """The SQLite store holds every person's key beside the ciphertext it opens: readable by its owner only. The
+    file is made 0600 before SQLite opens it (SQLite gives its WAL and SHM files the database file's mode), and a
+    store made more open by an earlier release is closed down, its WAL and SHM too."""
+    if env.get("CHATBRIDGE_PERSISTENCE_MODULE", env.get("PERSISTENCE_MODULE")) != "eventsourcing.sqlite":
+        return
+    name = env.get("CHATBRIDGE_SQLITE_DBNAME", env.get("SQLITE_DBNAME", ""))
+    if not name or name.startswith("file:") or ":memory:" in name:
+        return
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(OSError):  # not there, or another user's file: SQLite says so when it opens it
+            path = name + suffix
+            if os.stat(path).st_mode & 0o077:
+                os.chmod(path, 0o600)
 
 
 def _checkpoint_sinks(keys: AuditKeys) -> list[Sink]:
@@ -159,6 +179,7 @@ class ChatBridge(EventSourcedProjection[UUID]):
     def __init__(self, env: Any = None, keys: AuditKeys | None = None):
         # the audit's keys (audit.settings): checkpoint signing, and the persons' pseudonyms
         self.keys = keys or AuditKeys.ephemeral()
+        _private_sqlite_files(env or {})
         super().__init__(env)
         table: Any = MemoryKeyTable()
         if hasattr(self.recorder, "datastore"):

@@ -227,3 +227,30 @@ def test_verify_reads_the_checkpoint_topic(
     cut_the_tail(tables, tables.last_id() - 3)
     first = verification(settings, published).first
     assert first is not None and first.problem == "contradicts published checkpoint"
+
+
+def test_the_files_chatbridge_makes_are_its_owners_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("CHATBRIDGE_AUDIT_KEY_FILE", raising=False)
+    monkeypatch.setenv("CHATBRIDGE_AUDIT_CHECKPOINT_FILE", str(tmp_path / "checkpoints.jsonl"))
+    previous = os.umask(0o022)  # what most systems have: files readable by everyone unless made otherwise
+    try:
+        database = tmp_path / "private.db"
+        store = open_store(Settings(database=database))
+        try:
+            Story(store).feed()
+            story = Story(store)
+            story.stream.org_on(jan(1))
+            story.feed()
+            made = [p for p in tmp_path.iterdir() if p.is_file()]
+            names = {p.name for p in made}
+            assert {"private.db", "private.db-wal", "private.db-shm", "private.db.audit-keys",
+                    "checkpoints.jsonl"} <= names, names  # fmt: skip
+            assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in made} == {n: "0o600" for n in names}
+        finally:
+            store.close()
+        # a store an earlier release left readable by everyone is closed down when it is opened
+        os.chmod(database, 0o644)
+        open_store(Settings(database=database), create=False).close()
+        assert stat.S_IMODE(database.stat().st_mode) == 0o600
+    finally:
+        os.umask(previous)
