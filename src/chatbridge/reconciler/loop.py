@@ -406,14 +406,16 @@ class Reconciler:
             if organisation.tenant_id is not None and organisation.tenant_transferred == fields:
                 return organisation.tenant_id
             tenant = self.backend.ensure_tenant(org, fields)
-            for _ in range(5):
+            for attempt in range(5):
                 try:
                     organisation.record_tenant_provisioned(now, tenant.tenant_id, tenant.transferred)
                     self.app.save(organisation)
-                    break
+                    return tenant.tenant_id
                 except IntegrityError:  # the consumer recorded a message meanwhile: reload and record again
+                    if attempt == 4:  # the transfer is not on record: fail the step, the chat is tried again
+                        raise
                     organisation = self.app.repository.get(Organisation.create_id(org))
-            return tenant.tenant_id
+            raise AssertionError("unreachable")
 
     def _chat_group(self, desired: DesiredChat) -> ChatGroup:
         return self.app.repository.get(ChatGroup.create_id(desired.org, desired.event_id))  # type: ignore[no-any-return]
