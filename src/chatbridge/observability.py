@@ -43,7 +43,8 @@ from chatbridge.projections.desired_state import DesiredChat
 
 log = logging.getLogger(__name__)
 
-STEP_KINDS = ("create_chat", "add_member", "remove_member", "set_moderator", "set_read_only", "delete_chat")
+STEP_KINDS = ("create_chat", "add_member", "remove_member", "set_moderator", "set_read_only", "delete_chat",
+              "set_name", "set_topic", "set_order")  # fmt: skip
 READS = ("get_chat", "ensure_tenant")
 
 
