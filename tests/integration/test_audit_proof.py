@@ -254,3 +254,127 @@ def test_the_files_chatbridge_makes_are_its_owners_only(monkeypatch: pytest.Monk
         assert stat.S_IMODE(database.stat().st_mode) == 0o600
     finally:
         os.umask(previous)
+
+
+def test_audit_verify_names_the_record_and_the_checkpoint_against_the_auditors_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from chatbridge.audit.cli import audit_app
+
+    monkeypatch.setenv("CHATBRIDGE_AUDIT_KEY_FILE", str(tmp_path / "keys"))
+    monkeypatch.setenv("CHATBRIDGE_AUDIT_CHECKPOINT_FILE", str(tmp_path / "checkpoints.jsonl"))
+    monkeypatch.setenv("CHATBRIDGE_DATABASE", str(tmp_path / "cli.db"))
+    settings = Settings()
+    next(told(settings), None)
+    kept = tmp_path / "kept-by-the-auditor.jsonl"
+    kept.write_bytes((tmp_path / "checkpoints.jsonl").read_bytes())
+    runner = CliRunner()
+    ok = runner.invoke(audit_app, ["verify", "--checkpoints", str(kept)])
+    assert ok.exit_code == 0 and ok.stdout.startswith("OK: ") and "agrees with" in ok.stdout, ok.output
+    tables = Tables(settings)
+    last = tables.last_id()
+    cut_the_tail(tables, last - 2)
+    alone = runner.invoke(audit_app, ["verify", "--checkpoints", str(tmp_path / "empty.jsonl")])
+    assert alone.exit_code == 2  # a file that is not there is an error, not an empty copy
+    cut = runner.invoke(audit_app, ["verify", "--checkpoints", str(kept), "--format", "json"])
+    assert cut.exit_code == 1
+    document = json.loads(cut.stdout)
+    assert document["ok"] is False and document["last_published"] == last - 3
+    assert document["first_problem"]["record"] == last - 2
+    assert document["first_problem"]["problem"] == "contradicts published checkpoint"
+    assert f"checkpoint at record {last - 2} ({last - 2} records" in document["first_problem"]["detail"]
+    table = runner.invoke(audit_app, ["verify"])  # the configured file is the default copy
+    assert table.exit_code == 1 and table.stdout.startswith(f"ALTERED: record {last - 2}: contradicts published")
+
+
+def test_a_store_of_the_first_release_is_carried_on_by_chained_checkpoints(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CHATBRIDGE_AUDIT_KEY_FILE", str(tmp_path / "keys"))
+    settings = Settings(database=tmp_path / "old.db")
+    story = next(told(settings), None)
+    assert story is not None
+    key = story.store.app.keys.signing_key
+    assert key is not None
+    with sqlite3.connect(settings.database) as db:  # what the first release wrote: no count, no chaining
+        rows = db.execute("SELECT notification_id, chain_hash, signed_at, key_id FROM audit_checkpoints").fetchall()
+        db.execute("DROP TABLE audit_checkpoints")
+        db.execute(
+            "CREATE TABLE audit_checkpoints (notification_id BIGINT PRIMARY KEY, chain_hash TEXT NOT NULL, "
+            "signed_at TEXT NOT NULL, key_id TEXT NOT NULL, signature TEXT NOT NULL)"
+        )
+        for notification_id, chain_hash, signed_at, key_id in rows:
+            old = chain.Checkpoint(notification_id, chain_hash, signed_at, key_id, "")
+            db.execute(
+                "INSERT INTO audit_checkpoints VALUES (?, ?, ?, ?, ?)",
+                (notification_id, chain_hash, signed_at, key_id, key.sign(old.message()).hex()),
+            )
+    assert verification(settings, []).ok
+    store = open_store(settings)
+    try:
+        story.store = store
+        story.stream.event("4799", jan(9), start=jan(20), end=jan(21), responsible=ALICE)
+        story.feed()
+    finally:
+        store.close()
+    result = verification(settings, [])
+    assert result.ok and result.last_checkpoint == Tables(settings).last_id()
+    with sqlite3.connect(settings.database) as db:
+        db.row_factory = sqlite3.Row
+        last, before = [chain.Checkpoint.from_row(r) for r in db.execute(
+            "SELECT * FROM audit_checkpoints ORDER BY notification_id DESC LIMIT 2")]  # fmt: skip
+    assert before.previous is None and last.previous == before.digest() and last.records == result.records
+
+
+def test_the_worker_publishes_to_the_topic_and_stops_storing_on_a_cut_log(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import httpx
+
+    from tests.kafka_support import Worker, new_topic, publish, run_until_idle, wait_until, worker_env
+    from tests.support import Stream, at
+
+    topic = new_topic(kafka_bootstrap, partitions=2)
+    checkpoint_topic = f"chatbridge.audit-checkpoints.test-{uuid.uuid4().hex[:8]}"
+    env = worker_env(kafka_bootstrap, topic, {
+        "CHATBRIDGE_DATABASE": str(tmp_path / "worker.db"),
+        "CHATBRIDGE_AUDIT_KEY_FILE": str(tmp_path / "keys"),
+        "CHATBRIDGE_AUDIT_CHECKPOINT_FILE": str(tmp_path / "checkpoints.jsonl"),
+        "CHATBRIDGE_AUDIT_CHECKPOINT_TOPIC": checkpoint_topic,
+    })  # fmt: skip
+    stream = Stream()
+    stream.org_on(at(1, month=11))
+    for n in range(6):
+        stream.event(f"47{n:02d}", at(2, month=11), start=at(10, 16), end=at(10, 19), responsible=ALICE)
+    publish(kafka_bootstrap, topic, stream.lines)
+    run_until_idle(env, tmp_path, idle=3)
+    monkeypatch.setenv("CHATBRIDGE_AUDIT_KEY_FILE", str(tmp_path / "keys"))
+    settings = Settings(database=tmp_path / "worker.db")
+    tables = Tables(settings)
+    signer = CheckpointFile(tmp_path / "checkpoints.jsonl").read()[-1].key_id
+    on_topic = read_topic(kafka_bootstrap, checkpoint_topic, signer)
+    assert on_topic and on_topic[-1].notification_id == tables.last_id() and on_topic[-1].records == tables.count()
+
+    cut_the_tail(tables, tables.last_id() - 1)  # the newest records go, with their links and checkpoints
+    stored = tables.count()
+    stream.event("4799", at(3, month=11), start=at(10, 16), end=at(10, 19), responsible=ALICE)
+    publish(kafka_bootstrap, topic, stream.lines[-1:])
+    worker = Worker(env, tmp_path)
+    try:
+        port = worker.http_port()
+
+        def halted() -> bool:
+            ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
+            return ready.status_code == 503 and "storing stopped" in ready.json()["checks"]["store"]
+
+        wait_until(halted, 90, "/readyz says storing stopped", worker.output)
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert "chatbridge_audit_chain_halted 1.0" in metrics
+        assert worker.alive() and tables.count() == stored
+    finally:
+        worker.stop()
+    assert worker.output().count("storing stopped") == 1, worker.output()[-3000:]
+    first = verification(settings, on_topic).first
+    assert first is not None and first.problem == "contradicts published checkpoint"

@@ -129,7 +129,7 @@ def test_checkpoints_chain_and_the_published_copies_catch_what_the_store_alone_c
     assert check(records[:4], db, key).ok
     first = check(records[:4], db, key, published).first
     assert first is not None and (first.notification_id, first.problem) == (5, "contradicts published checkpoint")
-    assert "record 12, 12 records" in first.detail
+    assert "checkpoint at record 12 (12 records" in first.detail
 
 
 def test_the_writer_refuses_a_head_it_did_not_sign_and_then_stores_nothing() -> None:

@@ -119,8 +119,8 @@ class Checkpoint:
         return True
 
     def describe(self) -> str:
-        counted = "" if self.records is None else f", {self.records} records"
-        return f"checkpoint at record {self.notification_id}{counted}, signed {self.signed_at}"
+        counted = "" if self.records is None else f"{self.records} records, "
+        return f"checkpoint at record {self.notification_id} ({counted}signed {self.signed_at})"
 
     def to_json(self) -> str:
         return json.dumps({"v": 2, **asdict(self)}, separators=(",", ":"), sort_keys=True)
