@@ -80,7 +80,7 @@ def open_store(
     store made on the spot. Keys are never made for a store that exists: new keys would leave its pseudonyms
     unfindable and its signatures unverifiable, so a missing key file is an error naming it.
     """
-    exists = _store_exists(settings)
+    exists = store_exists(settings)
     if not exists and not create:
         raise StoreError(f"{_where(settings)}: no chatbridge store there (`chatbridge ingest` or `run` makes one)")
     if keys is None:
@@ -143,7 +143,7 @@ def _where(settings: Settings) -> str:
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-def _store_exists(settings: Settings) -> bool:
+def store_exists(settings: Settings) -> bool:
     """Whether the store is there; raises `StoreError` for a path or database that cannot be a store."""
     if settings.store == "postgres":
         return _postgres_schema_exists(settings)

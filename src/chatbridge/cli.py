@@ -24,7 +24,7 @@ from chatbridge.audit.cli import audit_app, gdpr_app
 from chatbridge.bootstrap import open_store
 from chatbridge.config_file import ConfigurationError, FileSettings
 from chatbridge.consumers import dlq
-from chatbridge.consumers.jsonl import ingest_file
+from chatbridge.consumers.jsonl import FileChanged, ingest_file
 from chatbridge.consumers.kafka import IntakeCounts
 from chatbridge.consumers.kafka import producer as kafka_producer
 from chatbridge.domain.lifecycle import Policy
@@ -133,11 +133,15 @@ def simulate(
 @app.command()
 def ingest(
     messages: Annotated[Path, typer.Argument(help="JSONL file, one message envelope per line.")],
+    afresh: Annotated[
+        bool, typer.Option("--afresh", help="Read the file from its first line as a new file (it was replaced).")
+    ] = False,
 ) -> None:
     """Load MESSAGES into the persistent store (CHATBRIDGE_DATABASE) through the consumer's code path.
 
     Re-running on the same file resumes after the last line stored, so appending to a file and ingesting it
-    again applies only the new lines.
+    again applies only the new lines. A file that no longer begins with the lines stored is refused (exit 1);
+    --afresh reads it whole as a new file, messages already stored counting as duplicates.
     """
     if not messages.is_file():
         raise _fail(f"{messages}: no such file")
@@ -146,7 +150,12 @@ def ingest(
     try:
         with _progress() as bar:
             task = bar.add_task("ingesting", total=None)
-            report = ingest_file(store.app, messages, settings.batch_size, lambda n: bar.advance(task, n))
+            try:
+                report = ingest_file(
+                    store.app, messages, settings.batch_size, lambda n: bar.advance(task, n), afresh=afresh
+                )
+            except FileChanged as error:
+                raise _fail(str(error)) from None
         folded = store.projection.catch_up()
     finally:
         store.close()
@@ -452,6 +461,7 @@ def config_check(
             loaded[MatrixSettings].access_token()
         except ValueError as error:
             problems.append(f"{error} (needed unless `run --no-reconcile`)")
+        problems += _audit_key_problems(loaded[Settings])
     if as_json:
         _print_json({"config_file": str(config_file()) if config_file() else None, "settings": rows,
                      "problems": problems})  # fmt: skip
@@ -468,6 +478,25 @@ def config_check(
     if problems:
         raise typer.Exit(1)
     err.print("configuration ok")
+
+
+def _audit_key_problems(settings: Settings) -> list[str]:
+    """What the commands would refuse about the audit keys: their format and length, an unreadable key file, and
+    keys missing beside a store that exists (a store not made yet gets its keys on its first `ingest` or `run`)."""
+    import tempfile
+
+    from chatbridge.audit.settings import AuditKeyError, AuditSettings, load_keys
+    from chatbridge.bootstrap import StoreError, audit_keys, store_exists
+
+    try:
+        if store_exists(settings):
+            audit_keys(settings, create=False)
+        else:  # the first run makes the key file: check what is configured beside it as that run would
+            with tempfile.TemporaryDirectory() as scratch:
+                load_keys(AuditSettings(), Path(scratch) / "keys", create=True)
+    except (AuditKeyError, StoreError) as error:
+        return [f"audit keys: {error}" if isinstance(error, AuditKeyError) else str(error)]
+    return []
 
 
 @app.command()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from types import FrameType
 
+from kafka.errors import KafkaError
 from prometheus_client import Gauge
 
 from chatbridge.audit.chain import Guard
@@ -119,7 +120,11 @@ def run_worker(
         lag = gate.lag() if isinstance(gate, KnowledgeGate) else {}
         metrics.observe_gate(sum(1 for state in states.values() if state.waiting), lag, gate.known_at)
 
-    ingestor = KafkaIngestor.in_group(store.app, settings, after_poll=after_poll)
+    joined = _join_group(lambda: KafkaIngestor.in_group(store.app, settings, after_poll=after_poll), settings, stop,
+                         idle_stop)  # fmt: skip
+    if joined is None:
+        return IntakeCounts()  # stopped, or idle for --exit-when-idle, before the broker answered
+    ingestor = joined
     audit = _publish_checkpoints(store, settings, metrics)
     thread = None
     backend: InstrumentedBackend | None = None
@@ -180,6 +185,33 @@ def _publish_checkpoints(store: Store, settings: Settings, metrics: Metrics) -> 
         return guard
     halted.set_function(lambda: 1.0 if guard.halted else 0.0)
     return guard
+
+
+BACKOFF_LIMIT = 30.0  # seconds between attempts to reach the broker, at most
+
+
+def _join_group(
+    join: Callable[[], KafkaIngestor], settings: Settings, stop: threading.Event, idle_stop: float | None
+) -> KafkaIngestor | None:
+    """Join the consumer group, waiting with back-off while the broker does not answer: a worker started before
+    its broker (or during an outage) waits for it rather than dying with a traceback. None when `stop` is set
+    (SIGTERM) or `idle_stop` seconds pass first — no record came, so the worker was idle all along."""
+    started, delay = time.monotonic(), 1.0
+    while not stop.is_set():
+        try:
+            return join()
+        except KafkaError as error:
+            waited = time.monotonic() - started
+            if idle_stop is not None and waited >= idle_stop:
+                log.warning("Kafka at %s never answered in %.0f s idle limit; stopping",
+                            settings.kafka_bootstrap_servers, idle_stop)  # fmt: skip
+                return None
+            pause = delay if idle_stop is None else min(delay, idle_stop - waited)
+            log.warning("Kafka at %s does not answer (%s); trying again in %.0f s",
+                        settings.kafka_bootstrap_servers, type(error).__name__, pause)  # fmt: skip
+            stop.wait(pause)
+            delay = min(delay * 2, BACKOFF_LIMIT)
+    return None
 
 
 def _deletions_note(worker: ReconcilerWorker) -> Check:

@@ -108,6 +108,9 @@ def test_records_that_are_not_json_objects(raw: bytes, expected: str):
         (envelope(occurred_at="2026-11-28T10:00:00"), "occurred_at: must carry a UTC offset"),
         (envelope(occurred_at="yesterday"), "occurred_at: not a valid ISO 8601 date-time"),
         (envelope(occurred_at=1764320400), "occurred_at: must be an ISO 8601 date-time string"),
+        (envelope(occurred_at="0"), "occurred_at: not a valid ISO 8601 date-time ('0'"),
+        (upsert(start="1700000000"), "data.start: not a valid ISO 8601 date-time ('1700000000'"),
+        (envelope(occurred_at="2026-11-28"), "occurred_at: not a valid ISO 8601 date-time"),
         ({k: v for k, v in envelope().items() if k != "data"}, "data: is required"),
         (envelope(data=[]), "data: must be an object"),
         (envelope(data={"event_id": "4711", "person_id": ALICE, "status": "maybe"}), "data.status: 'maybe' is not allowed"),
@@ -174,6 +177,17 @@ def test_no_record_makes_the_parser_raise(raw: bytes):
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
+        (json.dumps(envelope(extra=1.0)).replace("1.0", "NaN").encode(), "extra: NaN is not a number JSON allows"),
+        (
+            json.dumps(upsert(staff=[{"person_id": BOB, "status": "assigned", "weight": 1.0}]))
+            .replace("1.0", "-Infinity")
+            .encode(),
+            "data.staff[0].weight: -Infinity is not a number JSON allows",
+        ),
+        (
+            json.dumps(envelope(org="drk")).replace('"drk"', '"\\ud800drk"').encode(),
+            "org: holds a lone UTF-16 surrogate",
+        ),
         (b"1" * 5000, "not valid JSON"),
         (b"[" * 100_000, "nested too deeply"),
         (json.dumps(upsert(end="9999-12-31T23:59:59+14:00")).encode(), "data.end: must lie between the years"),
@@ -182,3 +196,45 @@ def test_no_record_makes_the_parser_raise(raw: bytes):
 )
 def test_records_that_would_break_the_arithmetic_downstream_are_rejected(raw: bytes, expected: str):
     assert expected in reason(raw)
+
+
+def _corrupted(document: dict[str, Any], path: list[str], value: Any) -> bytes:
+    """The document with the field at `path` replaced (or added) by `value`."""
+    corrupted = json.loads(json.dumps(document))
+    target = corrupted
+    for key in path[:-1]:
+        target = target.setdefault(key, {}) if isinstance(target, dict) else target
+    if isinstance(target, dict):
+        target[path[-1]] = value
+    return json.dumps(corrupted).encode()
+
+
+_VALID = [envelope(), upsert(), envelope("person.status_changed", data={"person_id": ALICE, "status": "blocked"})]
+_FIELDS = [["id"], ["type"], ["org"], ["occurred_at"], ["data"], ["data", "event_id"], ["data", "person_id"],
+           ["data", "status"], ["data", "start"], ["data", "end"], ["data", "staff"], ["data", "chat_enabled"],
+           ["extra"]]  # fmt: skip
+_ANY_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=8,
+)
+_BAD_LINES = (
+    st.binary(max_size=120).filter(lambda raw: b"\n" not in raw)
+    | _ANY_JSON.map(lambda document: json.dumps(document).encode())
+    | st.builds(_corrupted, st.sampled_from(_VALID), st.sampled_from(_FIELDS), _ANY_JSON)
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_BAD_LINES, min_size=1, max_size=8))
+def test_no_line_stops_the_lines_after_it(bad: list[bytes]):
+    """Whatever a producer writes — random bytes, random JSON, a valid message with one field corrupted — each
+    line is rejected with a reason or applied, and the valid lines after it are applied all the same."""
+    stream = Stream()
+    for raw in bad:
+        stream.raw(raw.replace(b"\n", b" "))
+    stream.org_on(at(1, month=11), org="sentinel-org")
+    stream.event("9999", at(20, month=11), start=at(1, 16), end=at(1, 19), responsible=ALICE, org="sentinel-org")
+    document = stream.simulate(at(22, month=11))
+    assert all(r["reason"] for r in document["rejected"])
+    assert {(c["org"], c["event_id"], c["phase"]) for c in document["chats"]} >= {("sentinel-org", "9999", "active")}

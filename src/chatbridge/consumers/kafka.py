@@ -200,7 +200,9 @@ class KafkaIngestor:
     @classmethod
     def in_group(cls, app: ChatBridge, settings: Settings, **options: Any) -> KafkaIngestor:
         """The worker's consumer: a member of the group, sharing the topics' partitions with other replicas."""
-        ingestor = cls(app, settings, KafkaConsumer(**consumer_config(settings, group_id=settings.group_id)), **options)
+        # an unreachable broker is an error within seconds (the worker backs off and tries again), not a long hang
+        consumer = KafkaConsumer(**consumer_config(settings, group_id=settings.group_id), bootstrap_timeout_ms=5000)
+        ingestor = cls(app, settings, consumer, **options)
         ingestor._consumer.subscribe(settings.topic_list, listener=ingestor._assignments)
         ingestor._in_group = True
         return ingestor

@@ -10,6 +10,8 @@ ignored).
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -19,6 +21,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     TypeAdapter,
@@ -67,8 +70,24 @@ def _check_moment(value: datetime) -> datetime:
     return value
 
 
-Moment = Annotated[AwareDatetime, AfterValidator(_check_moment)]
-"""A date-time with a UTC offset, within years the lifecycle arithmetic can handle."""
+_ISO_8601 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def _iso_8601_text(value: Any) -> Any:
+    """Read a date-time string as ISO 8601 only: pydantic alone also takes a string of digits ("0", "1700000000")
+    for a Unix time."""
+    if not isinstance(value, str):
+        return value  # strict validation names what it is instead
+    if _ISO_8601.match(value):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            pass
+    raise ValueError(f"not a valid ISO 8601 date-time ({value[:40]!r}; e.g. 2026-11-28T10:00:00+01:00)")
+
+
+Moment = Annotated[AwareDatetime, BeforeValidator(_iso_8601_text), AfterValidator(_check_moment)]
+"""An ISO 8601 date-time with a UTC offset, within years the lifecycle arithmetic can handle."""
 
 Email = Annotated[str, AfterValidator(_check_email), Field(json_schema_extra={"format": "email"})]
 
@@ -220,7 +239,7 @@ def parse_record(raw: bytes | str) -> Message | Rejection:
     if not text.strip():
         return Rejection("empty record: expected one JSON object")
     try:
-        document = json.loads(text)
+        document = json.loads(text, parse_constant=_NonFinite)
     except json.JSONDecodeError as error:
         return Rejection(f"not valid JSON ({error.msg} at column {error.colno})")
     except RecursionError:
@@ -229,6 +248,8 @@ def parse_record(raw: bytes | str) -> Message | Rejection:
         return Rejection(f"not valid JSON ({error})"[:200])
     if not isinstance(document, dict):
         return Rejection(f"not a JSON object (got {_json_kind(document)})")
+    for field, problem in _unreadable_values(document, ""):
+        return Rejection(f"{field}: {problem}")  # the first one: a field that cannot be stored or compared
     kind = document.get("type")
     if not isinstance(kind, str):
         return Rejection("type: is required and must be a string" if kind is None else "type: must be a string")
@@ -239,6 +260,37 @@ def parse_record(raw: bytes | str) -> Message | Rejection:
         return _message_adapter.validate_json(text, strict=True)
     except ValidationError as error:
         return Rejection(_describe(error))
+
+
+class _NonFinite(str):
+    """`NaN`, `Infinity` or `-Infinity` where a JSON number stands: Python's reader takes them, JSON has none."""
+
+
+def _unreadable_values(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    """Each field (dotted path, `[i]` for array items) holding what no field may hold: a non-finite number, or a
+    string with a lone UTF-16 surrogate (valid JSON escapes, but not text: it cannot be stored as UTF-8)."""
+    if isinstance(value, _NonFinite):
+        yield path or "message", f"{value} is not a number JSON allows"
+    elif isinstance(value, str):
+        if not value.isascii() and _has_surrogate(value):
+            yield path or "message", "holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            name = f"{path}.{key}" if path else str(key)
+            if _has_surrogate(key):
+                yield path or "message", "a field name holds a lone UTF-16 surrogate, which is not text"
+            yield from _unreadable_values(item, name)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _unreadable_values(item, f"{path}[{index}]")
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _json_kind(value: Any) -> str:
