@@ -34,6 +34,7 @@ class CheckpointFile:
     def __init__(self, path: Path):
         self.path = path
         self._pending: list[Checkpoint] = []
+        self._last: tuple[tuple[int, int, int], Checkpoint] | None = None  # (the file's inode, size, mtime), its last
         self._lock = threading.Lock()
 
     def publish(self, checkpoints: Sequence[Checkpoint]) -> None:
@@ -50,20 +51,29 @@ class CheckpointFile:
             self._pending = []
 
     def last(self) -> Checkpoint | None:
-        """The last checkpoint in the file (its tail is read, not the whole file)."""
+        """The last checkpoint in the file: its tail is read, and only when the file changed since the last look
+        (the writer asks before every transaction)."""
         try:
-            with self.path.open("rb") as file:
-                size = file.seek(0, os.SEEK_END)
-                file.seek(max(0, size - 65536))
-                lines = [line for line in file.read().splitlines() if line.strip()]
+            seen = os.stat(self.path)
         except FileNotFoundError:
             return None
+        version = (seen.st_ino, seen.st_size, seen.st_mtime_ns)
+        if self._last is not None and self._last[0] == version:
+            return self._last[1]
+        with self.path.open("rb") as file:
+            file.seek(max(0, seen.st_size - 4096))
+            lines = [line for line in file.read().splitlines() if line.strip()]
+            if len(lines) < 2 and seen.st_size > 4096:  # a line longer than the tail read
+                file.seek(max(0, seen.st_size - 65536))
+                lines = [line for line in file.read().splitlines() if line.strip()]
         if not lines:
             return None
         try:
-            return Checkpoint.from_json(lines[-1].decode())
+            last = Checkpoint.from_json(lines[-1].decode())
         except (ValueError, KeyError, UnicodeDecodeError) as error:
             raise CheckpointFileError(f"{self.path}: the last line is not a checkpoint ({error})") from None
+        self._last = (version, last)
+        return last
 
     def read(self) -> list[Checkpoint]:
         try:
