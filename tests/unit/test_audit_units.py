@@ -271,3 +271,24 @@ def test_an_erasure_planned_for_a_batch_not_stored_is_abandoned() -> None:
     assert not persons.erase_planned("drk", P)
     assert persons.open(before) == P and persons.erased_until("drk", P) is None
     assert persons.open(persons.seal("drk", P, day(4))) == P
+
+
+def test_writers_sharing_a_store_and_a_file_follow_each_others_checkpoints(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    records = [(i, Stored(uuid4(), 1, "x", f"{{{i}}}".encode())) for i in range(1, 9)]
+    db = _database()
+    file = tmp_path / "checkpoints.jsonl"
+    one, other = chain.Guard(key, [CheckpointFile(file)]), chain.Guard(key, [CheckpointFile(file)])
+    for n, (guard, batch) in enumerate(((one, records[:2]), (other, records[2:4]), (other, records[4:5]),
+                                        (one, records[5:7]), (one, records[7:]))):  # fmt: skip
+        store(db, guard, batch)
+        assert guard.halted is None, n
+    published = CheckpointFile(file).read()
+    assert [c.notification_id for c in published] == [2, 4, 5, 7, 8]
+    assert check(records, db, key, published).ok
+    # a replica without the file follows the others from its own last checkpoint, read back from the store
+    apart = chain.Guard(key)
+    store(db, apart, [(9, Stored(uuid4(), 1, "x", b"{9}"))])
+    store(db, one, [(10, Stored(uuid4(), 1, "x", b"{10}"))])
+    store(db, apart, [(11, Stored(uuid4(), 1, "x", b"{11}"))])
+    assert apart.halted is None and one.halted is None
