@@ -411,6 +411,27 @@ class Link:
     chain_hash: str
 
 
+@dataclass
+class _LogView:
+    """What the published checkpoints need of the log recomputed from its events: the chain at the positions they
+    name (not at every record: a log of millions would be held twice)."""
+
+    positions: set[int]  # record counts whose (notification id, chain hash) is wanted
+    ids: set[int]  # notification ids whose (position, chain hash) is wanted (the first release's checkpoints)
+    at: dict[int, tuple[int, bytes]] = field(default_factory=dict)  # position → (notification id, chain hash)
+    of: dict[int, tuple[int, bytes]] = field(default_factory=dict)  # notification id → (position, chain hash)
+    length: int = 0
+    last: int = 0  # the last record's notification id
+
+    def add(self, notification_id: int, chain: bytes) -> None:
+        self.length += 1
+        self.last = notification_id
+        if self.length in self.positions:
+            self.at[self.length] = (notification_id, chain)
+        if notification_id in self.ids:
+            self.of[notification_id] = (self.length, chain)
+
+
 def verify(
     records: Iterator[tuple[int, bytes]],
     links: Sequence[Link],
@@ -421,19 +442,37 @@ def verify(
     """Compare the events (as (notification id, record hash), in id order) with the chain, its checkpoints and the
     checkpoints published outside the store.
 
-    Reports every finding; `first` is the one to look at (the earliest record concerned).
+    Reports every finding; `first` is the one to look at (see `Verification.first`).
     """
     result = Verification(links=len(links), checkpoints=len(checkpoints))
+    # the chain itself: every link must follow from the one before it
+    previous = GENESIS
+    recomputed: dict[int, tuple[int, str]] = {}  # notification id → (records up to it, chain hash)
+    for position, linked in enumerate(sorted(links, key=lambda row: row.notification_id), start=1):
+        previous = chain_hash(previous, bytes.fromhex(linked.record_hash))
+        recomputed[linked.notification_id] = (position, previous.hex())
+        if previous.hex() != linked.chain_hash:
+            result.findings.append(
+                Finding(linked.notification_id, "chain altered", "the link does not follow from the one before")
+            )
+            break
+    _check_stored_checkpoints(result, recomputed, checkpoints, verify_key)
+    last_signed = result.last_checkpoint or 0
+    # the events against their links, and the chain they make, for the published checkpoints
     stored = {link.notification_id: link for link in links}
     positions_of = {link.record_hash: link.notification_id for link in links}
+    counts = {c.records for c in published if c.records is not None}
+    view = _LogView({1} | counts | {n + 1 for n in counts}, {c.notification_id for c in published if c.records is None})
     seen: set[int] = set()
-    log_chain: list[tuple[int, bytes]] = []  # (notification id, chain hash) recomputed from the events themselves
+    unsigned: list[int] = []
     running = GENESIS
     for notification_id, record in records:
         result.records += 1
         seen.add(notification_id)
         running = chain_hash(running, record)
-        log_chain.append((notification_id, running))
+        view.add(notification_id, running)
+        if notification_id > last_signed:
+            unsigned.append(notification_id)
         link_row = stored.get(notification_id)
         if link_row is None:
             elsewhere = positions_of.get(record.hex())
@@ -453,20 +492,28 @@ def verify(
                 result.findings.append(Finding(notification_id, "altered", "its content differs from its link"))
     for notification_id in sorted(set(stored) - seen):
         result.findings.append(Finding(notification_id, "missing", "linked, but no longer in the event store"))
-    # the chain itself: every link must follow from the one before it
-    previous = GENESIS
-    recomputed: dict[int, tuple[int, str]] = {}  # notification id → (records up to it, chain hash)
-    for position, link_row in enumerate(sorted(links, key=lambda row: row.notification_id), start=1):
-        previous = chain_hash(previous, bytes.fromhex(link_row.record_hash))
-        recomputed[link_row.notification_id] = (position, previous.hex())
-        if previous.hex() != link_row.chain_hash:
-            result.findings.append(
-                Finding(link_row.notification_id, "chain altered", "the link does not follow from the one before")
-            )
-            break
+    result.unsigned_tail = len(unsigned)
+    if unsigned:
+        what = (
+            f"{len(unsigned)} records after the last signed checkpoint (record {last_signed}) are signed by none"
+            if result.last_checkpoint is not None
+            else f"no signed checkpoint covers the log's {result.records} records"
+        )
+        result.findings.append(Finding(unsigned[0], "unsigned", what))
+    in_store = {checkpoint.notification_id: checkpoint for checkpoint in checkpoints}
+    _compare_published(result, view, in_store, published, verify_key)
+    return result
+
+
+def _check_stored_checkpoints(
+    result: Verification,
+    recomputed: dict[int, tuple[int, str]],
+    checkpoints: Sequence[Checkpoint],
+    verify_key: Ed25519PublicKey,
+) -> None:
+    """Each checkpoint in the store: signed by the key, agreeing with the chain, chaining to the one before."""
     expected_key = key_id(verify_key)
     before: Checkpoint | None = None
-    in_store = {checkpoint.notification_id: checkpoint for checkpoint in checkpoints}
     for checkpoint in sorted(checkpoints, key=lambda row: row.notification_id):
         if not checkpoint.valid(verify_key):
             reason = "signed by another key" if checkpoint.key_id != expected_key else "its signature is invalid"
@@ -485,23 +532,11 @@ def verify(
             )  # fmt: skip
         before = checkpoint
         result.last_checkpoint = checkpoint.notification_id
-    last_signed = result.last_checkpoint or 0
-    unsigned = [n for n, _ in log_chain if n > last_signed]
-    result.unsigned_tail = len(unsigned)
-    if unsigned:
-        what = (
-            f"{len(unsigned)} records after the last signed checkpoint (record {last_signed}) are signed by none"
-            if result.last_checkpoint is not None
-            else f"no signed checkpoint covers the log's {result.records} records"
-        )
-        result.findings.append(Finding(unsigned[0], "unsigned", what))
-    _compare_published(result, log_chain, in_store, published, verify_key)
-    return result
 
 
 def _compare_published(
     result: Verification,
-    log_chain: list[tuple[int, bytes]],
+    view: _LogView,
     in_store: dict[int, Checkpoint],
     published: Sequence[Checkpoint],
     verify_key: Ed25519PublicKey,
@@ -518,22 +553,22 @@ def _compare_published(
             )  # fmt: skip
             continue
         count = checkpoint.records
-        if count is None:  # the first release's checkpoints: find the position by notification id
-            count = next((i + 1 for i, (n, _) in enumerate(log_chain) if n == checkpoint.notification_id), None)
+        if count is None:  # the first release's checkpoints: found by notification id
+            count = view.of.get(checkpoint.notification_id, (None, b""))[0]
         since = f"after record {agreed.notification_id}" if agreed else "from the first record"
-        if count is None or count > len(log_chain):
-            first_gone = (log_chain[-1][0] + 1) if log_chain else 1  # the first record the store lacks
+        if count is None or count > view.length:
             result.findings.append(
-                Finding(first_gone, "contradicts published checkpoint",
+                Finding(view.last + 1, "contradicts published checkpoint",
                         f"the published {checkpoint.describe()} covers more than the store holds "
-                        f"({len(log_chain)} records): records {since} were removed or the log was cut")
+                        f"({view.length} records): records {since} were removed or the log was cut")
             )  # fmt: skip
             break
-        notification_id, chain = log_chain[count - 1]
+        notification_id, chain = view.at.get(count) or (None, b"")
+        if checkpoint.records is None:
+            notification_id, chain = checkpoint.notification_id, view.of[checkpoint.notification_id][1]
         if notification_id != checkpoint.notification_id or chain.hex() != checkpoint.chain_hash:
-            suspect = (
-                log_chain[agreed.records][0] if agreed is not None and agreed.records is not None else (log_chain[0][0])
-            )
+            after = (agreed.records or 0) + 1 if agreed is not None else 1
+            suspect = view.at.get(after, (view.last, b""))[0]
             result.findings.append(
                 Finding(suspect, "contradicts published checkpoint",
                         f"the log differs from the published {checkpoint.describe()}: records {since} up to it "
