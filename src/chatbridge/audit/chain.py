@@ -204,7 +204,6 @@ class Guard:
         self.signer = signer
         self.sinks: list[Sink] = list(sinks)
         self.halted: str | None = None
-        self.on_halt: list[Callable[[str], None]] = []
         self._published: Checkpoint | None = None  # the newest this process published or saw published
         self._trusted: Checkpoint | None = None  # the store's last checkpoint as this process last checked it
         self._signed: list[Checkpoint] = []
@@ -241,8 +240,6 @@ class Guard:
     def _halt(self, reason: str) -> None:
         self.halted = reason
         log.error("audit log: storing stopped — %s", reason)
-        for listener in self.on_halt:
-            listener(reason)
 
     def _publish(self, others: list[Checkpoint], own: Checkpoint) -> None:
         for sink in self.sinks:
