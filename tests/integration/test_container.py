@@ -144,8 +144,8 @@ class Container:
         self.name = f"chatbridge-test-{uuid.uuid4().hex[:8]}"
         self.port = int(env["CHATBRIDGE_HTTP_PORT"])
         flags = [flag for key, value in env.items() for flag in ("--env", f"{key}={value}")]
-        docker("run", "--detach", "--name", self.name, "--network", "host", "--volume",
-               f"{volume}:/var/lib/chatbridge", *flags, image, "run", "--no-reconcile")  # fmt: skip
+        docker("run", "--detach", "--name", self.name, "--network", "host", "--health-interval", "2s",
+               "--volume", f"{volume}:/var/lib/chatbridge", *flags, image, "run", "--no-reconcile")  # fmt: skip
 
     def logs(self) -> str:
         result = docker("logs", self.name, check=False)
@@ -156,6 +156,10 @@ class Container:
             return httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=5).status_code
         except httpx.HTTPError:
             return 0
+
+    def health(self) -> str:
+        """The image's own HEALTHCHECK, as the engine reports it."""
+        return docker("inspect", "--format", "{{.State.Health.Status}}", self.name).stdout.strip()
 
     def main_process_uid(self) -> str:
         status = docker("exec", self.name, "cat", "/proc/1/status").stdout
@@ -196,6 +200,7 @@ def test_the_container_drains_a_topic_into_its_store_and_stops_on_sigterm_keepin
             wait_until(lambda: stored_positions(store, topic, list(ends)) == ends, 120, f"the store to reach {ends}",
                        first.logs)  # fmt: skip
             assert first.main_process_uid() == UNPRIVILEGED
+            wait_until(lambda: first.health() == "healthy", 30, "the image's HEALTHCHECK to pass", first.logs)
             assert first.terminate() == 0, first.logs()
         finally:
             first.remove()
