@@ -98,7 +98,10 @@ def open_store(
         view = app.factory.tracking_recorder(view_class)  # type: ignore[arg-type]
         assert isinstance(view, view_class)
         view.ensure_current()  # rows of an earlier version of the projection are folded again
-    return Store(app=app, projection=DesiredStateProjection(app, view, policy or settings.policy))
+    projection = DesiredStateProjection(
+        app, view, policy or settings.policy, exclusive=lambda: _exclusive(settings, _PROJECTION_LOCK)
+    )
+    return Store(app=app, projection=projection)
 
 
 class _ImmediateTransaction(SQLiteTransaction):
@@ -170,9 +173,16 @@ def store_exists(settings: Settings) -> bool:
 @contextmanager
 def _schema_lock(settings: Settings) -> Iterator[None]:
     """Processes opening a fresh store at once would race to create the same tables (a unique-violation in the
-    catalogue on PostgreSQL, a second `__migration__` tracking row on SQLite): one at a time. PostgreSQL: an
-    advisory lock. SQLite: an exclusive `flock` on the store's directory — never on the database file itself,
-    whose every descriptor closed would drop the locks SQLite holds on it."""
+    catalogue on PostgreSQL, a second `__migration__` tracking row on SQLite): one at a time."""
+    with _exclusive(settings, _SCHEMA_LOCK):
+        yield
+
+
+@contextmanager
+def _exclusive(settings: Settings, lock: int) -> Iterator[None]:
+    """One process at a time, across every process using the store. PostgreSQL: an advisory lock, on a connection
+    of its own held meanwhile. SQLite: an exclusive `flock` on the store's directory — never on the database file
+    itself, whose every descriptor closed would drop the locks SQLite holds on it."""
     if settings.store != "postgres":
         settings.database.parent.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(settings.database.parent, os.O_RDONLY | os.O_DIRECTORY)
@@ -183,14 +193,15 @@ def _schema_lock(settings: Settings) -> Iterator[None]:
             os.close(descriptor)  # releases the lock
         return
     with _postgres_connection(settings) as connection:
-        connection.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
+        connection.execute("SELECT pg_advisory_lock(%s)", (lock,))
         try:
             yield
         finally:
-            connection.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
+            connection.execute("SELECT pg_advisory_unlock(%s)", (lock,))
 
 
 _SCHEMA_LOCK = 0x63686174  # "chat": the advisory lock id chatbridge takes while it makes its schema
+_PROJECTION_LOCK = 0x63686175  # the one a process holds while it folds the log into the desired-state projection
 
 
 # Every table chatbridge keeps in a PostgreSQL database (the library names its own after the application).

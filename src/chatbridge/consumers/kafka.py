@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
+from eventsourcing.persistence import InterfaceError, OperationalError
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
@@ -32,6 +32,7 @@ from kafka.structs import OffsetAndMetadata
 from chatbridge.application import ChatBridge, Received
 from chatbridge.audit.chain import ChainHalted
 from chatbridge.consumers import dlq
+from chatbridge.consumers.batches import store_batch
 from chatbridge.domain.messages import Rejection, parse_record
 from chatbridge.persistence import IntakeRecord, partition_source
 from chatbridge.settings import Settings
@@ -336,25 +337,16 @@ class KafkaIngestor:
 
     def _apply(self, tp: TopicPartition, records: Sequence[Any]) -> int:
         source = partition_source(tp.topic, tp.partition)
-        for _attempt in range(5):
-            position = self._positions[tp]
-            pending = [r for r in records if r.offset >= position]
-            self.counts.redelivered += len(records) - len(pending)
-            if not pending:
-                return 0
-            received = [Received(r.offset + 1, parse_record(r.value if r.value is not None else b"")) for r in pending]
-            self._dead_letter(tp, pending, received)
-            try:
-                outcomes = self.app.ingest(source, received)
-            except IntegrityError:
-                # Another replica stored some of these first (a rebalance race) or a message id arrived twice on
-                # two partitions at once: re-read the stored position and try what is left.
-                self._positions[tp] = self.app.position(source)
-                continue
-            self._positions[tp] = pending[-1].offset + 1
-            self.counts.add(outcomes, tp.topic)
-            return len(pending)
-        raise OperationalError(f"{source}: could not store the batch after 5 attempts")
+        pending = [r for r in records if r.offset >= self._positions[tp]]
+        self.counts.redelivered += len(records) - len(pending)
+        if not pending:
+            return 0
+        received = [Received(r.offset + 1, parse_record(r.value if r.value is not None else b"")) for r in pending]
+        self._dead_letter(tp, pending, received)
+        outcomes = store_batch(self.app, source, received)  # what another replica stored first is not counted
+        self._positions[tp] = pending[-1].offset + 1
+        self.counts.add(outcomes, tp.topic)
+        return len(pending)
 
     def _dead_letter(self, tp: TopicPartition, records: Sequence[Any], received: Sequence[Received]) -> None:
         if self._producer is None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -417,13 +418,20 @@ class DesiredStateProjection:
     """
 
     def __init__(
-        self, app: ChatBridge, view: DesiredStateView, policy: Policy, page_size: int = 5000, keep_rows: int = 20000
+        self,
+        app: ChatBridge,
+        view: DesiredStateView,
+        policy: Policy,
+        page_size: int = 5000,
+        keep_rows: int = 20000,
+        exclusive: Callable[[], AbstractContextManager[None]] = nullcontext,
     ):
         self.app = app
         self.view = view
         self.policy = policy
         self.page_size = page_size
         self.keep_rows = keep_rows
+        self.exclusive = exclusive
         self._kept: DesiredStateFold | None = None
         self._kept_at = 0  # the position the kept rows were written at
 
@@ -436,18 +444,25 @@ class DesiredStateProjection:
         )
 
     def catch_up(self, progress: Progress | None = None) -> int:
-        """Fold every notification not yet folded; returns how many. Rebuilds if the policy changed."""
-        if self.view.stored_policy() not in (None, _policy_text(self.policy)):
-            return self.rebuild(progress)  # stored deadlines were computed under another FULL_USE / VIEW
-        target = self.app.recorder.max_notification_id() or 0
-        for _attempt in range(10):
-            try:
-                return self._catch_up(progress)
-            except IntegrityError:
-                self._kept = None  # another process (a replica, `replay`, `state`) folded first: go on from its rows
-                if self.position() >= target:
-                    return 0  # it folded all this process was asked to
-        raise IntegrityError("the desired-state projection kept moving under this process; try again")
+        """Fold every notification not yet folded; returns how many. Rebuilds if the policy changed.
+
+        One process folds at a time (`exclusive`: an advisory lock on PostgreSQL, a file lock on SQLite). Replicas,
+        `state` and `replay` fold the same log; one that loaded a row another had just written — with facts it was
+        about to fold again, or a person's name token older than the row's — would write a row no single fold makes.
+        Held, the lock makes the position read and every row loaded after it belong to one state of the tables.
+        """
+        with self.exclusive():
+            if self.view.stored_policy() not in (None, _policy_text(self.policy)):
+                return self._rebuild(progress)  # stored deadlines were computed under another FULL_USE / VIEW
+            target = self.app.recorder.max_notification_id() or 0
+            for _attempt in range(10):
+                try:
+                    return self._catch_up(progress)
+                except IntegrityError:  # a process without the lock (an older release) folded first
+                    self._kept = None
+                    if self.position() >= target:
+                        return 0  # it folded all this process was asked to
+            raise IntegrityError("the desired-state projection kept moving under this process; try again")
 
     def _catch_up(self, progress: Progress | None) -> int:
         start = position = self.position()
@@ -455,7 +470,7 @@ class DesiredStateProjection:
         if start == 0 and last > 10 * self.page_size:
             # nothing folded yet and a backlog: folded in memory and written once is several times faster (a crash
             # before the end starts it again, losing no fact)
-            return self.rebuild(progress)
+            return self._rebuild(progress)
         fold = self._kept if self._kept is not None and self._kept_at == start else self._fold(self.view)
         self._kept = None
         for position in fold_pages(self.app, fold, start, last, self.page_size):
@@ -475,6 +490,10 @@ class DesiredStateProjection:
 
     def rebuild(self, progress: Progress | None = None) -> int:
         """Refold the whole log into empty tables (replay after a bug fix or a policy change)."""
+        with self.exclusive():
+            return self._rebuild(progress)
+
+    def _rebuild(self, progress: Progress | None) -> int:
         self._kept = None
         fold = self._fold(None)
         last = self.app.recorder.max_notification_id() or 0
