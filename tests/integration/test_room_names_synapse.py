@@ -217,3 +217,18 @@ def test_a_chat_made_by_an_earlier_attempt_is_labelled_when_created_again(synaps
         assert read is not None and (read.name, read.topic, read.order) == ("Neu · Sa 05.12.2026", "t2", "2")
     finally:
         backend.close()
+
+
+def test_a_name_changed_and_a_chat_unlisted_by_hand_are_set_back_at_the_resync(
+    live: Live, synapse: Synapse, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr("chatbridge.backends.matrix.PLACES_FRESH", 0.0)  # the space read afresh, as 30 s later
+    live.upsert("4711", at(1, 10), "Sanitätsdienst Stadtfest")
+    live.run(at(2))
+    room, space = live.room(), live.space()
+    with synapse.admin() as admin:  # the bridge user's token: as an admin of the room and the space would
+        assert admin.put(f"/_matrix/client/v3/rooms/{room}/state/m.room.name/", json={"name": "Party"}).is_success
+        assert admin.put(f"/_matrix/client/v3/rooms/{space}/state/m.space.child/{room}", json={}).is_success
+    live.run(at(2) + timedelta(hours=10))
+    assert live.shown()[0] == "Sanitätsdienst Stadtfest · Sa 05.12.2026"
+    assert live.order() == "20261205T080000Z"

@@ -27,7 +27,7 @@ from chatbridge.domain.lifecycle import Phase
 from chatbridge.projections.desired_state import DesiredChat
 
 DEFAULT_ZONE = "Europe/Berlin"
-# The longest name: a chat list on a phone shows about this much, a room header all of it. The date at its end is
+# The longest name: what room headers show whole (a narrow chat list may shorten it further). The date at its end is
 # never cut (it tells two runs of the same event apart); a title that does not fit ends in "…".
 NAME_LENGTH = 64
 UNTITLED = "Veranstaltung"
@@ -36,8 +36,9 @@ WEEKDAYS = ("Mo", "Di", "Mi", "Do", "Fr", "Sa", "So")
 ELLIPSIS = "…"
 
 _ZWJ = "\u200d"
-# Format characters an emoji needs to look like itself (joiners of family emoji, tags of subdivision flags); every
-# other format character is invisible and can only hide or reorder what the name says.
+# Format characters that shape what is shown: the joiner of emoji sequences (a family), the non-joiner some scripts
+# spell with, the tags of subdivision flags. Every other one is invisible and can only hide or reorder what the name
+# says (bidirectional overrides, zero-width spaces, soft hyphens).
 _KEPT_FORMAT = frozenset({_ZWJ, "\u200c"}) | frozenset(chr(c) for c in range(0xE0020, 0xE0080))
 
 
