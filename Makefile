@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test test-fast lint services services-stop demo bench clean
+.PHONY: install test test-fast lint services services-stop demo bench image clean
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,11 @@ demo: install
 ## QUICK=1: small sizes (minutes); ONLY=name,name: some figures. Starts the local services itself.
 bench: install
 	$(BIN)/python -m bench $(if $(QUICK),--quick) $(if $(ONLY),--only $(ONLY))
+
+## The worker's image chatbridge:local (docker/build-image.sh). LOCAL_BASE=1: on a base made from Debian's packages
+## (docker/make-local-base.sh), for machines where no image registry answers.
+image:
+	docker/build-image.sh $(if $(LOCAL_BASE),--local-base)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache

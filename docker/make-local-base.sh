@@ -30,4 +30,5 @@ rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/* "$root"/var/cache/deb
     "$root"/var/log/* "$root"/tmp/*
 tar --numeric-owner -C "$root" -c . \
     | docker import --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' - "$tag" >/dev/null
-echo "make-local-base: made $tag ($(docker image inspect --format '{{.Size}}' "$tag" | numfmt --to=iec) from Debian bookworm)"
+size="$(docker image inspect --format '{{.Size}}' "$tag" | numfmt --to=iec)"
+echo "make-local-base: made $tag from Debian bookworm ($size)"
