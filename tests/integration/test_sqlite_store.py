@@ -204,3 +204,19 @@ def test_a_projection_stopped_between_pages_resumes_where_it_stopped(tmp_path):
         assert services.state(store, at(24, month=11)) == stream.simulate(at(24, month=11))
     finally:
         store.close()
+
+
+def test_a_hiorg_id_shaped_like_a_pseudonym_is_a_member_like_any_other(tmp_path):
+    lookalike = "ps-" + "ab" * 16  # a HiOrg id may take any form the contract allows, this one too
+    stream = Stream()
+    stream.org_on(at(1, month=11))
+    stream.event("4711", at(20, month=11), start=at(1, 16), end=at(1, 19), responsible=lookalike,
+                 staff={BOB: "assigned"})  # fmt: skip
+    expected = stream.simulate(at(22, month=11))
+    assert expected["chats"][0]["members"] == sorted([lookalike, BOB])
+    store = store_at(tmp_path / "store.db")
+    try:
+        ingest_lines(store.app, "test", stream.numbered())
+        assert services.state(store, at(22, month=11)) == expected
+    finally:
+        store.close()

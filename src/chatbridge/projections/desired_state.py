@@ -37,6 +37,7 @@ from functools import lru_cache
 from typing import Any, Protocol
 from uuid import UUID
 
+from chatbridge.audit.shredding import Pseudonym
 from chatbridge.domain import lifecycle
 from chatbridge.domain.aggregates import ChatGroup, Organisation, Person
 from chatbridge.domain.lifecycle import ChatLife, Generation, OrganisationFeature, Phase, Policy
@@ -58,8 +59,9 @@ Switch = tuple[datetime, int, bool]  # an organisation's feature switched on (Tr
 
 
 def is_unreadable(name: str) -> bool:
-    """A pseudonym where a HiOrg id was: the person's key is gone, so the name stands for nobody who may be a member."""
-    return len(name) == 35 and name.startswith("ps-")
+    """A pseudonym where a HiOrg id was: the person's key is gone, so the name stands for nobody who may be a member.
+    Known by its type, never by its shape: a HiOrg id may look like a pseudonym and is still a person's id."""
+    return isinstance(name, Pseudonym)
 
 
 def _same_key(kept: str, name: str) -> bool:
@@ -629,7 +631,7 @@ class DesiredStateFold:
         names: dict[str, str] = {}
         for pseudonym in named:
             record = self._loaded_person((org, pseudonym))
-            name = self._open(record.name) if record is not None and record.name else pseudonym
+            name = self._open(record.name) if record is not None and record.name else Pseudonym(pseudonym)
             if is_unreadable(name):
                 statuses[pseudonym] = "deleted"  # the key is gone: no one can be a member under that name
                 continue
