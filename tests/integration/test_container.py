@@ -18,12 +18,15 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.kafka_support import end_offsets, generate_stream, new_topic, publish, stored_positions, wait_until
+from tests.kafka_support import CHATBRIDGE, generate_stream, new_topic, publish, wait_until
 from tests.services import ROOT, postgres_environment, throwaway_postgres_database
 
 pytestmark = pytest.mark.integration
@@ -157,6 +160,17 @@ class Container:
         except httpx.HTTPError:
             return 0
 
+    def drained(self, sent: int) -> bool:
+        """The worker's /metrics count `sent` records handled (whatever their outcome) and no lag."""
+        try:
+            text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text
+        except httpx.HTTPError:
+            return False
+        samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+        handled = sum(s.value for s in samples if s.name == "chatbridge_records_total")
+        lag = sum(s.value for s in samples if s.name == "chatbridge_consumer_lag")
+        return handled == sent and lag == 0
+
     def health(self) -> str:
         """The image's own HEALTHCHECK, as the engine reports it."""
         return docker("inspect", "--format", "{{.State.Health.Status}}", self.name).stdout.strip()
@@ -183,40 +197,63 @@ def volume(engine: None) -> Iterator[str]:
 
 
 def test_the_container_drains_a_topic_into_its_store_and_stops_on_sigterm_keeping_its_keys(
-    image: str, kafka_bootstrap: str, postgres_server: dict[str, object], volume: str
+    image: str, kafka_bootstrap: str, postgres_server: dict[str, object], volume: str, tmp_path: Path
 ) -> None:
     topic = new_topic(kafka_bootstrap, partitions=3)
     stream = generate_stream(seed=18, events=30, persons=10)
-    publish(kafka_bootstrap, topic, stream.lines)
-    ends = end_offsets(kafka_bootstrap, topic)
     with throwaway_postgres_database(postgres_server) as database:
-        store = postgres_environment(postgres_server, database)
-        env = {**store, "CHATBRIDGE_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "CHATBRIDGE_TOPICS": topic,
-               "CHATBRIDGE_GROUP_ID": f"group-{topic}", "CHATBRIDGE_DLQ_TOPIC": f"dlq-{topic}",
-               "CHATBRIDGE_KAFKA_SESSION_TIMEOUT_MS": "6000", "CHATBRIDGE_HTTP_PORT": str(_free_port())}  # fmt: skip
+        env = {**postgres_environment(postgres_server, database), "CHATBRIDGE_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+               "CHATBRIDGE_TOPICS": topic, "CHATBRIDGE_GROUP_ID": f"group-{topic}",
+               "CHATBRIDGE_DLQ_TOPIC": f"dlq-{topic}", "CHATBRIDGE_KAFKA_SESSION_TIMEOUT_MS": "6000",
+               "CHATBRIDGE_HTTP_PORT": str(_free_port())}  # fmt: skip
         first = Container(image, env, volume)
         try:
             wait_until(lambda: first.healthz() == 200, 60, "/healthz to answer 200", first.logs)
-            wait_until(lambda: stored_positions(store, topic, list(ends)) == ends, 120, f"the store to reach {ends}",
-                       first.logs)  # fmt: skip
+            sent = 0
+            for phase in stream.phases:  # each phase drained before the next: the stored state is simulate's
+                publish(kafka_bootstrap, topic, phase)
+                sent += len(phase)
+                wait_until(lambda n=sent: first.drained(n), 120, f"the worker to handle {sent} records", first.logs)
             assert first.main_process_uid() == UNPRIVILEGED
             wait_until(lambda: first.health() == "healthy", 30, "the image's HEALTHCHECK to pass", first.logs)
             assert first.terminate() == 0, first.logs()
         finally:
             first.remove()
 
+        # The store holds what was sent: read by the image's own `state`, with the keys from the volume.
+        stored = json.loads(one_shot(image, env, volume, "state", "--now", NOW, "--json"))
+        expected = simulate(tmp_path, stream.lines, NOW)
+        assert stored["chats"] == expected["chats"] and expected["chats"]
+        assert (stored["ignored"], stored["duplicates"]) == (expected["ignored"], expected["duplicates"])
+        assert sorted(r["reason"] for r in stored["rejected"]) == sorted(r["reason"] for r in expected["rejected"])
+
         # The audit keys were made in the volume (0600, the worker's own): a new container on the same store and
         # volume starts with them — without them it would refuse a store that holds data.
-        listing = docker("run", "--rm", "--network", "none", "--volume", f"{volume}:/data", "--entrypoint", "ls",
-                         image, "-ln", "/data/chatbridge.audit-keys").stdout  # fmt: skip
+        listing = one_shot(image, {}, volume, "-ln", "/var/lib/chatbridge/chatbridge.audit-keys", entrypoint="ls")
         assert listing.startswith("-rw------- 1 10001 10001"), listing
         second = Container(image, {**env, "CHATBRIDGE_HTTP_PORT": str(_free_port())}, volume)
         try:
             wait_until(lambda: second.healthz() == 200, 60, "/healthz of a new container", second.logs)
             assert second.terminate() == 0, second.logs()
-            assert "restore them" not in second.logs()
         finally:
             second.remove()
+
+
+NOW = "2026-12-25T00:00:00Z"
+
+
+def one_shot(image: str, env: dict[str, str], volume: str, *args: str, entrypoint: str = "chatbridge") -> str:
+    flags = [flag for key, value in env.items() for flag in ("--env", f"{key}={value}")]
+    return docker("run", "--rm", "--network", "host", "--volume", f"{volume}:/var/lib/chatbridge", "--entrypoint",
+                  entrypoint, *flags, image, *args).stdout  # fmt: skip
+
+
+def simulate(tmp_path: Path, lines: list[bytes], now: str) -> dict[str, Any]:
+    path = tmp_path / "published.jsonl"
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    result = subprocess.run([CHATBRIDGE, "simulate", str(path), "--now", now], capture_output=True, text=True,
+                            check=True, cwd=tmp_path)  # fmt: skip
+    return dict(json.loads(result.stdout))
 
 
 # --- compose -----------------------------------------------------------------------------------------------------
