@@ -5,7 +5,8 @@ and no secret. docker/compose.yaml is validated by a compose implementation.
 
 The engine: `CHATBRIDGE_TEST_DOCKER_HOST` (CI's own dockerd, started by .ci/run on a socket of its own so that the
 rest of the suite keeps the local services), else the Docker client's default. CI must have one: there a missing
-engine fails these tests; only a developer machine without Docker skips them.
+engine fails these tests; only a developer machine without Docker skips them. The base: `CHATBRIDGE_TEST_BASE_IMAGE`,
+else python:3.11-slim-bookworm where the engine holds it, else one made from Debian's packages (nothing is pulled).
 """
 
 from __future__ import annotations
