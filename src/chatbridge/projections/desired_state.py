@@ -69,6 +69,16 @@ def _same_key(kept: str, name: str) -> bool:
     return kept == name or (name.startswith("enc2:") and kept.rsplit(":", 1)[0] == name.rsplit(":", 1)[0])
 
 
+def _key_version(name: str) -> int | None:
+    """The key version a sealed token was sealed with (`enc2:{pseudonym}:{version}:…`; the previous release's
+    `enc1:{pseudonym}:{…}` used version 1); None for anything else."""
+    if name.startswith("enc2:"):
+        return int(name.split(":", 3)[2])
+    if name.startswith("enc1:") and token_parts(name)[1]:
+        return 1
+    return None
+
+
 def token_parts(token: str) -> tuple[str, bool]:
     """(pseudonym, sealed) of a stored person token (`enc1:{pseudonym}:{…}`, `enc2:{pseudonym}:{version}:{…}`,
     written by audit.shredding): the pseudonym is in the clear, so the fold needs no key to know the person."""
@@ -483,11 +493,20 @@ class DesiredStateFold:
         return pseudonym
 
     def _name(self, key: PersonKey, name: str) -> None:
-        """Keep the latest name of the person; a token sealed with the same key as the one kept is as good (each
-        fact's token differs only by its nonce), so the person's row is not written again for it."""
+        """Keep the name the person is known by now: the token of their newest key version, else the latest name.
+
+        A token sealed with the same key as the one kept is as good (each fact's token differs only by its nonce),
+        so the person's row is not written again for it. A token of an older key version loses whatever the fold
+        order: a replica that had not yet seen a deletion may store a late fact sealed with the key the deletion
+        destroyed, after the person was named again under a new one — the name must not fall back to it.
+        """
         record = self.persons.get(key) or self._loaded_person(key)
-        if record is not None and record.name is not None and _same_key(record.name, name):
-            return
+        if record is not None and record.name is not None:
+            if _same_key(record.name, name):
+                return
+            kept, offered = _key_version(record.name), _key_version(name)
+            if kept is not None and offered is not None and offered < kept:
+                return
         self._person(key).name = name
 
     def _identities(self, org: str, names: dict[str, str] | None) -> dict[str, str] | None:
