@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from eventsourcing.persistence import PersistenceError
 from kafka.errors import KafkaError
 
+from chatbridge.audit.chain import ChainHalted
 from chatbridge.audit.settings import AuditKeyError
 from chatbridge.bootstrap import StoreError
 
@@ -41,6 +42,8 @@ def explain(error: BaseException) -> Explained:
         return Explained(str(error), FAILED)
     if isinstance(error, AuditKeyError):
         return Explained(f"audit keys: {error}", USAGE)
+    if isinstance(error, ChainHalted):
+        return Explained(f"audit log: storing stopped — {error} (see docs/audit.md)", FAILED)
     if isinstance(error, PersistenceError | sqlite3.Error):
         return Explained(f"the store: {_first_line(error)}", FAILED)
     if isinstance(error, KafkaError):
