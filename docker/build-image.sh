@@ -37,3 +37,5 @@ args=(build --network host --file docker/Dockerfile --tag "$tag")
 [ -n "$base" ] && args+=(--build-arg "BASE_IMAGE=$base")
 [ -n "$cert" ] && [ -s "$cert" ] && args+=(--secret "id=pip_cert,src=$cert")
 DOCKER_BUILDKIT=1 "$client" "${args[@]}" .
+# The build this one replaced under the same tag is left untagged: drop such leftovers of chatbridge's builds.
+"$client" image prune --force --filter label=org.opencontainers.image.title=chatbridge >/dev/null
