@@ -219,6 +219,11 @@ class ChatBridge(EventSourcedProjection[UUID]):
             self.env["PROCESS_RECORDER_TOPIC"] = INTAKE_RECORDERS[module]
         return self.factory.process_recorder()
 
+    def _record(self, processing_event: ProcessingEvent[UUID]) -> Any:
+        # the keys of every person the events name, in one transaction before they are sealed one by one
+        cast(PersonSealingMapper, self.mapper).prepare(processing_event.events)
+        return super()._record(processing_event)
+
     @property
     def ledger(self) -> IntakeLedger:
         return cast(IntakeLedger, self.recorder)

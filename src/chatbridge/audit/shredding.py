@@ -433,13 +433,14 @@ class PersonKeys:
             cipher = self._ciphers[(pseudonym, version)] = AESGCM(key)
         return cipher
 
-    def prepare(self, persons: set[tuple[str, str]]) -> None:
+    def prepare(self, persons: set[tuple[str, str]], *, recheck: bool = True) -> None:
         """Fetch or create the keys of these (org, person_id) in one transaction, before a batch is sealed.
 
         Whether another process erased anyone is asked every batch (one indexed query), not once a second: a name
         sealed with a key another replica destroyed meanwhile could never be read again. A key version another
-        process made is found when sealing looks again."""
-        self._refresh(now_please=True)
+        process made is found when sealing looks again. `recheck=False`: asked as sealing asks (once a second),
+        for a batch whose intake asked already."""
+        self._refresh(now_please=recheck)
         wanted = {}
         for org, person_id in persons:
             pseudonym = self.pseudonym(org, person_id)
@@ -641,6 +642,26 @@ class PersonSealingMapper(Mapper[UUID]):
                 raise LookupError(f"no Registered event for {qualname} of {originator_id}")
             org = self._orgs[originator_id] = str(super().to_domain_event(first).__dict__["org"])
         return org
+
+    def prepare(self, domain_events: Iterable[Any]) -> None:
+        """Load (or make) the keys of every person these events name, in one transaction, before they are sealed
+        one by one (the first sight of a person would otherwise cost a transaction of its own)."""
+        named: set[tuple[str, str]] = set()
+        for domain_event in domain_events:
+            qualname = type(domain_event).__qualname__
+            fields = PERSON_FIELDS.get(qualname)
+            if fields is None:
+                continue
+            state = domain_event.__dict__
+            org = self._org(qualname, domain_event.originator_id, state)
+            for name in fields:
+                value = state[name]
+                if isinstance(value, dict):
+                    named.update((org, person) for person in value if not isinstance(person, Pseudonym))
+                elif isinstance(value, str) and not isinstance(value, Pseudonym):
+                    named.add((org, value))
+        if named:
+            self.persons.prepare(named, recheck=False)
 
     def to_stored_event(self, domain_event: Any) -> StoredEvent:
         qualname = type(domain_event).__qualname__
