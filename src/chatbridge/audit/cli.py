@@ -25,7 +25,13 @@ from chatbridge import logs
 from chatbridge.audit import chain, queries
 from chatbridge.audit.checkpoints import CheckpointFile, CheckpointFileError, read_topic
 from chatbridge.audit.queries import NotFound
-from chatbridge.audit.service import compact, forget_person, records_of_processing, verify_log
+from chatbridge.audit.service import (
+    compact,
+    forget_person,
+    records_of_processing,
+    verification_document,
+    verify_log,
+)
 from chatbridge.audit.settings import AuditKeyError, AuditKeys, AuditSettings
 from chatbridge.bootstrap import Store, StoreError, audit_keys, open_store
 from chatbridge.domain.lifecycle import Policy
@@ -209,19 +215,8 @@ def verify(
     published = _published(checkpoints, topic, settings, chain.key_id(verify_key))
     with _store(settings, keys) as store:
         result = verify_log(store.app, verify_key, published)
-    problems = [_finding(f) for f in sorted(result.findings, key=lambda f: f.notification_id)]
-    document: dict[str, Any] = {
-        "ok": result.ok,
-        "records": result.records,
-        "links": result.links,
-        "checkpoints": result.checkpoints,
-        "last_checkpoint": result.last_checkpoint,
-        "unsigned_tail": result.unsigned_tail,
-        "published_checkpoints": result.published,
-        "last_published": result.last_published,
-        "first_problem": None if result.first is None else _finding(result.first),
-        "problems": problems,
-    }
+    document = verification_document(result)
+    problems = document["problems"]
     if fmt != Format.table:
         _emit(document, problems, ["record", "problem", "detail"], fmt, "verify")
     elif result.ok:
@@ -294,10 +289,6 @@ def _published(files: list[Path] | None, topic: str | None, settings: Settings, 
         except Exception as error:  # the broker's many errors: say which topic could not be read
             raise _fail(f"the checkpoint topic {topic} cannot be read: {error}", 2) from None
     return published
-
-
-def _finding(finding: Any) -> dict[str, Any]:
-    return {"record": finding.notification_id, "problem": finding.problem, "detail": finding.detail}
 
 
 def _verify_only_keys(error: AuditKeyError) -> AuditKeys:

@@ -30,7 +30,7 @@ from markupsafe import Markup
 
 from chatbridge.application import ChatBridge
 from chatbridge.audit import chain, queries
-from chatbridge.audit.service import records_of_processing, verify_log
+from chatbridge.audit.service import records_of_processing, verification_document, verify_log
 from chatbridge.projections.document import utc_z
 from chatbridge.settings import Settings
 
@@ -190,24 +190,9 @@ def verification(
     if verify_key is None:
         return {"ok": None, "checked_at": checked_at, "key_id": None}
     result = verify_log(app, verify_key, published)
-    findings = [
-        {"record": f.notification_id, "problem": f.problem, "detail": f.detail}
-        for f in sorted(result.findings, key=lambda f: f.notification_id)
-    ]
-    return {
-        "ok": result.ok,
-        "records": result.records,
-        "links": result.links,
-        "checkpoints": result.checkpoints,
-        "last_checkpoint": result.last_checkpoint,
-        "unsigned_tail": result.unsigned_tail,
-        "published_checkpoints": result.published,
-        "last_published": result.last_published,
-        "first_problem": findings[0] if findings else None,
-        "problems": findings[:20],
-        "key_id": chain.key_id(verify_key),
-        "checked_at": checked_at,
-    }
+    document = verification_document(result)
+    document["problems"] = document["problems"][:20]  # the first twenty are enough on paper; verify lists all
+    return {**document, "key_id": chain.key_id(verify_key), "checked_at": checked_at}
 
 
 def _software() -> dict[str, str | None]:

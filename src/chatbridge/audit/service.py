@@ -52,6 +52,27 @@ class Forgotten:
     key_destroyed: bool  # False: it was destroyed before (the person was deleted or forgotten already)
 
 
+def verification_document(result: chain.Verification) -> dict[str, Any]:
+    """`audit verify`'s answer as a document (its JSON, and the report's integrity section): every finding in
+    record order, and the one to look at first."""
+
+    def row(finding: chain.Finding) -> dict[str, Any]:
+        return {"record": finding.notification_id, "problem": finding.problem, "detail": finding.detail}
+
+    return {
+        "ok": result.ok,
+        "records": result.records,
+        "links": result.links,
+        "checkpoints": result.checkpoints,
+        "last_checkpoint": result.last_checkpoint,
+        "unsigned_tail": result.unsigned_tail,
+        "published_checkpoints": result.published,
+        "last_published": result.last_published,
+        "first_problem": None if result.first is None else row(result.first),
+        "problems": [row(f) for f in sorted(result.findings, key=lambda f: f.notification_id)],
+    }
+
+
 def forget_person(store: Store, settings: Settings, org: str, person_id: str, at: datetime) -> Forgotten:
     """`gdpr forget`: record the erasure, rename the person in the projection, destroy the key, wipe free space.
 
