@@ -270,7 +270,7 @@ class ChatBridge(EventSourcedProjection[UUID]):
         unit = _UnitOfWork(self, processing_event)
         valid = [r.parsed for r in batch.records if not isinstance(r.parsed, Rejection)]
         seen = self.ledger.known_message_ids(m.id for m in valid)
-        unit.prefetch({_aggregate_id(m) for m in valid})
+        unit.prefetch({_aggregate_id(m, self.persons.pseudonym) for m in valid})
         outcomes = batch.outcomes
         for record in batch.records:
             message = record.parsed
@@ -298,12 +298,13 @@ _organisation_id = lru_cache(maxsize=4096)(Organisation.create_id)
 _person_id = lru_cache(maxsize=65536)(Person.create_id)
 
 
-def _aggregate_id(message: Message) -> UUID:
-    """The aggregate a message is about (each handler below touches exactly this one)."""
+def _aggregate_id(message: Message, pseudonym: Callable[[str, str], str]) -> UUID:
+    """The aggregate a message is about (each handler below touches exactly this one): a person's by their
+    pseudonym, as `_person_status_changed` names it."""
     if isinstance(message, OrganisationChatEnabled | OrganisationChatDisabled):
         return _organisation_id(message.org)
     if isinstance(message, PersonStatusChanged):
-        return _person_id(message.org, message.data.person_id)
+        return _person_id(message.org, pseudonym(message.org, message.data.person_id))
     return _chat_group_id(message.org, message.data.event_id)
 
 
@@ -330,7 +331,7 @@ def _person_status_changed(message: PersonStatusChanged, unit: _UnitOfWork) -> s
     persons, person_id = unit.app.persons, message.data.person_id
     pseudonym = persons.pseudonym(message.org, person_id)
     deleted = message.data.status == "deleted"
-    person = unit.get(Person.create_id(message.org, pseudonym))  # never the HiOrg id: nothing may link back
+    person = unit.get(_person_id(message.org, pseudonym))  # never the HiOrg id: nothing may link back
     if person is None:  # (a person first named by their own deletion is erased by it: registered by pseudonym)
         named = Pseudonym(pseudonym) if deleted else person_id
         person = Person(message.org, pseudonym, named, message.id, message.occurred_at)

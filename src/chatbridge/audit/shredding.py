@@ -388,6 +388,13 @@ class PersonKeys:
         self._erasures_seen: object = None
         self._lock = threading.Lock()
         self._pseudonyms: dict[tuple[str, str], str] = {}
+        self._epoch = 0  # counts the times a key held here may have been destroyed
+
+    def epoch(self) -> int:
+        """Changes whenever a key this process held may have been destroyed (here, or by another process as far as
+        the once-a-second look sees): a name opened before stays valid while it does not change."""
+        self._refresh()
+        return self._epoch
 
     def pseudonym(self, org: str, person_id: str) -> str:
         """The person's keyed pseudonym; a `Pseudonym` (a person already named by it alone) is its own."""
@@ -414,6 +421,7 @@ class PersonKeys:
             with self._lock:
                 self._states.clear()
                 self._ciphers.clear()
+                self._epoch += 1
 
     def _state(self, pseudonym: str, org: str | None, reload: bool = False) -> KeyState | None:
         """The pseudonym's keys and horizon; `org` given: created (with a first key) when unknown."""
@@ -606,6 +614,7 @@ class PersonKeys:
     def _erase(self, pseudonym: str, org: str, until: datetime, up_to: int | None) -> bool:
         destroyed = self.table.erase(pseudonym, org, until, up_to)
         with self._lock:
+            self._epoch += 1
             state = self._states.get(pseudonym)
             if state is not None:
                 for version in state.keys:

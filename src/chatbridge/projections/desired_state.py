@@ -318,6 +318,9 @@ class DesiredStateFold:
     # the persons' keyed pseudonyms (audit.shredding), and opening a stored token to the HiOrg id
     pseudonym: Callable[[str, str], str]
     open_name: Callable[[str], str] = str
+    # changes whenever a key this process may have opened a token with could have been destroyed (None: assume so
+    # at every write)
+    keys_epoch: Callable[[], object] | None = None
     policy: Policy = field(default_factory=Policy)
     rows: RowSource | None = None
     organisations: dict[str, list[Switch]] = field(default_factory=dict)
@@ -336,7 +339,8 @@ class DesiredStateFold:
     _walks: dict[ChatKey, Walk] = field(default_factory=dict)  # until the chat changes again
     _absent: set[PersonKey] = field(default_factory=set)  # looked up, no row: new to the projection
     _absent_pseudonyms: set[str] = field(default_factory=set)
-    _opened: dict[str, str] = field(default_factory=dict)  # token → name, for one write (`take_dirty` clears it)
+    _opened: dict[str, str] = field(default_factory=dict)  # token → name, while `keys_epoch` stays the same
+    _opened_epoch: object = None
     _whole_organisations: set[str] = field(default_factory=set)  # all their chats are loaded
     _whole_index: set[PersonKey] = field(default_factory=set)  # person_chats holds all their chats
 
@@ -702,7 +706,9 @@ class DesiredStateFold:
 
     def take_dirty(self) -> Changes:
         """What changed since the last call."""
-        self._opened = {}  # a key may be destroyed before the next write
+        epoch = None if self.keys_epoch is None else self.keys_epoch()
+        if epoch is None or epoch != self._opened_epoch or len(self._opened) > 100_000:
+            self._opened, self._opened_epoch = {}, epoch  # a key may have been destroyed since the last write
         changes = Changes(self.dirty_chats, self.dirty_organisations, self.dirty_persons, self.new_index_entries)
         self.dirty_chats, self.dirty_organisations, self.dirty_persons = set(), set(), set()
         self.new_index_entries = set()

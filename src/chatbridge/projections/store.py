@@ -440,7 +440,11 @@ class DesiredStateProjection:
 
     def _fold(self, rows: RowSource | None) -> DesiredStateFold:
         return DesiredStateFold(
-            pseudonym=self.app.persons.pseudonym, open_name=self.app.persons.open, policy=self.policy, rows=rows
+            pseudonym=self.app.persons.pseudonym,
+            open_name=self.app.persons.open,
+            keys_epoch=self.app.persons.epoch,
+            policy=self.policy,
+            rows=rows,
         )
 
     def catch_up(self, progress: Progress | None = None) -> int:
