@@ -594,7 +594,7 @@ def reconcile(
                 _print_json(reconciling.plan_document(plans, at))
             else:
                 print(reconciling.render_plan(plans))
-            raise typer.Exit(1 if any(p.error for p in plans) else 2 if any(p.steps for p in plans) else 0)
+            raise typer.Exit(1 if any(p.error for p in plans) else 2 if any(p.changes for p in plans) else 0)
         if once:
             at = moment or reconciling.utc_now()
             report = reconciling.reconcile_once(store, backend, at, options, gate=gate)
@@ -603,6 +603,8 @@ def reconcile(
             else:
                 summary = report.summary()
                 print(", ".join(f"{key} {value}" for key, value in summary.items()))
+                for reason, count in report.pending_by_reason().items():
+                    print(f"pending {count}: {reason}")
                 for outcome in report.failed:
                     print(f"failed {outcome.org}/{outcome.event_id}: {outcome.error}")
                 for outcome in report.waiting:

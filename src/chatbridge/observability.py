@@ -44,8 +44,8 @@ from chatbridge.projections.desired_state import DesiredChat
 log = logging.getLogger(__name__)
 
 STEP_KINDS = ("create_chat", "add_member", "remove_member", "set_moderator", "set_read_only", "delete_chat",
-              "set_name", "set_topic", "set_order")  # fmt: skip
-READS = ("get_chat", "ensure_tenant")
+              "set_name", "set_topic", "set_order", "join_bridge")  # fmt: skip
+READS = ("get_chat", "ensure_tenant", "account")
 
 
 class Metrics:
@@ -82,6 +82,10 @@ class Metrics:
             ["operation", "outcome"], registry=r,
         )  # fmt: skip
         self.parked = Gauge("chatbridge_parked_chats", "Chats parked after repeated failures.", registry=r)
+        self.members_pending = Gauge(
+            "chatbridge_members_pending", "Persons not yet added to their chat, by reason (no account yet, …).",
+            ["reason"], registry=r,
+        )  # fmt: skip
         self.chats = Gauge("chatbridge_chats", "Chats this replica owns, by phase now.", ["phase"], registry=r)
         self.overdue = Gauge(
             "chatbridge_oldest_overdue_seconds",
@@ -147,6 +151,15 @@ class Metrics:
             self.chats.labels(phase=phase_name).set(count)
         self.overdue.set(oldest)
 
+    def observe_pending(self, reasons: Iterable[str]) -> None:
+        """Pending persons of the chats this replica reconciles, counted by reason (naming no one)."""
+        counts: dict[str, int] = {}
+        for reason in reasons:
+            counts[reason] = counts.get(reason, 0) + 1
+        self.members_pending.clear()
+        for reason, count in counts.items():
+            self.members_pending.labels(reason=reason).set(count)
+
     def observe_gate(self, waiting: int, lag: Mapping[tuple[str, int], int], known_at: datetime | None) -> None:
         """The deletion gate: chats waiting, the lag behind its last reading, and up to when the input is known."""
         self.deletions_waiting.set(waiting)
@@ -191,7 +204,7 @@ class InstrumentedBackend:
                     self.last_unavailable = time.monotonic()
                 self._count(name, "failed", started)
                 raise
-            self._count(name, "pending" if result == AddOutcome.PENDING else "ok", started)
+            self._count(name, "pending" if isinstance(result, AddOutcome) and result.pending else "ok", started)
             return result
 
         return timed

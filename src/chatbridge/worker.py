@@ -116,6 +116,7 @@ def run_worker(
         states = dict(worker.reconciler.states)
         metrics.observe_chats(rows, now, {key: state.phase for key, state in states.items()})
         metrics.parked.set(sum(1 for state in states.values() if state.parked))
+        metrics.observe_pending(reason for state in states.values() for reason in state.pending.values())
         gate = worker.reconciler.gate
         lag = gate.lag() if isinstance(gate, KnowledgeGate) else {}
         metrics.observe_gate(sum(1 for state in states.values() if state.waiting), lag, gate.known_at)

@@ -44,10 +44,11 @@ def test_plan_apply_and_plan_again(tmp_path: Path, synapse: Synapse, org: str):
     planned = chatbridge("reconcile", "--dry-run", "--now", "2026-12-02T00:00:00Z", database=database)
     assert planned.returncode == 2, planned.stderr
     assert f"chat {org}/4711 (generation 1, active)" in planned.stdout and "+ create chat" in planned.stdout
-    assert "Plan: 4 changes in 1 chats." in planned.stdout
+    assert "Plan: 3 changes in 1 chats." in planned.stdout  # bob has no account yet: he would stay pending
+    assert "(stays pending: no chat account yet)" in planned.stdout
     as_json = chatbridge("reconcile", "--dry-run", "--json", "--now", "2026-12-02T00:00:00Z", database=database)
     document = json.loads(as_json.stdout)
-    assert as_json.returncode == 2 and document["changes"] == 4
+    assert as_json.returncode == 2 and document["changes"] == 3 and document["pending"] == {"no chat account yet": 1}
     assert [s["kind"] for s in document["chats"][0]["steps"]] == [
         "create_chat",
         "add_member",
@@ -61,7 +62,7 @@ def test_plan_apply_and_plan_again(tmp_path: Path, synapse: Synapse, org: str):
     assert (result["steps"], result["pending"], result["failed"]) == (3, 1, 0)  # bob has no account yet
 
     again = chatbridge("reconcile", "--dry-run", "--now", "2026-12-02T00:00:00Z", database=database)
-    assert again.returncode == 2 and f"+ member @{org}.{bob}:localhost" in again.stdout  # still pending
+    assert again.returncode == 0 and f"+ member @{org}.{bob}:localhost (stays pending" in again.stdout
     synapse.register_user(f"@{org}.{bob}:localhost")
     assert chatbridge("reconcile", "--once", "--now", "2026-12-02T00:00:00Z", database=database).returncode == 0
     done = chatbridge("reconcile", "--dry-run", "--now", "2026-12-02T00:00:00Z", database=database)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from urllib.parse import quote
 
 import pytest
 
 from chatbridge.backends.matrix import TENANT_EVENT, MatrixBackend
-from chatbridge.backends.port import AddOutcome
+from chatbridge.backends.port import AddOutcome, BackendError
 from tests.integration.synapse_support import *  # noqa: F403  (fixtures: synapse, matrix, org)
 from tests.integration.synapse_support import Synapse as Synapse
 
@@ -83,7 +85,7 @@ def test_members_join_idempotently_and_unknown_or_deactivated_accounts_are_pendi
     assert matrix.add_member(chat.chat_id, alice) == AddOutcome.JOINED
     assert matrix.add_member(chat.chat_id, alice) == AddOutcome.ALREADY
     assert matrix.add_member(chat.chat_id, ghost) == AddOutcome.PENDING
-    assert matrix.add_member(chat.chat_id, gone) == AddOutcome.PENDING
+    assert matrix.add_member(chat.chat_id, gone) == AddOutcome.DEACTIVATED
     assert matrix.get_chat(org, "1", 1).members == {alice}
     matrix.set_moderator(chat.chat_id, alice, True)
     assert matrix.get_chat(org, "1", 1).moderators == {alice}
@@ -132,3 +134,89 @@ def test_deletion_removes_the_room_and_its_uploaded_files(matrix: MatrixBackend,
         children = [e for e in client.get(f"/_synapse/admin/v1/rooms/{tenant.tenant_id}/state").json()["state"]
                     if e["type"] == "m.space.child" and e["content"]]  # fmt: skip
     assert children == []
+
+
+def test_an_id_too_long_for_matrix_or_a_failed_look_up_leaves_the_person_pending(matrix, synapse: Synapse, org):
+    """Contract-valid ids (64 characters of org and of person id, or non-ASCII) escape beyond Matrix's 255 bytes: no
+    account can exist under such an id. A look-up Synapse answers with neither 200 nor 404 (here 400: a remote user)
+    keeps that person pending too — neither raises."""
+    chat = matrix.create_chat(org, "1", 1, matrix.ensure_tenant(org, TENANT).tenant_id)
+    long_org, long_person = "O" * 64, "Ä" * 64
+    too_long = matrix.user_id(long_org, long_person)
+    assert len(too_long.encode()) > 255 and matrix.unusable(too_long) == AddOutcome.UNUSABLE_ID
+    with synapse.admin() as client:
+        assert client.get(f"/_synapse/admin/v2/users/{too_long}").status_code in (400, 404)  # what a look-up gets
+    assert matrix.add_member(chat.chat_id, too_long) == AddOutcome.UNUSABLE_ID
+    remote = f"@{org}.{person()}:elsewhere.example"
+    assert matrix.account(remote) == AddOutcome.LOOKUP_FAILED
+    assert matrix.add_member(chat.chat_id, remote) == AddOutcome.LOOKUP_FAILED
+    assert matrix.get_chat(org, "1", 1).members == frozenset()
+
+
+def test_the_bridge_joins_a_chat_it_is_not_in_and_reads_it_meanwhile(matrix, synapse: Synapse, org):
+    """A room under the chat's alias that the bridge is not in (here made by someone else, as a room the bridge was
+    kicked from would be): read through the admin API, then joined with its rights through make_room_admin."""
+    alice = synapse.register_user(matrix.user_id(org, person()))
+    with alice.client() as client:
+        created = client.post(
+            "/_matrix/client/v3/createRoom",
+            json={"preset": "private_chat", "room_alias_name": matrix._chat_alias(org, "1", 1)},
+        )
+    room = created.json()["room_id"]  # fmt: skip
+    away = matrix.get_chat(org, "1", 1)
+    assert away is not None and away.chat_id == room and not away.bridge_joined and away.members == {alice.user_id}
+    matrix.join_bridge(room)
+    back = matrix.get_chat(org, "1", 1, room)
+    assert back is not None and back.bridge_joined and back.members == {alice.user_id}
+    bob = matrix.user_id(org, person())
+    synapse.register_user(bob)
+    assert matrix.add_member(room, bob) == AddOutcome.JOINED  # the bridge acts there again
+    matrix.set_moderator(room, bob, True)
+    assert matrix.get_chat(org, "1", 1).moderators >= {bob}
+
+
+def test_a_chat_the_bridge_made_and_left_is_read_and_its_rejoin_refused_with_the_reason(matrix, synapse, org):
+    chat = matrix.create_chat(org, "1", 1, matrix.ensure_tenant(org, TENANT).tenant_id)
+    alice = matrix.user_id(org, person())
+    synapse.register_user(alice)
+    assert matrix.add_member(chat.chat_id, alice) == AddOutcome.JOINED
+    with synapse.admin() as client:
+        assert client.post(f"/_matrix/client/v3/rooms/{chat.chat_id}/leave", json={}).status_code == 200
+    away = matrix.get_chat(org, "1", 1, chat.chat_id)
+    assert away is not None and not away.bridge_joined and away.members == {alice}
+    with pytest.raises(BackendError, match="invite it back"):
+        matrix.join_bridge(chat.chat_id)
+    assert matrix.delete_chat(chat.chat_id).status == "complete"  # deletion needs no membership
+    assert matrix.get_chat(org, "1", 1, chat.chat_id) is None
+
+
+def test_rights_changed_by_hand_show_and_are_restored(matrix, synapse: Synapse, org):
+    chat = matrix.create_chat(org, "1", 1, matrix.ensure_tenant(org, TENANT).tenant_id)
+    assert matrix.get_chat(org, "1", 1).levels_as_set
+    path = f"/_matrix/client/v3/rooms/{chat.chat_id}/state/m.room.power_levels/"
+    with synapse.admin() as client:
+        levels = client.get(path).json()
+        assert client.put(path, json={**levels, "users_default": 50}).status_code == 200  # everyone a moderator
+    assert not matrix.get_chat(org, "1", 1).levels_as_set
+    matrix.set_read_only(chat.chat_id, False)
+    assert matrix.get_chat(org, "1", 1).levels_as_set
+    matrix.set_read_only(chat.chat_id, True)
+    locked = matrix.get_chat(org, "1", 1)
+    assert locked.read_only and locked.levels_as_set
+
+
+def test_a_known_chat_is_read_by_its_id_and_one_deleted_by_hand_is_gone(matrix, synapse: Synapse, org):
+    chat = matrix.create_chat(org, "1", 1, matrix.ensure_tenant(org, TENANT).tenant_id)
+    alias = f"#{matrix._chat_alias(org, '1', 1)}:localhost"
+    with synapse.admin() as client:
+        assert client.delete(f"/_matrix/client/v3/directory/room/{quote(alias)}").status_code == 200
+    assert matrix.get_chat(org, "1", 1) is None  # the alias alone no longer finds it
+    assert matrix.get_chat(org, "1", 1, chat.chat_id).chat_id == chat.chat_id  # its id does
+    with synapse.admin() as client:
+        delete_id = client.request("DELETE", f"/_synapse/admin/v2/rooms/{chat.chat_id}", json={"purge": True}).json()
+        for _ in range(100):
+            status = client.get(f"/_synapse/admin/v2/rooms/delete_status/{delete_id['delete_id']}").json()
+            if status["status"] == "complete":
+                break
+            time.sleep(0.1)
+    assert matrix.get_chat(org, "1", 1, chat.chat_id) is None

@@ -315,3 +315,31 @@ def test_an_unexpected_error_parks_the_chat_without_naming_anyone(world, caplog)
         report = world.run(at(2))
     assert report.failed[0].error == "unexpected KeyError"
     assert ALICE not in caplog.text and world.uid(ALICE) not in caplog.text and BOB not in caplog.text
+
+
+def test_a_bridge_out_of_its_chat_rejoins_first_and_the_repair_is_recorded(world):
+    world.run(at(2))
+    world.chat().bridge_joined = False
+    world.stream.staffing("4711", CAROL, "assigned", at(3))
+    report = world.run(at(3, 1))
+    assert [s.kind for s in report.outcomes[0].applied] == ["join_bridge", "add_member"]
+    assert world.events().count("DriftRepaired") == 1 and world.chat().bridge_joined
+
+
+def test_a_join_refused_for_one_person_leaves_that_person_pending_and_the_rest_goes_on(world):
+    from chatbridge.backends.port import BackendError
+
+    world.backend.fail = lambda op, args: BackendError("join member: HTTP 403 M_BAD_STATE") if (
+        op == "add_member" and args[1] == world.uid(BOB)) else None  # fmt: skip
+    report = world.run(at(2))
+    assert not report.failed and report.outcomes[0].pending_reasons == {BOB: "join member: HTTP 403 M_BAD_STATE"}
+    assert world.chat().members == {world.uid(ALICE)} and world.chat().moderators == {world.uid(ALICE)}
+    assert BOB not in str(report.summary())
+
+
+def test_an_unchanged_chat_is_read_once_at_the_resync_and_not_written(world):
+    world.run(at(2))
+    world.backend.calls.clear()
+    report = world.run(at(2) + timedelta(hours=10))
+    assert len(report.outcomes) == 1 and not report.outcomes[0].applied
+    assert [c[0] for c in world.backend.calls] == ["get_chat"]

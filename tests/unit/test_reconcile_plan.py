@@ -48,6 +48,8 @@ actual_chats = st.one_of(
         members=st.frozensets(st.sampled_from(ACCOUNTS)),
         moderators=st.frozensets(st.sampled_from(ACCOUNTS)),
         read_only=st.booleans(),
+        bridge_joined=st.booleans(),
+        levels_as_set=st.booleans(),
     ),
 )
 
@@ -99,8 +101,26 @@ def test_a_read_only_chat_keeps_its_members_and_is_locked_first(desired, actual)
         wanted = {IDS.user_id(ORG, p) for p in desired.members}
         assert not [s for s in steps if s.kind == StepKind.REMOVE_MEMBER and s.user_id in wanted]
         if actual is None or not actual.read_only:
-            kinds = [s.kind for s in steps if s.kind != StepKind.CREATE_CHAT]
+            kinds = [s.kind for s in steps if s.kind not in (StepKind.CREATE_CHAT, StepKind.JOIN_BRIDGE)]
             assert kinds[0] == StepKind.SET_READ_ONLY
+
+
+@given(desired_rows(), actual_chats)
+def test_a_bridge_not_in_its_chat_rejoins_before_any_other_step(desired, actual):
+    steps = plan(desired, actual, NOW, IDS)
+    if actual is not None and not actual.bridge_joined and desired.phase(NOW) != Phase.DELETED and steps:
+        assert steps[0].kind == StepKind.JOIN_BRIDGE
+    assert [s.kind for s in steps].count(StepKind.JOIN_BRIDGE) <= 1
+
+
+@given(desired_rows(), actual_chats)
+def test_rights_changed_by_hand_are_restored_for_the_phase_once(desired, actual):
+    steps = plan(desired, actual, NOW, IDS)
+    after = apply(actual, steps)
+    if desired.phase(NOW) in MEMBER_PHASES:
+        assert after is not None and after.levels_as_set
+        rights = [s for s in steps if s.kind in (StepKind.RESTORE_RIGHTS, StepKind.SET_READ_ONLY)]
+        assert len(rights) <= 1 and all(s.value == (desired.phase(NOW) == Phase.READ_ONLY) for s in rights)
 
 
 def test_a_hand_added_member_of_an_active_chat_is_removed_and_a_missing_one_added():

@@ -12,7 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from chatbridge.backends.port import ActualChat, AddOutcome, BackendUnavailable, ChatLabels, Deletion, Tenant
+from chatbridge.backends.port import (
+    ActualChat,
+    AddOutcome,
+    BackendError,
+    BackendUnavailable,
+    ChatLabels,
+    Deletion,
+    Tenant,
+)
 from chatbridge.backends.user_ids import TemplateUserIds
 
 
@@ -27,10 +35,12 @@ class FakeChat:
     name: str | None = None
     topic: str | None = None
     order: str | None = None  # its place in the tenant
+    bridge_joined: bool = True  # False: the bridge's account left (or was kicked): tests drift it so
+    levels_as_set: bool = True  # False: the rights were changed by hand
 
     def actual(self) -> ActualChat:
         return ActualChat(self.chat_id, frozenset(self.members), frozenset(self.moderators), self.read_only,
-                          self.name, self.topic, self.order)  # fmt: skip
+                          self.name, self.topic, self.order, self.bridge_joined, self.levels_as_set)  # fmt: skip
 
 
 class FakeChatBackend:
@@ -84,10 +94,32 @@ class FakeChatBackend:
         self.tenants[org] = dict(fields)
         return Tenant(f"space:{org}", dict(fields), changed)
 
-    def get_chat(self, org: str, event_id: str, generation: int) -> ActualChat | None:
+    def unusable(self, user_id: str) -> AddOutcome | None:
+        return self.ids.unusable(user_id)
+
+    def get_chat(self, org: str, event_id: str, generation: int, chat_id: str | None = None) -> ActualChat | None:
         self._call("get_chat", org, event_id, generation)
         chat = self.chats.get((org, event_id, generation))
         return None if chat is None else chat.actual()
+
+    def account(self, user_id: str) -> AddOutcome | None:
+        self._call("account", user_id)
+        if self.unusable(user_id) is not None:
+            return AddOutcome.UNUSABLE_ID
+        if self.accounts is not None and user_id not in self.accounts:
+            return AddOutcome.PENDING
+        return AddOutcome.DEACTIVATED if user_id in self.deactivated else None
+
+    def join_bridge(self, chat_id: str) -> None:
+        self._call("join_bridge", chat_id)
+        self._by_id(chat_id).bridge_joined = True
+
+    def _joined(self, chat_id: str) -> FakeChat:
+        """The chat, for an operation only a member may make (as Synapse refuses it to a bridge not in the room)."""
+        chat = self._by_id(chat_id)
+        if not chat.bridge_joined:
+            raise BackendError("fake: the bridge is not in the chat (HTTP 403)")
+        return chat
 
     def create_chat(
         self, org: str, event_id: str, generation: int, tenant_id: str, labels: ChatLabels | None = None
@@ -105,9 +137,13 @@ class FakeChatBackend:
 
     def add_member(self, chat_id: str, user_id: str) -> AddOutcome:
         self._call("add_member", chat_id, user_id)
-        chat = self._by_id(chat_id)
-        if (self.accounts is not None and user_id not in self.accounts) or user_id in self.deactivated:
+        chat = self._joined(chat_id)
+        if self.unusable(user_id) is not None:
+            return AddOutcome.UNUSABLE_ID
+        if self.accounts is not None and user_id not in self.accounts:
             return AddOutcome.PENDING
+        if user_id in self.deactivated:
+            return AddOutcome.DEACTIVATED
         if user_id in chat.members:
             return AddOutcome.ALREADY
         chat.members.add(user_id)
@@ -115,16 +151,17 @@ class FakeChatBackend:
 
     def remove_member(self, chat_id: str, user_id: str) -> None:
         self._call("remove_member", chat_id, user_id)
-        self._by_id(chat_id).members.discard(user_id)
+        self._joined(chat_id).members.discard(user_id)
 
     def set_moderator(self, chat_id: str, user_id: str, moderator: bool) -> None:
         self._call("set_moderator", chat_id, user_id, moderator)
-        chat = self._by_id(chat_id)
+        chat = self._joined(chat_id)
         (chat.moderators.add if moderator else chat.moderators.discard)(user_id)
 
     def set_read_only(self, chat_id: str, read_only: bool) -> None:
         self._call("set_read_only", chat_id, read_only)
-        self._by_id(chat_id).read_only = read_only
+        chat = self._joined(chat_id)
+        chat.read_only, chat.levels_as_set = read_only, True
 
     def set_name(self, chat_id: str, name: str) -> None:
         self._call("set_name", chat_id, name)

@@ -58,11 +58,34 @@ ACTIVE_EVENT_LEVELS: dict[str, int] = {
     "m.room.pinned_events": MODERATOR,
 }
 
+log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry URLs, and URLs carry user ids
 
 
 def _path(value: str) -> str:
     return quote(value, safe="")
+
+
+def _level(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _levels_as_set(levels: dict[str, Any], read_only: bool) -> bool:
+    """Whether the room's power levels are those chatbridge sets for its phase: what a moderator (who may send
+    power levels) changed by hand — members silenced, everyone made a moderator, names opened to all — is drift."""
+    if _level(levels.get("users_default", 0)) != 0:
+        return False
+    events = levels.get("events", {}) if isinstance(levels.get("events"), dict) else {}
+    if read_only:
+        return all(_level(levels.get(key, 0)) >= LOCKED for key in ACTIVE_LEVELS) and all(
+            _level(events.get(key, 0)) >= LOCKED for key in ACTIVE_EVENT_LEVELS
+        )
+    return all(_level(levels.get(key, 0)) == value for key, value in ACTIVE_LEVELS.items()) and all(
+        _level(events.get(key, -1)) == value for key, value in ACTIVE_EVENT_LEVELS.items()
+    )
 
 
 class MatrixBackend:
@@ -276,21 +299,27 @@ class MatrixBackend:
             self._put_state("write tenant name", space, "m.room.name", {"name": str(fields["name"])})
         return Tenant(space, fields, changed=True)
 
-    def get_chat(self, org: str, event_id: str, generation: int) -> ActualChat | None:
+    def get_chat(self, org: str, event_id: str, generation: int, chat_id: str | None = None) -> ActualChat | None:
+        if chat_id is not None:  # known from its creation: one read, no alias look-up
+            chat = self._read_chat(chat_id)
+            if chat is not None:
+                return chat
         room = self._resolve(f"#{self._chat_alias(org, event_id, generation)}:{self.server_name}")
-        if room is None:
+        if room is None or room == chat_id:
             return None
+        return self._read_chat(room)
+
+    def _read_chat(self, room: str) -> ActualChat | None:
+        """The room's whole state in one read (members, power levels, name, topic, parent space), or None when the
+        room is gone. A room the bridge is not in (not yet, left, kicked, or being deleted) answers the client API
+        with 403 though its alias resolves: the admin API reads it without membership — a state, not an error."""
         bot = self.bot_user_id()
-        # One read for members and power levels alike, the room's whole state: a resync of unchanged chats costs
-        # two reads a chat (the alias and this), where /members and the power levels took three.
         response = self._request("read room state", "GET", f"/_matrix/client/v3/rooms/{_path(room)}/state")
         if response.status_code == 404:
             return None
         if response.status_code == 403:
-            # the bridge user is not in the room (not yet, or kicked, or the room is being deleted) though its
-            # alias resolves: the admin API reads the room without membership — state, not an error
             response = self._request("read room state", "GET", f"/_synapse/admin/v1/rooms/{_path(room)}/state")
-            if response.status_code == 404:
+            if response.status_code in (400, 404):  # unknown to the server: deleted (or never made)
                 return None
             if response.status_code != 200:
                 raise self._error("read room state", response)
@@ -303,10 +332,16 @@ class MatrixBackend:
         levels: dict[str, Any] | None = None
         shown: dict[str, Any] = {}  # name, topic: what the room's state events say
         spaces: list[str] = []
+        bridge: str | None = None  # the bridge's membership: join, leave, invite, … or None (never in the room)
+        creator: str | None = None
         for event in state:
             kind, content = event.get("type"), event.get("content") or {}
-            if kind == "m.room.member":
-                if content.get("membership") in ("join", "invite") and event["state_key"] != bot:
+            if kind == "m.room.create":
+                creator = event.get("sender")
+            elif kind == "m.room.member":
+                if event["state_key"] == bot:
+                    bridge = content.get("membership")
+                elif content.get("membership") in ("join", "invite"):
                     members.add(event["state_key"])
             elif kind == "m.room.power_levels" and event.get("state_key") == "":
                 levels = content
@@ -315,14 +350,21 @@ class MatrixBackend:
                 shown[field] = content.get(field) if isinstance(content.get(field), str) else None
             elif kind == "m.space.parent" and event.get("state_key") and content.get("via"):
                 spaces.append(event["state_key"])
-        if levels is None:
-            raise BackendError("read power levels: the room has none")
+        if not state:  # a room whose state is purged away (its deletion under way): gone
+            return None
+        if levels is None or (creator == bot and bridge is None):
+            # the bridge's own room half made (its alias resolves before its state is complete), or half purged:
+            # a moment later it reads whole or gone — a transition, retried, not a refusal
+            raise BackendUnavailable("read room state: the chat is being made or deleted")
         moderators = frozenset(
-            user for user, level in levels.get("users", {}).items() if level >= MODERATOR and user != bot
+            user for user, level in levels.get("users", {}).items() if _level(level) >= MODERATOR and user != bot
         )
+        read_only = _level(levels.get("events_default", 0)) >= LOCKED
         return ActualChat(
-            room, frozenset(members), moderators, read_only=levels.get("events_default", 0) >= LOCKED,
-            name=shown.get("name"), topic=shown.get("topic"), order=self._order(spaces, room),
+            room, frozenset(members), moderators, read_only=read_only,
+            name=shown.get("name"), topic=shown.get("topic"),
+            order=self._order(spaces, room),
+            bridge_joined=bridge == "join", levels_as_set=_levels_as_set(levels, read_only),
         )  # fmt: skip
 
     def _order(self, spaces: list[str], room: str) -> str | None:
@@ -405,14 +447,30 @@ class MatrixBackend:
             return ActualChat(room)
         return ActualChat(room, name=labels.name, topic=labels.topic, order=labels.order)
 
-    def add_member(self, chat_id: str, user_id: str) -> AddOutcome:
+    def unusable(self, user_id: str) -> AddOutcome | None:
+        return self.ids.unusable(user_id)
+
+    def account(self, user_id: str) -> AddOutcome | None:
+        """Existence and deactivation, checked with the admin API: Synapse answers 200 when inviting an unknown user
+        and when force-joining a deactivated one. Any answer but 200 or 404 keeps this person pending (with that
+        reason), never the chat's other steps."""
+        unusable = self.unusable(user_id)
+        if unusable is not None:
+            return unusable
         account = self._request("look up account", "GET", f"/_synapse/admin/v2/users/{_path(user_id)}")
         if account.status_code == 404:
             return AddOutcome.PENDING
         if account.status_code != 200:
-            raise self._error("look up account", account)
+            log.warning("look up account: HTTP %d; the person stays pending", account.status_code)
+            return AddOutcome.LOOKUP_FAILED
         if account.json().get("deactivated"):
-            return AddOutcome.PENDING
+            return AddOutcome.DEACTIVATED
+        return None
+
+    def add_member(self, chat_id: str, user_id: str) -> AddOutcome:
+        problem = self.account(user_id)
+        if problem is not None:
+            return problem
         response = self._request(
             "join member", "POST", f"/_synapse/admin/v1/join/{_path(chat_id)}", json={"user_id": user_id}
         )
@@ -423,6 +481,28 @@ class MatrixBackend:
         if response.status_code == 404:
             return AddOutcome.PENDING  # the account went away between the two calls
         raise self._error("join member", response)
+
+    def join_bridge(self, chat_id: str) -> None:
+        """Back into a room the bridge is not in. Invited back by a member, it just joins. Otherwise (never joined,
+        or kicked from a room it did not create) the admin API makes it the room's admin, which for a private room
+        invites it (a force-join of itself is refused there), and it accepts the invitation. A room the bridge made
+        and then left cannot be rejoined so on Synapse (room version 12 refuses its creator in the power levels'
+        `users`): refused with that reason, the chat waits parked — its reads and its deletion still work."""
+        joined = self._request("rejoin chat", "POST", f"/_matrix/client/v3/join/{_path(chat_id)}", json={})
+        if joined.status_code == 200:  # invited back by a member (or the room is open)
+            return
+        bot = self.bot_user_id()
+        response = self._request(
+            "rejoin chat", "POST", f"/_synapse/admin/v1/rooms/{_path(chat_id)}/make_room_admin", json={"user_id": bot}
+        )
+        if response.status_code == 400:  # "creator must not appear in users", or no one in the room may invite
+            raise BackendError(
+                "rejoin chat: refused (HTTP 400); the bridge cannot get back in by itself (it made the chat and "
+                "left it, or no one there may invite): a member must invite it back"
+            )
+        if response.status_code != 200:
+            raise self._error("rejoin chat", response)
+        self._ok("rejoin chat", "POST", f"/_matrix/client/v3/join/{_path(chat_id)}", json={})
 
     def remove_member(self, chat_id: str, user_id: str) -> None:
         response = self._request(
@@ -439,28 +519,27 @@ class MatrixBackend:
 
     def set_moderator(self, chat_id: str, user_id: str, moderator: bool) -> None:
         levels = self._power_levels(chat_id)
-        users = dict(levels.get("users", {}))
+        users = dict(levels.get("users", {}))  # the bridge's own entry kept as it is: none in a room it created
         if moderator:
             users[user_id] = MODERATOR
         else:
             users.pop(user_id, None)
-        users.pop(self.bot_user_id(), None)  # room version 12: never list the creator
         self._put_state("set moderator", chat_id, "m.room.power_levels", {**levels, "users": users})
 
     def set_read_only(self, chat_id: str, read_only: bool) -> None:
         levels = self._power_levels(chat_id)
         events = dict(levels.get("events", {}))
         if read_only:
-            changes: dict[str, Any] = {key: max(LOCKED, int(levels.get(key, 0))) for key in ACTIVE_LEVELS}
+            changes: dict[str, Any] = {key: max(LOCKED, _level(levels.get(key, 0))) for key in ACTIVE_LEVELS}
             for key in ACTIVE_EVENT_LEVELS:
-                events[key] = max(LOCKED, events.get(key, 0))
+                events[key] = max(LOCKED, _level(events.get(key, 0)))
         else:
             changes = dict(ACTIVE_LEVELS)
             events.update(ACTIVE_EVENT_LEVELS)
-        users = {u: level for u, level in levels.get("users", {}).items() if u != self.bot_user_id()}
-        self._put_state(
-            "set read-only", chat_id, "m.room.power_levels", {**levels, **changes, "events": events, "users": users}
-        )
+        users = dict(levels.get("users", {}))  # the bridge's own entry kept: none in a room it created (version 12)
+        # the whole set of rights for the phase: this also restores power levels changed by hand
+        content = {**levels, **changes, "users_default": 0, "events": events, "users": users}
+        self._put_state("set read-only", chat_id, "m.room.power_levels", content)
 
     def set_name(self, chat_id: str, name: str) -> None:
         self._put_state("set chat name", chat_id, "m.room.name", {"name": name})

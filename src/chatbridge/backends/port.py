@@ -20,13 +20,36 @@ class BackendError(Exception):
 
 
 class BackendUnavailable(BackendError):
-    """The backend did not answer usefully after the bounded retries (down, timeouts, 5xx, rate limit)."""
+    """The backend did not answer usefully after the bounded retries (down, timeouts, 5xx, rate limit): transient,
+    the chat is tried again with backoff. A plain `BackendError` is terminal for this attempt: the chat is parked."""
 
 
 class AddOutcome(StrEnum):
+    """What adding a person came to. Every outcome but JOINED and ALREADY leaves the person *pending*: retried on
+    later passes, with the reason shown to the operator, while the chat's other steps go on."""
+
     JOINED = "joined"  # the account is in the chat now
     ALREADY = "already"  # it was in the chat before (nothing changed)
-    PENDING = "pending"  # no usable account yet (unknown or deactivated): retried on later passes
+    PENDING = "pending"  # no account yet
+    DEACTIVATED = "deactivated"  # the account exists but was deactivated (a deactivated member leaves every chat)
+    UNUSABLE_ID = "unusable_id"  # no account can exist under the id the template forms (too long for the backend)
+    LOOKUP_FAILED = "lookup_failed"  # the backend answered the account look-up with neither "there" nor "not there"
+
+    @property
+    def pending(self) -> bool:
+        return self not in (AddOutcome.JOINED, AddOutcome.ALREADY)
+
+    @property
+    def reason(self) -> str:
+        return PENDING_REASONS.get(self, "")
+
+
+PENDING_REASONS = {
+    AddOutcome.PENDING: "no chat account yet",
+    AddOutcome.DEACTIVATED: "chat account deactivated",
+    AddOutcome.UNUSABLE_ID: "chat id too long (a Matrix id is at most 255 bytes)",
+    AddOutcome.LOOKUP_FAILED: "account look-up failed",
+}
 
 
 @dataclass(frozen=True)
@@ -50,6 +73,8 @@ class ActualChat:
     name: str | None = None  # None: the chat shows none
     topic: str | None = None
     order: str | None = None  # None: not listed in the tenant, or listed without an order
+    bridge_joined: bool = True  # False: the bridge's account is not in the chat (left, kicked): read as an admin
+    levels_as_set: bool = True  # False: the rights in the chat were changed by hand (restored for its phase)
 
 
 @dataclass(frozen=True)
@@ -86,6 +111,10 @@ class UserIds(Protocol):
 
     def person_of(self, user_id: str) -> tuple[str, str] | None: ...
 
+    def unusable(self, user_id: str) -> AddOutcome | None:
+        """Why no account can exist under `user_id` (AddOutcome.UNUSABLE_ID), or None: it may exist."""
+        ...
+
 
 @runtime_checkable
 class ChatBackend(Protocol):
@@ -95,13 +124,16 @@ class ChatBackend(Protocol):
 
     def person_of(self, user_id: str) -> tuple[str, str] | None: ...
 
+    def unusable(self, user_id: str) -> AddOutcome | None: ...
+
     def ensure_tenant(self, org: str, fields: dict[str, Any]) -> Tenant:
         """Provision (or update) the organisation's tenant with exactly `fields`."""
         ...
 
-    def get_chat(self, org: str, event_id: str, generation: int) -> ActualChat | None:
+    def get_chat(self, org: str, event_id: str, generation: int, chat_id: str | None = None) -> ActualChat | None:
         """The chat of this generation of the event, with its members and labels, or None if there is none (never
-        created, or deleted)."""
+        created, or deleted). `chat_id`, when known (recorded at its creation), is read at once: one read instead of
+        finding the chat first; a chat gone under that id is looked for by (org, event_id, generation)."""
         ...
 
     def create_chat(
@@ -111,7 +143,15 @@ class ChatBackend(Protocol):
         one, labelled so, if it was created before."""
         ...
 
+    def account(self, user_id: str) -> AddOutcome | None:
+        """A read: why `user_id` cannot be added now (a pending outcome), or None when its account can join."""
+        ...
+
     def add_member(self, chat_id: str, user_id: str) -> AddOutcome: ...
+
+    def join_bridge(self, chat_id: str) -> None:
+        """Put the bridge's own account back into a chat it is not in (left, kicked), with its rights there."""
+        ...
 
     def remove_member(self, chat_id: str, user_id: str) -> None: ...
 

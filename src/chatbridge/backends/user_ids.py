@@ -11,9 +11,12 @@ from __future__ import annotations
 import re
 import string
 
+from chatbridge.backends.port import AddOutcome
+
 _PLAIN = frozenset(string.ascii_lowercase + string.digits + "-")
 _ESCAPED = r"(?:[a-z0-9\-]|_[a-z_]|=[0-9a-f]{2})+"
 DEFAULT_TEMPLATE = "@{org}.{person_id}:{server_name}"
+MAX_USER_ID_BYTES = 255  # the Matrix spec's bound: contract-valid ids (64 characters each, or non-ASCII) escape beyond
 
 
 def escape(value: str) -> str:
@@ -76,6 +79,11 @@ class TemplateUserIds:
 
     def user_id(self, org: str, person_id: str) -> str:
         return self.template.format(org=escape(org), person_id=escape(person_id), server_name=self.server_name)
+
+    def unusable(self, user_id: str) -> AddOutcome | None:
+        """An id longer than Matrix allows names no account that can ever exist: its person is pending for that
+        reason (the homeserver would answer "not found" for ever and nothing would say why)."""
+        return AddOutcome.UNUSABLE_ID if len(user_id.encode("utf-8")) > MAX_USER_ID_BYTES else None
 
     def person_of(self, user_id: str) -> tuple[str, str] | None:
         """(org, person_id), or None for an account that this template does not produce (e.g. added by hand).

@@ -130,6 +130,11 @@ class ChatGroup(Aggregate):
     def record_reopened(self, generation: int, at: datetime) -> None:
         """Read-only lifted: the event was moved later, or its chat or organisation re-enabled."""
 
+    @event("DriftRepaired")
+    def record_drift_repaired(self, generation: int, drift: str, at: datetime) -> None:
+        """The chat had changed at the backend under chatbridge (`drift` says how, naming no one) and was set right:
+        the bridge back in the chat, rights changed by hand restored, a chat deleted by hand created again."""
+
     @event("ChatDeleted")
     def record_chat_deleted(self, generation: int, at: datetime, confirmation: dict[str, Any]) -> None:
         self.chats_deleted.add(generation)

@@ -1,7 +1,9 @@
 """The pure diff: a chat's desired row at `now` against what the backend has → the steps that make them equal.
 
 No I/O and no clock of its own, so it can be property-tested and printed as a dry run (`terraform plan`). The
-order of the steps is part of the plan: a chat turning read-only is locked before anything else changes, its name
+order of the steps is part of the plan: a bridge that is not in its chat rejoins first (nothing else can be done
+there without it), a chat turning read-only is locked before anything else changes (rights changed by hand are
+restored there too), its name
 and topic follow at once, people lose access before others gain it, a chat reopening is unlocked once its members
 are right, and its place in the organisation's space comes last (a space the bridge cannot write must not keep
 members out). A new chat is created with its name, topic and place.
@@ -32,6 +34,8 @@ class StepKind(StrEnum):
     SET_NAME = "set_name"
     SET_TOPIC = "set_topic"
     SET_ORDER = "set_order"
+    JOIN_BRIDGE = "join_bridge"
+    RESTORE_RIGHTS = "restore_rights"
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,10 @@ class Step:
                 return f"~ moderator {self.user_id}: {'grant' if self.value else 'revoke'}"
             case StepKind.SET_READ_ONLY:
                 return f"~ read-only: {'on' if self.value else 'off'}"
+            case StepKind.JOIN_BRIDGE:
+                return "~ the bridge rejoins the chat (it was not in it)"
+            case StepKind.RESTORE_RIGHTS:
+                return f"~ rights restored for a{' read-only' if self.value else 'n active'} chat (changed by hand)"
         raise AssertionError(self.kind)  # pragma: no cover
 
     def as_json(self) -> dict[str, Any]:
@@ -116,16 +124,22 @@ def plan(
     if goal.phase == Phase.DELETED:
         return [Step(StepKind.DELETE_CHAT)] if actual is not None else []
     if not goal.exists:  # awaiting the organisation: no chat is wanted; one that exists anyway gets no members
-        if actual is None:
+        if actual is None or not actual.members:
             return []
-        return [Step(StepKind.REMOVE_MEMBER, u, person_of(ids, desired.org, u), None) for u in sorted(actual.members)]
+        rejoin = [] if actual.bridge_joined else [Step(StepKind.JOIN_BRIDGE)]
+        removals = [Step(StepKind.REMOVE_MEMBER, u, person_of(ids, desired.org, u)) for u in sorted(actual.members)]
+        return rejoin + removals
     steps: list[Step] = []
     labels = goal.labels
     if actual is None:
         steps.append(Step(StepKind.CREATE_CHAT, labels=labels))
         actual = _created(labels)
+    if not actual.bridge_joined:
+        steps.append(Step(StepKind.JOIN_BRIDGE))
     if goal.read_only and not actual.read_only:
         steps.append(Step(StepKind.SET_READ_ONLY, value=True))
+    elif not actual.levels_as_set and goal.read_only == actual.read_only:
+        steps.append(Step(StepKind.RESTORE_RIGHTS, value=goal.read_only))
     if labels is not None and actual.name != labels.name:
         steps.append(Step(StepKind.SET_NAME, text=labels.name))
     if labels is not None and actual.topic != labels.topic:
@@ -171,6 +185,12 @@ def apply(actual: ActualChat | None, steps: list[Step]) -> ActualChat | None:
         if step.kind == StepKind.SET_ORDER:
             actual = replace(actual, order=step.text)
             continue
+        if step.kind == StepKind.JOIN_BRIDGE:
+            actual = replace(actual, bridge_joined=True)
+            continue
+        if step.kind == StepKind.RESTORE_RIGHTS:
+            actual = replace(actual, levels_as_set=True)
+            continue
         members, moderators, read_only = set(actual.members), set(actual.moderators), actual.read_only
         if step.kind == StepKind.ADD_MEMBER:
             members.add(step.user_id)  # type: ignore[arg-type]
@@ -180,6 +200,7 @@ def apply(actual: ActualChat | None, steps: list[Step]) -> ActualChat | None:
             (moderators.add if step.value else moderators.discard)(step.user_id)  # type: ignore[arg-type]
         elif step.kind == StepKind.SET_READ_ONLY:
             read_only = bool(step.value)
+            actual = replace(actual, levels_as_set=True)  # the whole set of rights for the phase is written
         actual = replace(actual, members=frozenset(members), moderators=frozenset(moderators), read_only=read_only)
     return actual
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,14 +21,12 @@ from chatbridge.backends.matrix import MatrixBackend
 from chatbridge.backends.port import BackendError, BackendUnavailable, ChatBackend
 from chatbridge.backends.settings import MatrixSettings, ReconcilerSettings
 from chatbridge.bootstrap import Store
-from chatbridge.domain.aggregates import ChatGroup
-from chatbridge.domain.lifecycle import MEMBER_PHASES, Phase
 from chatbridge.persistence import partition_source
 from chatbridge.projections.desired_state import DesiredChat
-from chatbridge.reconciler.knowledge import CompleteInput, DeletionGate, EndOffsets, KnowledgeGate, Partition, Wait
-from chatbridge.reconciler.loop import PassReport, Reconciler, StatusListener
+from chatbridge.reconciler.knowledge import CompleteInput, DeletionGate, EndOffsets, KnowledgeGate, Partition
+from chatbridge.reconciler.loop import ChatPlan, PassReport, PlannedSteps, Reconciler, StatusListener
 from chatbridge.reconciler.naming import RoomNaming, configured_naming
-from chatbridge.reconciler.plan import Step, StepKind, hold_deletion, plan
+from chatbridge.reconciler.plan import Step, StepKind
 
 log = logging.getLogger(__name__)
 
@@ -81,38 +78,6 @@ def deletion_gate(store: Store, read_ends: EndOffsets | None, fold: Callable[[],
     return KnowledgeGate(read_ends, StoreKnowledge(store, fold))
 
 
-@dataclass(frozen=True)
-class ChatPlan:
-    org: str
-    event_id: str
-    generation: int
-    phase: Phase
-    steps: list[Step]
-    error: str | None = None
-    waiting: Wait | None = None  # the deletion this pass would hold back, and why
-    note: str | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        document: dict[str, Any] = {
-            "org": self.org,
-            "event_id": self.event_id,
-            "generation": self.generation,
-            "phase": str(self.phase),
-            "steps": [step.as_json() for step in self.steps],
-        }
-        if self.waiting is not None:
-            document["waiting"] = {"kind": str(StepKind.DELETE_CHAT), **self.waiting.as_json()}
-        if self.note is not None:
-            document["note"] = self.note
-        if self.error is not None:
-            document["error"] = self.error
-        return document
-
-    @property
-    def shown(self) -> bool:
-        return bool(self.steps or self.error or self.waiting or self.note)
-
-
 def dry_run(
     app: ChatBridge,
     rows: list[DesiredChat],
@@ -122,59 +87,24 @@ def dry_run(
     naming: RoomNaming | None = None,
 ) -> list[ChatPlan]:
     """The plan of every chat at `now`, for every generation, read from the backend, changing nothing (`terraform
-    plan`). With `gate` (surveyed at `now` before `rows` were read) deletions it holds back show as waiting."""
-    gate = gate or CompleteInput()
-    naming = naming or configured_naming()
-    plans = []
-    for desired in rows:
-        phase = desired.phase(now)
-        chat: ChatGroup | None = None
-        if phase == Phase.DELETED or desired.generation > 1:
-            chat = app.repository.get(ChatGroup.create_id(desired.org, desired.event_id))
-        try:
-            if chat is not None:
-                plans.extend(_earlier_generations(desired, chat, backend, gate, now))
-            if phase == Phase.DELETED and chat is not None and desired.generation in chat.chats_deleted:
-                continue  # deleted, confirmed and recorded
-            actual = backend.get_chat(desired.org, desired.event_id, desired.generation)
-        except BackendUnavailable:
-            raise  # the backend is down: no use asking it about every other chat
-        except BackendError as error:
-            plans.append(ChatPlan(desired.org, desired.event_id, desired.generation, phase, [], str(error)))
-            continue
-        if actual is None and phase in MEMBER_PHASES:
-            chat = chat or app.repository.get(ChatGroup.create_id(desired.org, desired.event_id))
-            if desired.generation in chat.chats_deleted:
-                note = "confirmed deleted at the backend: stays deleted, not created again"
-                plans.append(ChatPlan(desired.org, desired.event_id, desired.generation, phase, [], note=note))
-                continue
-        steps = plan(desired, actual, now, backend, naming)
-        wait = None
-        if any(step.kind == StepKind.DELETE_CHAT for step in steps):
-            wait = gate.check(desired.delete_at)
-            if wait is not None:
-                steps = hold_deletion(actual, steps)
-        plans.append(ChatPlan(desired.org, desired.event_id, desired.generation, phase, steps, waiting=wait))
-    return plans
-
-
-def _earlier_generations(
-    desired: DesiredChat, chat: ChatGroup, backend: ChatBackend, gate: DeletionGate, now: datetime
-) -> list[ChatPlan]:
-    """Earlier generations the backend still has: the pass deletes them (or holds their deletion back)."""
-    plans = []
-    for generation in sorted(chat.backend_chats):
-        if generation >= desired.generation or generation in chat.chats_deleted:
-            continue
-        actual = backend.get_chat(desired.org, desired.event_id, generation)
-        steps = [Step(StepKind.DELETE_CHAT)] if actual is not None else []
-        note = "an earlier generation" + ("" if actual is not None else ", gone at the backend: recorded deleted")
-        wait = gate.check(now)  # its deadline is not in the row: the pass stands in for it, as the loop does
-        if wait is not None:
-            steps = hold_deletion(None, steps)
-        plans.append(ChatPlan(desired.org, desired.event_id, generation, Phase.DELETED, steps, waiting=wait,
-                              note=note))  # fmt: skip
-    return plans
+    plan`): the pass's own walk (`Reconciler.walk`) with steps that are only noted. With `gate` (surveyed at `now`
+    before `rows` were read) deletions it holds back show as waiting; adds of persons who would stay pending show
+    why."""
+    reconciler = Reconciler(app, backend, ReconcilerSettings(concurrency=1), gate=gate or CompleteInput(),
+                            naming=naming or configured_naming())  # fmt: skip
+    noted = PlannedSteps(backend, now)
+    try:
+        for desired in rows:
+            try:
+                reconciler.walk(desired, now, noted)
+            except BackendUnavailable:
+                raise  # the backend is down: no use asking it about every other chat
+            except BackendError as error:
+                noted.plans.append(ChatPlan(desired.org, desired.event_id, desired.generation, desired.phase(now), [],
+                                            str(error)))  # fmt: skip
+    finally:
+        reconciler.close()
+    return noted.plans
 
 
 def pass_document(report: PassReport, now: datetime) -> dict[str, Any]:
@@ -183,6 +113,7 @@ def pass_document(report: PassReport, now: datetime) -> dict[str, Any]:
     return {
         "now": now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         **report.summary(),
+        "pending_by_reason": report.pending_by_reason(),
         "chats": [
             {
                 "org": o.org,
@@ -191,6 +122,7 @@ def pass_document(report: PassReport, now: datetime) -> dict[str, Any]:
                 "phase": str(o.phase),
                 "applied": [step.as_json() for step in o.applied],
                 "pending": o.pending,
+                **({"pending_reasons": _reasons(o.pending_reasons)} if o.pending_reasons else {}),
                 **({"waiting": {"kind": "delete_chat", **o.waiting.as_json()}} if o.waiting else {}),
                 **({"error": o.error} if o.error else {}),
             }
@@ -200,12 +132,22 @@ def pass_document(report: PassReport, now: datetime) -> dict[str, Any]:
     }
 
 
+def _reasons(pending: dict[str, str]) -> dict[str, int]:
+    """Pending persons counted by reason: what an operator acts on, naming no one."""
+    counts: dict[str, int] = {}
+    for reason in pending.values():
+        counts[reason] = counts.get(reason, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def plan_document(plans: list[ChatPlan], now: datetime) -> dict[str, Any]:
     shown = [p for p in plans if p.shown]
+    pending = {(p.org, p.event_id, user): reason for p in plans for user, reason in p.pending.items()}
     return {
         "now": now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "chats": [p.as_json() for p in shown],
-        "changes": sum(len(p.steps) for p in plans),
+        "changes": sum(p.changes for p in plans),
+        "pending": _reasons({"/".join(key): reason for key, reason in pending.items()}),
         "waiting": sum(1 for p in plans if p.waiting),
         "errors": sum(1 for p in plans if p.error),
         "unchanged": len(plans) - len(shown),
@@ -221,17 +163,22 @@ def render_plan(plans: list[ChatPlan]) -> str:
         note = f", {chat_plan.note}" if chat_plan.note else ""
         lines.append(f"chat {chat_plan.org}/{chat_plan.event_id} (generation {chat_plan.generation}, "
                      f"{chat_plan.phase}{note})")  # fmt: skip
-        lines.extend(f"  {step.describe()}" for step in chat_plan.steps)
+        for step in chat_plan.steps:
+            reason = chat_plan.pending.get(step.user_id or "") if step.kind == StepKind.ADD_MEMBER else None
+            lines.append(f"  {step.describe()}" + (f" (stays pending: {reason})" if reason else ""))
         if chat_plan.waiting:
             lines.append(f"  … {Step(StepKind.DELETE_CHAT).describe()[2:]}: {chat_plan.waiting.reason}")
         if chat_plan.error:
             lines.append(f"  ! cannot read the chat: {chat_plan.error}")
         lines.append("")
-    steps = sum(len(p.steps) for p in plans)
-    chats = sum(1 for p in plans if p.steps)
+    steps = sum(p.changes for p in plans)
+    chats = sum(1 for p in plans if p.changes)
     lines.append(
         f"Plan: {steps} changes in {chats} chats." if steps else "No changes. The chats match the desired state."
     )
+    pending = sum(len(p.pending) for p in plans)
+    if pending:
+        lines.append(f"{pending} persons stay pending (their reasons above): adding them would change nothing now.")
     waiting = sum(1 for p in plans if p.waiting)
     if waiting:
         lines.append(f"{waiting} deletions wait for complete input (see above); the other steps go on.")
