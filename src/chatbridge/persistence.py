@@ -13,7 +13,7 @@ The recorder classes are chosen by `bootstrap` through the library's `PROCESS_RE
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from uuid import UUID
@@ -157,17 +157,27 @@ class _IntakeTable:
         ids = list(message_ids)
         known: set[str] = set()
         with self.datastore.transaction(commit=False) as c:
-            for start in range(0, len(ids), 500):  # SQLite caps the number of bound parameters
-                chunk = ids[start : start + 500]
+            for match, params in self._in(ids):
                 c.execute(
                     self._sql(
                         "SELECT message_id FROM chatbridge_intake WHERE outcome IN ('applied', 'ignored') "
-                        f"AND message_id IN ({','.join('?' * len(chunk))})"
+                        f"AND message_id {match}"
                     ),
-                    chunk,
+                    params,
                 )
                 known.update(row["message_id"] for row in c.fetchall())
         return known
+
+    def _in(self, values: list[Any]) -> Iterator[tuple[str, list[Any]]]:
+        """`IN (?, …)` a chunk at a time on SQLite (it caps the bound parameters); `= ANY(%s)`, one array, on
+        PostgreSQL (psycopg would convert a query of hundreds of parameters each time)."""
+        if self.placeholder != "?":
+            if values:
+                yield "= ANY(%s)", [values]
+            return
+        for start in range(0, len(values), 500):
+            chunk = values[start : start + 500]
+            yield f"IN ({','.join('?' * len(chunk))})", chunk
 
     def stored_versions(self, originator_ids: Iterable[UUID]) -> dict[UUID, int]:
         """The latest stored version of each aggregate that has events (one query for a whole batch, where
@@ -175,14 +185,13 @@ class _IntakeTable:
         ids = list(originator_ids)
         versions: dict[UUID, int] = {}
         with self.datastore.transaction(commit=False) as c:
-            for start in range(0, len(ids), 500):
-                chunk = [self._originator_param(i) for i in ids[start : start + 500]]
+            for match, params in self._in([self._originator_param(i) for i in ids]):
                 c.execute(
                     self._sql(
                         f"SELECT originator_id, MAX(originator_version) AS version FROM {self.events_table_name} "
-                        f"WHERE originator_id IN ({','.join('?' * len(chunk))}) GROUP BY originator_id"
+                        f"WHERE originator_id {match} GROUP BY originator_id"
                     ),
-                    chunk,
+                    params,
                 )
                 for row in c.fetchall():
                     originator = row["originator_id"]

@@ -36,6 +36,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.persistence import Mapper, PersistenceError, StoredEvent
 
+from chatbridge.persistence import insert_rows
+
 PSEUDONYM = re.compile(r"ps-[0-9a-f]{32}")
 
 
@@ -243,18 +245,22 @@ class SQLKeyTable:
 
     def _select(self, c: Any, pseudonyms: list[str]) -> dict[str, KeyState]:
         states: dict[str, KeyState] = {}
-        for start in range(0, len(pseudonyms), 500):
-            chunk = pseudonyms[start : start + 500]
-            marks = ",".join("?" * len(chunk))
+        # SQLite caps the bound parameters; PostgreSQL takes them all as one array
+        step = 500 if self.placeholder == "?" else max(len(pseudonyms), 1)
+        for start in range(0, len(pseudonyms), step):
+            chunk = pseudonyms[start : start + step]
+            match, params = (
+                (f"IN ({','.join('?' * len(chunk))})", chunk) if self.placeholder == "?" else ("= ANY(%s)", [chunk])
+            )
             c.execute(
-                self._sql(f"SELECT pseudonym, erased_until, named_until FROM {KEY_TABLE} WHERE pseudonym IN ({marks})"),
-                chunk,
+                self._sql(f"SELECT pseudonym, erased_until, named_until FROM {KEY_TABLE} WHERE pseudonym {match}"),
+                params,
             )
             for row in c.fetchall():
                 states[row["pseudonym"]] = KeyState(_parse(row["erased_until"]), named_until=_parse(row["named_until"]))
             c.execute(
-                self._sql(f"SELECT pseudonym, version, person_key FROM {VERSION_TABLE} WHERE pseudonym IN ({marks})"),
-                chunk,
+                self._sql(f"SELECT pseudonym, version, person_key FROM {VERSION_TABLE} WHERE pseudonym {match}"),
+                params,
             )
             for row in c.fetchall():
                 if row["pseudonym"] in states:
@@ -264,22 +270,22 @@ class SQLKeyTable:
 
     def load_many(self, wanted: dict[str, str]) -> dict[str, KeyState]:
         """The states of many persons in one transaction (a batch's persons); new ones get their first key."""
-        pseudonyms = list(wanted)
+        pseudonyms = sorted(wanted)  # in one order: replicas inserting the same persons wait, never deadlock
         now = _now()
         with self.datastore.transaction(commit=True) as c:
-            c.executemany(
-                self._sql(
-                    f"INSERT INTO {KEY_TABLE} (pseudonym, org, created_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT (pseudonym) DO NOTHING"
-                ),
+            insert_rows(  # one statement on PostgreSQL, not a round trip per person
+                c,
+                f"INSERT INTO {KEY_TABLE} (pseudonym, org, created_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (pseudonym) DO NOTHING",
                 [(p, wanted[p], now) for p in pseudonyms],
+                self.placeholder,
             )
-            c.executemany(  # every pseudonym has a version 1 (an erasure writes it destroyed): only new ones get it
-                self._sql(
-                    f"INSERT INTO {VERSION_TABLE} (pseudonym, version, person_key, created_at) VALUES (?, 1, ?, ?) "
-                    "ON CONFLICT (pseudonym, version) DO NOTHING"
-                ),
-                [(p, AESGCM.generate_key(256).hex(), now) for p in pseudonyms],
+            insert_rows(  # every pseudonym has a version 1 (an erasure writes it destroyed): only new ones get it
+                c,
+                f"INSERT INTO {VERSION_TABLE} (pseudonym, version, person_key, created_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (pseudonym, version) DO NOTHING",
+                [(p, 1, AESGCM.generate_key(256).hex(), now) for p in pseudonyms],
+                self.placeholder,
             )
             return self._select(c, pseudonyms)
 
