@@ -387,6 +387,7 @@ class PersonKeys:
         self.table = table
         self._states: dict[str, KeyState] = {}
         self._ciphers: dict[tuple[str, int], AESGCM] = {}
+        self._sealed: dict[tuple[str, int], str] = {}  # (pseudonym, key version) → the token naming the person
         # erasures decided by the batch being taken in, carried out once it is stored (`erase_planned`)
         self._planned: dict[str, _Erasure] = {}
         self._recheck = recheck_seconds
@@ -427,6 +428,7 @@ class PersonKeys:
             with self._lock:
                 self._states.clear()
                 self._ciphers.clear()
+                self._sealed.clear()
                 self._epoch += 1
 
     def _state(self, pseudonym: str, org: str | None, reload: bool = False) -> KeyState | None:
@@ -505,6 +507,17 @@ class PersonKeys:
         return self._encrypt(pseudonym, version, key, person_id)
 
     def _encrypt(self, pseudonym: str, version: int, key: bytes, person_id: str) -> str:
+        # One token per key version: a pseudonym stands for one person id, so every fact naming the person under
+        # this key seals the same text, and its token may be reused (it reveals nothing the pseudonym beside it
+        # does not). Forgotten with the key.
+        token = self._sealed.get((pseudonym, version))
+        if token is None:
+            if len(self._sealed) > 200_000:
+                self._sealed.clear()
+            token = self._sealed[(pseudonym, version)] = self._seal_new(pseudonym, version, key, person_id)
+        return token
+
+    def _seal_new(self, pseudonym: str, version: int, key: bytes, person_id: str) -> str:
         nonce = secrets.token_bytes(12)
         sealed = self._cipher(pseudonym, version, key).encrypt(
             nonce, person_id.encode(), f"{pseudonym}:{version}".encode()
@@ -627,6 +640,7 @@ class PersonKeys:
                     if up_to is None or version <= up_to:
                         state.keys[version] = None
                         self._ciphers.pop((pseudonym, version), None)
+                        self._sealed.pop((pseudonym, version), None)
                 state.keys.setdefault(1, None)
                 state.erased_until = max(state.erased_until or until, until)
         return destroyed
