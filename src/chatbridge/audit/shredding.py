@@ -388,6 +388,9 @@ class PersonKeys:
         self._states: dict[str, KeyState] = {}
         self._ciphers: dict[tuple[str, int], AESGCM] = {}
         self._sealed: dict[tuple[str, int], str] = {}  # (pseudonym, key version) → the token naming the person
+        # pseudonym → its token while the person has no erasure horizon and none is planned: whatever the fact's
+        # time, sealing then gives this token (dropped whenever the person's keys are looked at again)
+        self._unerased: dict[str, str] = {}
         # erasures decided by the batch being taken in, carried out once it is stored (`erase_planned`)
         self._planned: dict[str, _Erasure] = {}
         self._recheck = recheck_seconds
@@ -429,6 +432,7 @@ class PersonKeys:
                 self._states.clear()
                 self._ciphers.clear()
                 self._sealed.clear()
+                self._unerased.clear()
                 self._epoch += 1
 
     def _state(self, pseudonym: str, org: str | None, reload: bool = False) -> KeyState | None:
@@ -441,6 +445,7 @@ class PersonKeys:
                 return None
             with self._lock:
                 self._states[pseudonym] = state
+                self._unerased.pop(pseudonym, None)
         return state
 
     def _cipher(self, pseudonym: str, version: int, key: bytes) -> AESGCM:
@@ -483,6 +488,10 @@ class PersonKeys:
         if isinstance(person_id, Pseudonym):  # named by pseudonym alone: there is nothing to seal
             return f"{_PSEUDONYM_ONLY}{person_id}:"
         pseudonym = self.pseudonym(org, person_id)
+        self._refresh()
+        token = self._unerased.get(pseudonym)
+        if token is not None:
+            return token
         at = _utc(at)
         state = KeyState()
         for reload in (False, True):  # the second look, in the table: another process may have made a key
@@ -495,7 +504,12 @@ class PersonKeys:
                 return f"{_PSEUDONYM_ONLY}{pseudonym}:"
             version = state.live(above=doomed)
             if version is not None:
-                return self._encrypt(pseudonym, version, state.keys[version], person_id)  # type: ignore[arg-type]
+                token = self._encrypt(pseudonym, version, state.keys[version], person_id)  # type: ignore[arg-type]
+                if until is None and planned is None:
+                    if len(self._unerased) > 200_000:
+                        self._unerased.clear()
+                    self._unerased[pseudonym] = token
+                return token
         if not renew:
             return f"{_PSEUDONYM_ONLY}{pseudonym}:"
         version = max(state.latest, doomed) + 1
@@ -600,6 +614,7 @@ class PersonKeys:
         if planned is not None:
             until, up_to = max(until, planned.until), max(up_to, planned.up_to)
         self._planned[pseudonym] = _Erasure(org, until, up_to)
+        self._unerased.pop(pseudonym, None)
         return up_to
 
     def erase_planned(self, org: str, person_id: str) -> bool:
@@ -634,6 +649,7 @@ class PersonKeys:
         destroyed = self.table.erase(pseudonym, org, until, up_to)
         with self._lock:
             self._epoch += 1
+            self._unerased.pop(pseudonym, None)
             state = self._states.get(pseudonym)
             if state is not None:
                 for version in state.keys:
