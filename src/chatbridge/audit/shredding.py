@@ -355,13 +355,22 @@ class SQLKeyTable:
         return destroyed
 
     def note_named(self, named: dict[str, datetime]) -> None:
+        rows = sorted((pseudonym, _format(at)) for pseudonym, at in named.items())  # one order: no deadlock
         with self.datastore.transaction(commit=True) as c:
+            if self.placeholder != "?":  # one statement, not a round trip per person
+                c.execute(
+                    f"UPDATE {KEY_TABLE} AS k SET named_until = CASE WHEN k.named_until IS NULL "
+                    "OR k.named_until < u.at THEN u.at ELSE k.named_until END "
+                    "FROM unnest(%b::text[], %b::text[]) AS u(pseudonym, at) WHERE k.pseudonym = u.pseudonym",
+                    [[p for p, _ in rows], [at for _, at in rows]],
+                )
+                return
             c.executemany(
                 self._sql(
                     f"UPDATE {KEY_TABLE} SET named_until = CASE WHEN named_until IS NULL OR named_until < ? THEN ? "
                     "ELSE named_until END WHERE pseudonym = ?"
                 ),
-                [(_format(at), _format(at), pseudonym) for pseudonym, at in named.items()],
+                [(at, at, pseudonym) for pseudonym, at in rows],
             )
 
     def erasures(self) -> object:
