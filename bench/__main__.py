@@ -23,6 +23,7 @@ ORDER = [
     "reconcile_steps",
     "change_to_visible_p99",
     "resync_noop",
+    "new_chat_200_joined",
     "worker_rss_100k",
 ]
 
@@ -34,6 +35,7 @@ GROUPS = [  # figures measured together (a figure beside its baseline)
     ["replay_sqlite"],
     ["reconcile_steps", "change_to_visible_p99"],
     ["resync_noop"],
+    ["new_chat_200_joined"],
     ["worker_rss_100k"],
 ]
 

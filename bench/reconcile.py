@@ -1,5 +1,6 @@
-"""Reconcile figures against the local Synapse: reconcile_steps, change_to_visible_p99, resync_noop, and the
-worker's memory with 100,000 chats (worker_rss_100k)."""
+"""Reconcile figures against the local Synapse: reconcile_steps, change_to_visible_p99, resync_noop,
+new_chat_200_joined, and the worker's memory with 100,000 chats (worker_rss_100k). The reconciler and the plain
+client it is compared with run at the same concurrency (RAW_CONCURRENCY)."""
 
 from __future__ import annotations
 
@@ -200,7 +201,7 @@ def reconcile_steps(sizes: Sizes) -> tuple[Result, list[float]]:
     matrix = backend()
     log(f"reconcile_steps: {chats_count} chats, registering {len(staff_a) + len(staff_b)} accounts")
     register_persons(matrix, org, staff_a + staff_b)
-    settings = ReconcilerSettings()
+    settings = ReconcilerSettings(concurrency=RAW_CONCURRENCY)  # the plain client's concurrency: a fair comparison
     steps, raw, raw_latencies = [], [], []
     with sqlite_database() as store_settings:
         store = open_store(settings_for(store_settings, "unused"))
@@ -238,8 +239,8 @@ def reconcile_steps(sizes: Sizes) -> tuple[Result, list[float]]:
             store.close()
             matrix.close()
     note = (
-        f"{25 * chats_count:,} joins and kicks per repetition over {chats_count} chats, reconciler concurrency "
-        f"{settings.concurrency}; raw client at {RAW_CONCURRENCY} threads"
+        f"{25 * chats_count:,} joins and kicks per repetition over {chats_count} chats; reconciler concurrency "
+        f"{settings.concurrency} (chats and a chat's steps), raw client at {RAW_CONCURRENCY} threads"
     )
     return result("reconcile_steps", steps, "steps/s", "raw_backend", raw, note=note), raw_latencies
 
@@ -453,6 +454,73 @@ def contextmanager_backend() -> Iterator[MatrixBackend]:
         matrix.close()
 
 
+# -- new_chat_200_joined --------------------------------------------------------------------------------------
+
+
+def new_chat_joined(sizes: Sizes) -> Result:
+    """A new chat of 200 members (5 in smoke runs): one pass, from nothing to every member joined, timed; beside it
+    the plain client making the same 200 look-ups and force-joins into a room of its own at the same concurrency."""
+    members = 200 if sizes.reconcile_steps >= 100 else 5
+    org = f"bj{uuid.uuid4().hex[:8]}"
+    staff = [person(n, org) for n in range(members)]
+    matrix = backend()
+    log(f"new_chat_200_joined: registering {members} accounts")
+    register_persons(matrix, org, staff)
+    users = [matrix.user_id(org, p) for p in staff]
+    settings = ReconcilerSettings(concurrency=RAW_CONCURRENCY)
+    seconds, raw = [], []
+    with sqlite_database() as store_settings:
+        store = open_store(settings_for(store_settings, "unused"))
+        try:
+            messages = Messages(org)
+            apply(store, [messages.org_on()])
+            tenant = matrix.ensure_tenant(org, {"name": org}).tenant_id
+            for rep in range(sizes.repetitions):
+                event = f"big{rep}"
+                apply(store, [messages.event(event, staff)])
+                reconciler = Reconciler(store.app, matrix, settings)
+                try:
+                    started = time.perf_counter()
+                    report = reconciler.pass_once(desired_rows(store), NOW)
+                    seconds.append(time.perf_counter() - started)
+                finally:
+                    reconciler.close()
+                chat = matrix.get_chat(org, event, 1)
+                if report.failed or chat is None or len(chat.members) != members:
+                    raise RuntimeError(f"the new chat is not joined: {report.summary()}")
+                room = matrix.create_chat(org, f"raw{rep}", 1, tenant).chat_id
+                raw.append(raw_joins(room, users))
+                log(f"new chat rep {rep}: {seconds[-1]:.1f} s; plain client {raw[-1]:.1f} s for {members} joins")
+        finally:
+            store.close()
+            matrix.close()
+    note = (
+        f"{members} members, one pass (the chat created with its name, topic and place, {members} joins); "
+        f"reconciler concurrency {settings.concurrency}, plain client {RAW_CONCURRENCY} threads (look-up + join each)"
+    )
+    return result("new_chat_200_joined", seconds, "s", "raw_backend", raw, higher_is_better=False, note=note)
+
+
+def raw_joins(room: str, users: Sequence[str]) -> float:
+    """Seconds for a plain httpx client to look up and force-join `users` into `room` with RAW_CONCURRENCY threads."""
+    client = httpx.Client(
+        base_url=BASE_URL,
+        headers={"Authorization": f"Bearer {token()}"},
+        timeout=60,
+        limits=httpx.Limits(max_connections=RAW_CONCURRENCY * 2),
+    )
+
+    def join(user: str) -> None:
+        client.get(f"/_synapse/admin/v2/users/{quote(user, safe='')}").raise_for_status()
+        client.post(f"/_synapse/admin/v1/join/{quote(room, safe='')}", json={"user_id": user}).raise_for_status()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(RAW_CONCURRENCY) as pool:
+        list(pool.map(join, users))
+    client.close()
+    return time.perf_counter() - started
+
+
 # -- worker_rss_100k ------------------------------------------------------------------------------------------
 
 RSS_SCRIPT = """
@@ -496,7 +564,7 @@ class MirrorBackend:
 
         return Tenant(f"!space-{org}", fields, changed=False)
 
-    def get_chat(self, org: str, event_id: str, generation: int) -> Any:
+    def get_chat(self, org: str, event_id: str, generation: int, chat_id: str | None = None) -> Any:
         from chatbridge.backends.port import ActualChat
         from chatbridge.domain.lifecycle import MEMBER_PHASES, Phase
 
@@ -540,7 +608,7 @@ def worker_rss(sizes: Sizes) -> Result:
 # -- the figures ----------------------------------------------------------------------------------------------
 
 
-FIGURES = ("reconcile_steps", "change_to_visible_p99", "resync_noop", "worker_rss_100k")
+FIGURES = ("reconcile_steps", "change_to_visible_p99", "resync_noop", "new_chat_200_joined", "worker_rss_100k")
 
 
 def run(sizes: Sizes, only: set[str] | None = None) -> list[Result]:
@@ -557,6 +625,8 @@ def run(sizes: Sizes, only: set[str] | None = None) -> list[Result]:
         results.append(change_to_visible(sizes, raw_latencies))
     if wanted("resync_noop"):
         results.append(resync_noop(sizes))
+    if wanted("new_chat_200_joined"):
+        results.append(new_chat_joined(sizes))
     if wanted("worker_rss_100k"):
         results.append(worker_rss(sizes))
     return results

@@ -107,10 +107,7 @@ def run_worker(
         if audit is not None and audit.halted:  # no step at the backend whose proof could not be stored
             return []
         ownership = ingestor.ownership  # one read: the consumer thread replaces it on a rebalance
-        rows = [row for row in store.projection.view.desired_chats() if ownership.owns(row.org, row.event_id)]
-        if reconciler is not None:
-            observe_reconciler(reconciler, rows, reconciler.clock())
-        return rows
+        return [row for row in store.projection.view.desired_chats() if ownership.owns(row.org, row.event_id)]
 
     def observe_reconciler(worker: ReconcilerWorker, rows: list[DesiredChat], now: datetime) -> None:
         states = dict(worker.reconciler.states)
@@ -141,6 +138,8 @@ def run_worker(
             chat_sync.options,
             on_change=chat_sync.status,  # type: ignore[arg-type]
             gate=deletion_gate(store, end_offsets, fold=fold_wanted.set),
+            version=store.projection.position,  # the rows are read again when the fold (any replica's) moved
+            observe=lambda rows, now: observe_reconciler(reconciler, rows, now),  # type: ignore[arg-type]
         )
         thread = threading.Thread(target=reconciler.run, args=(stop,), name="reconciler", daemon=True)
 

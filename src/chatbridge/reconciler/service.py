@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +24,7 @@ from chatbridge.backends.settings import MatrixSettings, ReconcilerSettings
 from chatbridge.bootstrap import Store
 from chatbridge.persistence import partition_source
 from chatbridge.projections.desired_state import DesiredChat
+from chatbridge.reconciler.controller import Controller
 from chatbridge.reconciler.knowledge import CompleteInput, DeletionGate, EndOffsets, KnowledgeGate, Partition
 from chatbridge.reconciler.loop import ChatPlan, PassReport, PlannedSteps, Reconciler, StatusListener
 from chatbridge.reconciler.naming import RoomNaming, configured_naming
@@ -203,8 +205,13 @@ def reconcile_once(
 
 
 class ReconcilerWorker:
-    """The reconciler running until stopped: each round reads the desired rows, starts the chats that need a
-    look (without waiting for chats still in flight), and sleeps until the next deadline, retry or `interval`.
+    """The reconciler running until stopped: a `Controller` whose queue says which chats are due.
+
+    The desired rows are read again only when they may have changed — the worker was nudged (the consumer folded a
+    batch), `version` (the projection's position) moved, or `rows_every` passed as a safety net (ownership moved on
+    a rebalance, the audit writer halted) — and only then compared with what the controller holds. `observe` (the
+    metrics) sees the rows held whenever they were read or a chat was looked at. Otherwise a round starts the chats that
+    are due and sleeps until the next one is, or `interval`: many chats with nothing due cost nothing.
 
     For `chatbridge run`: `ReconcilerWorker(app, backend, rows).run(stop_event)` in a thread beside the consumer,
     where `rows` returns the desired rows (e.g. `store.projection.view.desired_chats`, if the consumer thread keeps
@@ -221,24 +228,60 @@ class ReconcilerWorker:
         clock: Callable[[], datetime] = utc_now,
         on_change: StatusListener | None = None,
         gate: DeletionGate | None = None,
+        version: Callable[[], int] | None = None,
+        rows_every: float = 15.0,
+        observe: Callable[[list[DesiredChat], datetime], None] | None = None,
     ):
         self.settings = settings or ReconcilerSettings()
         self.reconciler = Reconciler(app, backend, self.settings, on_change=on_change, gate=gate)
+        self.controller = Controller(self.reconciler, on_done=self.nudge_due)
         self.rows = rows
         self.clock = clock
+        self.version = version
+        self.rows_every = rows_every
         self._wake = threading.Event()
+        self._nudged = True  # the first round reads the rows
+        self._seen_version: int | None = None
+        self._rows_read_at: float | None = None
+        self.observe = observe  # told the rows and the clock whenever rows were read or chats were looked at
+        self._looked = False
 
     def nudge(self) -> None:
         """Look again now (new desired state was folded, or the worker is stopping), not after the sleep."""
+        self._nudged = True
         self._wake.set()
+
+    def nudge_due(self) -> None:
+        """A chat finished: another may start (or be due again) without waiting for the sleep."""
+        self._looked = True
+        self._wake.set()
+
+    def _rows_may_have_moved(self) -> bool:
+        if self._nudged or self._rows_read_at is None or self.version is None:
+            return True
+        if time.monotonic() - self._rows_read_at >= self.rows_every:
+            return True
+        return self.version() != self._seen_version
 
     def round(self) -> float:
         """One round; returns the seconds to sleep before the next."""
         now = self.clock()
-        self.reconciler.gate.survey(now)  # before the rows: they must reflect what the gate counts as stored
-        rows = self.rows()
-        self.reconciler.submit(rows, now)
-        wake = self.reconciler.next_wake(rows, now)
+        fresh = self._rows_may_have_moved()
+        wake = self.controller.next_wake()
+        if fresh or (wake is not None and wake <= now):
+            self.reconciler.gate.survey(now)  # before the rows: they must reflect what the gate counts as stored
+        rows = None
+        if fresh:
+            self._nudged = False
+            self._seen_version = self.version() if self.version is not None else None
+            self._rows_read_at = time.monotonic()
+            rows = self.rows()
+            self.controller.offer(rows, now)
+        if self.observe is not None and (rows is not None or self._looked):
+            self._looked = False
+            self.observe(rows if rows is not None else self.controller.rows(), now)
+        self.controller.start_due(now)
+        wake = self.controller.next_wake()
         if wake is None:
             return self.settings.interval
         return min(self.settings.interval, max(0.05, (wake - now).total_seconds()))
@@ -250,6 +293,7 @@ class ReconcilerWorker:
                     delay = self.round()
                 except Exception:  # the store may be busy or briefly unavailable: try again next round
                     log.exception("reconciler round failed")
+                    self._nudged = True
                     delay = self.settings.interval
                 self._wake.wait(delay)
                 self._wake.clear()
