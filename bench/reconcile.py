@@ -548,8 +548,10 @@ class MirrorBackend:
 
     def __init__(self, rows: Sequence[Any], now: datetime) -> None:
         from chatbridge.backends.user_ids import TemplateUserIds
+        from chatbridge.reconciler.naming import configured_naming
 
         self.ids = TemplateUserIds(server_name="bench")
+        self.naming = configured_naming()
         self.rows = {(row.org, row.event_id): row for row in rows}
         self.now = now
 
@@ -572,11 +574,15 @@ class MirrorBackend:
         phase = row.phase(self.now)
         if phase not in MEMBER_PHASES:
             return None
+        labels = self.naming.labels(row, phase)
         return ActualChat(
             f"!{org}-{event_id}-{generation}",
             frozenset(self.user_id(org, p) for p in row.members),
             frozenset(self.user_id(org, p) for p in row.moderators),
             read_only=phase == Phase.READ_ONLY,
+            name=labels.name if labels else None,
+            topic=labels.topic if labels else None,
+            order=labels.order if labels else None,
         )
 
     def __getattr__(self, name: str) -> Any:  # writes: nothing to do

@@ -1,9 +1,8 @@
 """The controller around `Reconciler.reconcile`: which chat is looked at when — apart from how one chat is looked at.
 
 Shaped like a Kubernetes controller's work queue. Each chat is a key in a due-time queue (a heap): a chat whose
-desired row changed (the fold moved it) is due now; after each look it is requeued at the earliest of its next
-deadline (the phase changes by the clock), its retry (backoff after a failure, or parked), its pending persons'
-retry, and its resync (with jitter, so that chats looked at together do not all come back together). A chat being
+desired row changed (the fold moved it) is due now; after each look it is requeued when `Reconciler.reconcile`
+says (`ChatOutcome.requeue_at`, the controller's `RequeueAfter`). A chat being
 reconciled is in flight and never started twice; a change that arrives meanwhile looks at it again once it is done.
 At most `concurrency` chats are in flight.
 
@@ -15,20 +14,15 @@ from __future__ import annotations
 
 import heapq
 import logging
-import random
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from chatbridge.domain.lifecycle import Phase
 from chatbridge.projections.desired_state import ChatKey, DesiredChat
 from chatbridge.reconciler.loop import ChatOutcome, ChatState, Reconciler
 
 log = logging.getLogger(__name__)
-
-WAITING_RECHECK = timedelta(seconds=30)  # a held deletion is looked at again this often (the gate may have learnt)
-RESYNC_JITTER = 0.1  # a resync comes up to this share of the resync period early
 
 
 class Controller:
@@ -38,12 +32,10 @@ class Controller:
         self,
         reconciler: Reconciler,
         *,
-        jitter: Callable[[], float] = random.random,
         on_done: Callable[[], None] | None = None,
     ):
         self.reconciler = reconciler
         self.settings = reconciler.settings
-        self._jitter = jitter
         self._on_done = on_done  # told when a chat finished (the caller may have something due at once)
         self._lock = threading.Lock()
         self._rows: dict[ChatKey, DesiredChat] = {}
@@ -124,34 +116,17 @@ class Controller:
 
     def _look(self, row: DesiredChat, now: datetime) -> ChatOutcome:
         key = (row.org, row.event_id)
+        outcome: ChatOutcome | None = None
         try:
             outcome = self.reconciler.reconcile(row, now)
         finally:
             with self._lock:
                 self._in_flight.discard(key)
-                state = self.reconciler.states.get(key)
-                if key in self._again:
+                if key in self._again or outcome is None:  # changed meanwhile (or a bug escaped): look again
                     self._again.discard(key)
-                    self._push(key, now)
-                elif key in self._rows and state is not None:
-                    requeue = self.requeue_at(self._rows[key], state, now)
-                    if requeue is not None:
-                        self._push(key, requeue)
+                    self._push(key, now if outcome is not None else now + self.settings.backoff_base)
+                elif key in self._rows and outcome.requeue_at is not None:
+                    self._push(key, outcome.requeue_at)
             if self._on_done is not None:
                 self._on_done()
         return outcome
-
-    def requeue_at(self, row: DesiredChat, state: ChatState, now: datetime) -> datetime | None:
-        """When to look at a chat again after a look at `now` — the controller's `RequeueAfter`: its retry after a
-        failure, else the earliest of its next deadline, its pending persons' retry, a held deletion's recheck and
-        its resync. None: never by the clock (a deleted chat; a change of its row brings it back)."""
-        if state.retry_at is not None:
-            return state.retry_at
-        moments = [d for d in (row.read_only_at, row.delete_at) if d is not None and d > now]
-        if state.pending:
-            moments.append(now + self.settings.pending_retry)
-        if state.waiting is not None:
-            moments.append(now + WAITING_RECHECK)
-        if state.phase != Phase.DELETED:
-            moments.append(now + self.settings.resync * (1 - RESYNC_JITTER * self._jitter()))
-        return min(moments, default=None)

@@ -1,4 +1,6 @@
-"""The reconcile loop: level-triggered, like a Kubernetes controller.
+"""One chat's reconciliation (`Reconciler.reconcile` → `ChatOutcome`: what was applied, the error, and when to
+look again), and the one-shot pass over many chats. The running controller that decides which chat is due lives
+apart, in `controller`. Level-triggered, like a Kubernetes controller.
 
 Each pass takes the desired rows (the projection) and picks the chats that need a look: *dirty* (the row or its
 phase at `now` differs from what was last brought about — which also covers *due* chats, whose phase changed by the
@@ -30,7 +32,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from eventsourcing.persistence import IntegrityError
@@ -47,6 +49,8 @@ from chatbridge.reconciler.naming import RoomNaming, configured_naming
 from chatbridge.reconciler.plan import Step, StepKind, apply, hold_deletion, plan
 
 log = logging.getLogger(__name__)
+WAITING_RECHECK = timedelta(seconds=30)  # a held deletion is looked at again this often (the gate may have learnt)
+RESYNC_JITTER = 0.1  # a resync comes up to this share of the resync period early
 
 
 @dataclass(slots=True)
@@ -87,6 +91,7 @@ class ChatOutcome:
     error: str | None = None
     waiting: Wait | None = None  # a deletion held back until the input is complete
     pending_reasons: dict[str, str] = field(default_factory=dict)  # person → reason (never logged or printed)
+    requeue_at: datetime | None = None  # when to look again by the clock (None: only when its row changes)
 
 
 @dataclass(frozen=True)
@@ -336,7 +341,7 @@ class Reconciler:
             self._failed(key, state, error, now)
             log.warning("chat %s/%s: %s", *key, state.last_error)
             return ChatOutcome(*key, desired.generation, phase, live.applied, len(live.pending), state.last_error,
-                               pending_reasons=dict(live.pending))  # fmt: skip
+                               pending_reasons=dict(live.pending), requeue_at=state.retry_at)  # fmt: skip
         for generation in walk.done_generations:
             state.deletion_wanted.pop(generation, None)
         if walk.stays_deleted and not state.stays_deleted:
@@ -361,8 +366,23 @@ class Reconciler:
             log.info("chat %s/%s: %d steps applied, %d pending", *key, len(live.applied), len(live.pending))
         if self.on_change is not None and before != (state.phase, state.chat_id, state.members_synced, state.pending):
             self.on_change(desired, state, now)
+        requeue_at = self.requeue_at(desired, state, now)
         return ChatOutcome(*key, desired.generation, phase, live.applied, len(live.pending), waiting=state.waiting,
-                           pending_reasons=dict(live.pending))  # fmt: skip
+                           pending_reasons=dict(live.pending), requeue_at=requeue_at)  # fmt: skip
+
+    def requeue_at(self, desired: DesiredChat, state: ChatState, now: datetime) -> datetime | None:
+        """When to look at a chat again after a good look at `now` (the controller's `RequeueAfter`): the earliest
+        of its next deadline, its pending persons' retry, a held deletion's recheck and its resync (up to a tenth
+        early at random, so that chats looked at together do not all come back together). None: never by the
+        clock — a deleted chat; a change of its row brings it back."""
+        moments = [d for d in (desired.read_only_at, desired.delete_at) if d is not None and d > now]
+        if state.pending:
+            moments.append(now + self.settings.pending_retry)
+        if state.waiting is not None:
+            moments.append(now + WAITING_RECHECK)
+        if state.phase != Phase.DELETED:
+            moments.append(now + self.settings.resync * (1 - RESYNC_JITTER * self._jitter()))
+        return min(moments, default=None)
 
     def walk(
         self,
