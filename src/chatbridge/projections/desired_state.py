@@ -276,6 +276,7 @@ class RowSource(Protocol):
     def persons_by_pseudonyms(self, pseudonyms: Iterable[str]) -> Iterator[tuple[PersonKey, PersonRecord]]: ...
     def organisations_by_ids(self, ids: Iterable[UUID]) -> Iterator[tuple[str, UUID, list[Switch]]]: ...
     def index_of(self, person: PersonKey) -> set[str]: ...
+    def indexes_of(self, persons: Iterable[PersonKey]) -> dict[PersonKey, set[str]]: ...
 
 
 def _insert_once(facts: list[Any], fact: tuple[Any, ...]) -> bool:
@@ -382,6 +383,20 @@ class DesiredStateFold:
         for person, person_record in self.rows.persons_by_pseudonyms(named):
             self.load_person(person, person_record)
         self._absent_pseudonyms |= named - {pseudonym for _, pseudonym in self.persons}
+
+    def prefetch_indexes(self, persons: Iterable[PersonKey]) -> None:
+        """What `_index` loads for each of these persons (their chats by the person index), in a few queries."""
+        if self.rows is None:
+            return
+        wanted = [person for person in set(persons) if person not in self._whole_index]
+        if not wanted:
+            return
+        found = self.rows.indexes_of(wanted)
+        for person in wanted:
+            self.person_chats.setdefault(person, set()).update(found.get(person, ()))
+        for key, record in self.rows.chats_by_keys({(org, e) for (org, _), events in found.items() for e in events}):
+            self.load_chat(key, record)
+        self._whole_index.update(wanted)
 
     def load_named(self) -> None:
         """Load, in a few queries, the persons the changed chats name (their rows are about to be walked)."""

@@ -287,6 +287,27 @@ class _DesiredStateTables:
     def index_of(self, person: PersonKey) -> set[str]:
         return set(self.chats_of_person(*person))
 
+    def indexes_of(self, persons: Iterable[PersonKey]) -> dict[PersonKey, set[str]]:
+        """The person index of many persons, an organisation at a time (the table's key starts with it)."""
+        by_org: dict[str, list[str]] = {}
+        for org, pseudonym in set(persons):
+            by_org.setdefault(org, []).append(pseudonym)
+        found: dict[PersonKey, set[str]] = {}
+        with self.datastore.transaction(commit=False) as c:
+            for org, pseudonyms in sorted(by_org.items()):
+                for begin in range(0, len(pseudonyms), _CHUNK):
+                    chunk = pseudonyms[begin : begin + _CHUNK]
+                    c.execute(
+                        self._sql(
+                            "SELECT person_id, event_id FROM person_chats WHERE org = ? "
+                            f"AND person_id IN ({', '.join('?' * len(chunk))})"
+                        ),
+                        [org, *chunk],
+                    )
+                    for row in c.fetchall():
+                        found.setdefault((org, row["person_id"]), set()).add(row["event_id"])
+        return found
+
     # -- writing ---------------------------------------------------------------------------------------------
 
     def write(self, fold: DesiredStateFold, tracking: Tracking | None, *, replace_all: bool = False) -> None:
@@ -525,6 +546,10 @@ def fold_pages(app: ChatBridge, fold: DesiredStateFold, start: int, last: int, p
         )
         calls = facts.decode(notifications)
         fold.prefetch(facts.originators, facts.persons)
+        # the chats of every person whose status facts the page holds: walked again, loaded in a few queries
+        fold.prefetch_indexes(
+            {fold.person_keys[i] for i in facts.person_originators if i in fold.person_keys} | facts.registered
+        )
         for method, args in calls:
             method(fold, *args)
         position = notifications[-1].id if notifications else last  # none left before `last`: a gap in the ids
@@ -550,9 +575,12 @@ class StoredFacts:
         self.app = app
         self.originators: set[UUID] = set()
         self.persons: set[str] = set()  # pseudonyms of the persons the page names
+        self.person_originators: set[UUID] = set()  # persons with facts of their own in the page
+        self.registered: set[PersonKey] = set()  # persons registered in the page
 
     def decode(self, notifications: Iterable[Any]) -> list[tuple[Callable[..., None], list[Any]]]:
         self.originators, self.persons = set(), set()
+        self.person_originators, self.registered = set(), set()
         mapper = self.app.mapper
         calls = []
         for notification in notifications:
@@ -577,6 +605,10 @@ class StoredFacts:
                 for token in _tokens(fields):
                     if token.startswith("enc"):
                         self.persons.add(token_parts(token)[0])
+            if name.startswith("Person."):
+                self.person_originators.add(originator)
+                if name == "Person.Registered":
+                    self.registered.add((fields["org"], fields["pseudonym"]))
             calls.append((method, [originator, notification.id, *[_value(fields[field]) for field in names]]))
         return calls
 
