@@ -19,7 +19,8 @@ from typing import Any
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
-from chatbridge.bootstrap import open_store
+from chatbridge.audit.settings import AuditSettings, default_key_file, load_keys
+from chatbridge.bootstrap import Store, open_store, store_exists
 from chatbridge.persistence import partition_source
 from chatbridge.settings import Settings
 from tests.services import ROOT
@@ -201,6 +202,18 @@ def settings_of(env: dict[str, str]) -> Settings:
     return Settings(**fields)
 
 
+def store_of(env: dict[str, str]) -> Store | None:
+    """The store a `chatbridge` process with `env` uses, opened in this process with the same audit keys (not the
+    ones this process's own environment would name); None while that process has not made it yet."""
+    settings = settings_of(env)
+    if not store_exists(settings):
+        return None
+    prefix = "CHATBRIDGE_AUDIT_"
+    audit = AuditSettings(**{k.removeprefix(prefix).lower(): v for k, v in env.items() if k.startswith(prefix)})
+    keys = load_keys(audit, default_key_file(settings.store, settings.database), create=False)
+    return open_store(settings, keys=keys, create=False)
+
+
 class Worker:
     """`chatbridge run` in its own process, its output kept in a file for the test's failure message."""
 
@@ -254,7 +267,9 @@ def run_until_idle(env: dict[str, str], log_dir: Path, idle: float = 6, timeout:
 
 
 def stored_positions(env: dict[str, str], topic: str, partitions: Sequence[int]) -> dict[int, int]:
-    store = open_store(settings_of(env))
+    store = store_of(env)
+    if store is None:
+        return dict.fromkeys(partitions, 0)  # the worker has not made its store yet: nothing is stored
     try:
         return {p: store.app.position(partition_source(topic, p)) for p in partitions}
     finally:

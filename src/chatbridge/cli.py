@@ -489,11 +489,16 @@ def _audit_key_problems(settings: Settings) -> list[str]:
     from chatbridge.bootstrap import StoreError, audit_keys, store_exists
 
     try:
-        if store_exists(settings):
-            audit_keys(settings, create=False)
-        else:  # the first run makes the key file: check what is configured beside it as that run would
-            with tempfile.TemporaryDirectory() as scratch:
-                load_keys(AuditSettings(), Path(scratch) / "keys", create=True)
+        audit_keys(settings, create=False)
+        return []
+    except AuditKeyError as error:
+        missing = error
+    try:
+        # a SQLite store is looked at (a local file); a PostgreSQL one is not reached just for this
+        if settings.store == "sqlite" and store_exists(settings) and str(missing).startswith("no audit keys"):
+            return [f"audit keys: {missing}; the store holds data, so its first run is over: restore them"]
+        with tempfile.TemporaryDirectory() as scratch:  # a first run makes the key file: check the rest as it would
+            load_keys(AuditSettings(), Path(scratch) / "keys", create=True)
     except (AuditKeyError, StoreError) as error:
         return [f"audit keys: {error}" if isinstance(error, AuditKeyError) else str(error)]
     return []

@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 
 from chatbridge.backends.port import BackendError
-from chatbridge.bootstrap import open_store
 from chatbridge.consumers.kafka import partition_of
 from chatbridge.domain.aggregates import ChatGroup
 from tests.integration.synapse_support import *  # noqa: F403  (fixtures: synapse, matrix, org)
@@ -29,7 +28,7 @@ from tests.kafka_support import (
     end_offsets,
     new_topic,
     publish,
-    settings_of,
+    store_of,
     stored_positions,
     wait_drained,
     wait_until,
@@ -72,7 +71,8 @@ def gone(matrix, org: str, event_id: str) -> bool:
 
 
 def chat_events(env: dict[str, str], org: str, event_id: str) -> list[str]:
-    store = open_store(settings_of(env))
+    store = store_of(env)
+    assert store is not None, "the worker made no store"
     try:
         return [type(e).__name__ for e in store.app.repository.event_store.get(ChatGroup.create_id(org, event_id))]
     finally:

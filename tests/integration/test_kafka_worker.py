@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from chatbridge.bootstrap import open_store
 from tests.kafka_support import (
     CHATBRIDGE,
     GeneratedStream,
@@ -23,7 +22,7 @@ from tests.kafka_support import (
     generate_stream,
     new_topic,
     publish,
-    settings_of,
+    store_of,
     stored_positions,
     wait_drained,
     wait_until,
@@ -80,7 +79,8 @@ def assert_state_is_simulate(env: dict[str, str], tmp_path: Path, lines: list[by
 
 
 def no_message_stored_twice(env: dict[str, str]) -> None:
-    store = open_store(settings_of(env))
+    store = store_of(env)
+    assert store is not None, "the worker made no store"
     try:
         seen: set[tuple[Any, ...]] = set()
         for notification in store.app.notifications():
