@@ -23,6 +23,7 @@ from chatbridge.application import ChatBridge, Received
 from chatbridge.bootstrap import in_memory_app, open_store, store_env
 from chatbridge.consumers.kafka import KafkaIngestor
 from chatbridge.domain.messages import parse_record
+from chatbridge.projections.store import FOLD_VERSION
 from chatbridge.settings import Settings
 from chatbridge.worker import FOLD_INTERVAL
 
@@ -190,6 +191,14 @@ def history_store(sizes: Sizes) -> Path:
     per_event = max(1, sizes.history_events // sizes.history_chats)
     path = CACHE / f"history-v{HISTORY_VERSION}-{sizes.history_events}-{per_event}.db"
     if path.exists():
+        if _fold_version(path) != FOLD_VERSION:
+            # a store cached under an earlier fold: its projection is refolded here once, not inside a timed run
+            log(f"refolding the cached history store's projection (fold version {FOLD_VERSION})")
+            store = open_store(Settings(database=path))
+            try:
+                store.projection.catch_up()
+            finally:
+                store.close()
         return path
     log(f"building the history store ({sizes.history_events:,} messages, {per_event} per chat); kept in {CACHE}")
     building = path.with_suffix(".building")
@@ -214,6 +223,15 @@ def history_store(sizes: Sizes) -> Path:
     building.rename(path)
     _keys(building).rename(_keys(path))
     return path
+
+
+def _fold_version(database: Path) -> str | None:
+    with sqlite3.connect(database) as connection:
+        try:
+            row = connection.execute("SELECT value FROM desired_state_meta WHERE key = 'fold_version'").fetchone()
+        except sqlite3.OperationalError:  # no projection tables yet
+            return None
+    return None if row is None else str(row[0])
 
 
 def _keys(database: Path) -> Path:
