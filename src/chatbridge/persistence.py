@@ -71,6 +71,23 @@ class IntakeLedger(Protocol):
 _ROW = re.compile(r"VALUES \((\?(?:, \?)*)\)")
 
 
+def add_missing_columns(c: Any, placeholder: str, columns: Iterable[tuple[str, str, str]]) -> None:
+    """Bring a table of an earlier release up to date: each (table, column, type) not there yet is added. Looked up
+    first on both stores: ALTER TABLE locks the table against a running worker even as a no-op."""
+    for table, column, kind in columns:
+        if placeholder == "?":
+            c.execute(f"PRAGMA table_info({table})")
+            missing = column not in {row["name"] for row in c.fetchall()}
+        else:
+            c.execute(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+                f"AND table_name = '{table}' AND column_name = '{column}'"
+            )
+            missing = c.fetchone() is None
+        if missing:
+            c.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+
 def insert_rows(c: Any, statement: str, rows: Iterable[Sequence[Any]], placeholder: str) -> None:
     """Run a one-row `INSERT … VALUES (?, …)` statement (upserts too) for many rows.
 
@@ -138,7 +155,7 @@ class _IntakeTable:
         with self.datastore.transaction(commit=True) as c:
             for statement in chain.CREATE_STATEMENTS:
                 c.execute(statement)
-            chain.add_columns(c, self.placeholder)
+            add_missing_columns(c, self.placeholder, chain.ADDED_COLUMNS)
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         # one storing transaction at a time per process, refused once the log was found forged; its checkpoint is

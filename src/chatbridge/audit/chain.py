@@ -154,22 +154,6 @@ def sign(signer: Ed25519PrivateKey, notification_id: int, records: int, chain: b
     return Checkpoint(**{**asdict(unsigned), "signature": signature})
 
 
-def add_columns(c: Any, placeholder: str) -> None:
-    """Bring the checkpoint table of an earlier release up to date (looked up first: ALTER TABLE locks)."""
-    for table, column, kind in ADDED_COLUMNS:
-        if placeholder == "?":
-            c.execute(f"PRAGMA table_info({table})")
-            missing = column not in {row["name"] for row in c.fetchall()}
-        else:
-            c.execute(
-                "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
-                f"AND table_name = '{table}' AND column_name = '{column}'"
-            )
-            missing = c.fetchone() is None
-        if missing:
-            c.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-
-
 class ChainHalted(Exception):
     """The store's log disagrees with what this writer signed and published: it stores nothing more."""
 

@@ -36,7 +36,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.persistence import Mapper, PersistenceError, StoredEvent
 
-from chatbridge.persistence import insert_rows
+from chatbridge.persistence import add_missing_columns, insert_rows
 
 PSEUDONYM = re.compile(r"ps-[0-9a-f]{32}")
 
@@ -56,6 +56,8 @@ FOREVER = datetime.max.replace(tzinfo=UTC)  # the horizon of an operator's erasu
 KEY_TABLE = "chatbridge_person_keys"  # one row per pseudonym: its organisation and erasure horizon
 VERSION_TABLE = "chatbridge_person_key_versions"  # one row per key version (person_key NULL: destroyed)
 KEY_TABLES = (KEY_TABLE, VERSION_TABLE)
+# the key table's columns a store of an earlier release lacks
+ADDED_COLUMNS = ((KEY_TABLE, "erased_until", "TEXT"), (KEY_TABLE, "named_until", "TEXT"))
 CREATE_STATEMENTS = (
     # person_key: the previous release's single key, moved to version 1 when the store is opened
     f"CREATE TABLE IF NOT EXISTS {KEY_TABLE} ("
@@ -230,18 +232,7 @@ class SQLKeyTable:
         with self.datastore.transaction(commit=True) as c:
             for statement in CREATE_STATEMENTS:
                 c.execute(statement)
-            for column in ("erased_until", "named_until"):
-                if self.placeholder == "?":
-                    c.execute(f"PRAGMA table_info({KEY_TABLE})")
-                    missing = column not in {row["name"] for row in c.fetchall()}
-                else:  # looked up first: ALTER TABLE locks the table against a running worker even as a no-op
-                    c.execute(
-                        "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
-                        f"AND table_name = '{KEY_TABLE}' AND column_name = '{column}'"
-                    )
-                    missing = c.fetchone() is None
-                if missing:
-                    c.execute(f"ALTER TABLE {KEY_TABLE} ADD COLUMN {column} TEXT")
+            add_missing_columns(c, self.placeholder, ADDED_COLUMNS)
 
     def _select(self, c: Any, pseudonyms: list[str]) -> dict[str, KeyState]:
         states: dict[str, KeyState] = {}

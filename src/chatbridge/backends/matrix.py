@@ -1,6 +1,6 @@
 """The Matrix adapter of the chat backend port, for Synapse (client API + Synapse admin API), over httpx.
 
-What the recipe (`shared/recipes/matrix-synapse.md`) measured, and why the code does it this way:
+What was measured on Synapse, and why the code does it this way:
 - a tenant is a space per organisation; a chat is an end-to-end-encrypted, invite-only room without guest access,
   a child of its organisation's space. Both are found again by room aliases derived from (org, event_id,
   generation), so a crash between creating a room and recording it cannot make a second room;
