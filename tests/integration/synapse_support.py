@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -85,6 +86,17 @@ class Synapse:
     def deactivate(self, user_id: str) -> None:
         with self.admin() as client:
             assert client.post(f"/_synapse/admin/v1/deactivate/{user_id}", json={"erase": False}).status_code == 200
+
+    def delete_room(self, room: str) -> None:
+        """Delete and purge a room as an admin would, waiting until Synapse says the deletion is complete."""
+        with self.admin() as client:
+            delete_id = client.request("DELETE", f"/_synapse/admin/v2/rooms/{room}", json={"purge": True}).json()
+            for _ in range(200):
+                status = client.get(f"/_synapse/admin/v2/rooms/delete_status/{delete_id['delete_id']}").json()
+                if status["status"] == "complete":
+                    return
+                time.sleep(0.05)
+        raise AssertionError("the room's deletion did not complete")
 
     def backend(self, **kwargs: Any) -> MatrixBackend:
         return MatrixBackend(self.base_url, self.server_name, self.bot_token, **kwargs)

@@ -57,20 +57,9 @@ def resync(live: Live, hours: int = 10):
     return live.run(at(2) + timedelta(hours=hours))
 
 
-def delete_room(synapse: Synapse, room: str) -> None:
-    with synapse.admin() as client:
-        delete_id = client.request("DELETE", f"/_synapse/admin/v2/rooms/{room}", json={"purge": True}).json()
-        for _ in range(200):
-            status = client.get(f"/_synapse/admin/v2/rooms/delete_status/{delete_id['delete_id']}").json()
-            if status["status"] == "complete":
-                return
-            time.sleep(0.05)
-    raise AssertionError("the room's deletion did not complete")
-
-
 def test_a_room_deleted_by_an_admin_is_created_again_with_its_members_and_recorded(live: Live, synapse: Synapse):
     room, (alice, bob) = a_chat_with(live, synapse, person())
-    delete_room(synapse, room)
+    synapse.delete_room(room)
     report = resync(live)
     assert not report.failed
     again = live.chat()
