@@ -31,11 +31,12 @@ from bench.ingest import history_store, settings_for, sqlite_database
 from chatbridge.application import Received
 from chatbridge.backends.matrix import MatrixBackend
 from chatbridge.backends.port import BackendError
-from chatbridge.backends.settings import MatrixSettings, ReconcilerSettings
+from chatbridge.backends.settings import MatrixSettings
 from chatbridge.bootstrap import Store, open_store
 from chatbridge.domain.messages import parse_record
 from chatbridge.reconciler.loop import Reconciler
 from chatbridge.reconciler.service import desired_rows
+from chatbridge.reconciler.settings import ReconcilerSettings
 from chatbridge.settings import Settings
 from chatbridge.worker import ChatSync, run_worker
 

@@ -19,9 +19,9 @@ from typing import Any
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
-from chatbridge.audit.settings import AuditSettings, default_key_file, load_keys
 from chatbridge.bootstrap import Store, open_store, store_exists
-from chatbridge.persistence import partition_source
+from chatbridge.journal.intake import partition_source
+from chatbridge.journal.keys import AuditSettings, default_key_file, load_keys
 from chatbridge.settings import Settings
 from tests.services import ROOT
 

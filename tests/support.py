@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+from chatbridge.cli.usecases import simulate_lines
 from chatbridge.domain.lifecycle import Policy
-from chatbridge.services import simulate_lines
 
 CET = timezone(timedelta(hours=1))
 ORG = "drk-koeln"

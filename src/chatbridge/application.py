@@ -25,10 +25,6 @@ from eventsourcing.persistence import Mapper, Notification, ProcessRecorder, Sto
 from eventsourcing.popo import POPOFactory
 from eventsourcing.projection import EventSourcedProjection
 
-from chatbridge.audit.chain import Guard, Sink
-from chatbridge.audit.checkpoints import CheckpointFile, KafkaCheckpoints, kafka_producer
-from chatbridge.audit.settings import AuditKeys
-from chatbridge.audit.shredding import MemoryKeyTable, PersonKeys, PersonSealingMapper, Pseudonym, SQLKeyTable
 from chatbridge.domain.aggregates import ChatGroup, Organisation, Person
 from chatbridge.domain.messages import (
     EventCancelled,
@@ -41,12 +37,24 @@ from chatbridge.domain.messages import (
     Rejection,
     StaffingChanged,
 )
-from chatbridge.persistence import APPLIED, DUPLICATE, IGNORED, REJECTED, IntakeLedger, IntakeRecord, POPOIntakeRecorder
+from chatbridge.journal.chain import Guard, Sink
+from chatbridge.journal.checkpoints import CheckpointFile, KafkaCheckpoints, kafka_producer
+from chatbridge.journal.intake import (
+    APPLIED,
+    DUPLICATE,
+    IGNORED,
+    REJECTED,
+    IntakeLedger,
+    IntakeRecord,
+    POPOIntakeRecorder,
+)
+from chatbridge.journal.keys import AuditKeys
+from chatbridge.journal.sealing import MemoryKeyTable, PersonKeys, PersonSealingMapper, Pseudonym, SQLKeyTable
 
 # The process recorder that also writes the intake ledger, per persistence module.
 INTAKE_RECORDERS = {
-    "eventsourcing.sqlite": "chatbridge.persistence:SQLiteIntakeRecorder",
-    "eventsourcing.postgres": "chatbridge.persistence:PostgresIntakeRecorder",
+    "eventsourcing.sqlite": "chatbridge.journal.intake:SQLiteIntakeRecorder",
+    "eventsourcing.postgres": "chatbridge.journal.intake:PostgresIntakeRecorder",
 }
 
 

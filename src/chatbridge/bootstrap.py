@@ -6,16 +6,20 @@ import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore, SQLiteTransaction
 
 from chatbridge.application import ChatBridge
-from chatbridge.audit import chain
-from chatbridge.audit.settings import AuditKeyError, AuditKeys, AuditSettings, default_key_file, load_keys
 from chatbridge.domain.lifecycle import Policy
-from chatbridge.projections.store import DesiredStateProjection, PostgresDesiredStateView, SQLiteDesiredStateView
+from chatbridge.journal import chain
+from chatbridge.journal.keys import AuditKeyError, AuditKeys, AuditSettings, default_key_file, load_keys
+from chatbridge.projections.store import (
+    DesiredStateProjection,
+    PostgresDesiredStateView,
+    SQLiteDesiredStateView,
+    Store,
+)
 from chatbridge.settings import Settings
 
 # Prefixed keys: the library lets the application's own prefix win over plain keys, so an unrelated
@@ -26,17 +30,6 @@ _PREFIX = "CHATBRIDGE_"
 def in_memory_app() -> ChatBridge:
     """The application on the library's in-memory store (`simulate`, unit tests)."""
     return ChatBridge(env={f"{_PREFIX}PERSISTENCE_MODULE": "eventsourcing.popo"})
-
-
-@dataclass
-class Store:
-    """The persistent installation: the application and its desired-state projection, on one database."""
-
-    app: ChatBridge
-    projection: DesiredStateProjection
-
-    def close(self) -> None:
-        self.app.close()
 
 
 def store_env(settings: Settings) -> dict[str, str]:

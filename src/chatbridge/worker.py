@@ -19,18 +19,18 @@ from types import FrameType
 from kafka.errors import KafkaError
 from prometheus_client import Gauge
 
-from chatbridge.audit.chain import Guard
-from chatbridge.audit.checkpoints import KafkaCheckpoints
 from chatbridge.backends.port import ChatBackend
-from chatbridge.backends.settings import ReconcilerSettings
 from chatbridge.bootstrap import Store
 from chatbridge.consumers.kafka import EndOffsetReader, IntakeCounts, KafkaIngestor
 from chatbridge.consumers.kafka import producer as kafka_producer
+from chatbridge.journal.chain import Guard
+from chatbridge.journal.checkpoints import KafkaCheckpoints
 from chatbridge.observability import Check, HealthServer, InstrumentedBackend, Metrics
 from chatbridge.projections.desired_state import DesiredChat
 from chatbridge.reconciler.knowledge import KnowledgeGate
 from chatbridge.reconciler.loop import StatusListener
 from chatbridge.reconciler.service import ReconcilerWorker, deletion_gate, utc_now
+from chatbridge.reconciler.settings import ReconcilerSettings
 from chatbridge.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from chatbridge.contract import contract_markdown
+from chatbridge.domain.contract import contract_markdown
 from chatbridge.domain.messages import message_json_schema
 from tests.kafka_support import CHATBRIDGE
 from tests.services import ROOT

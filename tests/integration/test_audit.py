@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from chatbridge import services
 from chatbridge.audit import queries
 from chatbridge.audit.service import compact, forget_person, verify_log
 from chatbridge.backends.fake import FakeChatBackend
 from chatbridge.bootstrap import Store, open_store
+from chatbridge.cli import usecases
 from chatbridge.consumers.jsonl import ingest_lines
 from chatbridge.domain.lifecycle import Policy
 from chatbridge.reconciler.service import reconcile_once
@@ -186,7 +186,7 @@ def database_bytes(path: Path) -> bytes:
 def test_forgetting_leaves_no_plaintext_in_the_database_files_and_keeps_the_proof(story: Story, tmp_path: Path):
     app = story.store.app
     database = tmp_path / "audit.db"
-    others_before = services.state(story.store, jan(7))
+    others_before = usecases.state(story.store, jan(7))
     settings = Settings(database=database)
     result = forget_person(story.store, settings, ORG, BOB, jan(7))
     assert result.key_destroyed
@@ -203,7 +203,7 @@ def test_forgetting_leaves_no_plaintext_in_the_database_files_and_keeps_the_proo
     timeline = queries.chat_timeline(app, ORG, "4711", POLICY)
     assert BOB not in str(timeline) and result.pseudonym in str(timeline)
     # the forgotten person is in no chat; everyone else's state is unchanged
-    after = services.state(story.store, jan(7))
+    after = usecases.state(story.store, jan(7))
     chat = next(c for c in after["chats"] if c["event_id"] == "4711")
     assert chat["members"] == [ALICE]
     assert [c for c in after["chats"] if c["event_id"] != "4711"] == [
@@ -216,9 +216,9 @@ def test_forgetting_leaves_no_plaintext_in_the_database_files_and_keeps_the_proo
     assert rows[-1]["generation"] == 2 and rows[-1]["until"] == "2027-01-08T12:00:00Z"
     assert BOB.encode() not in database_bytes(database)
     # a rebuild from the log alone gives the same rows
-    live = services.state(story.store, jan(8))
+    live = usecases.state(story.store, jan(8))
     story.store.projection.rebuild()
-    assert services.state(story.store, jan(8)) == live
+    assert usecases.state(story.store, jan(8)) == live
     assert BOB.encode() not in database_bytes(database)
     assert verify_log(app, app.keys.signing_key.public_key()).ok  # type: ignore[union-attr]
 
@@ -406,7 +406,7 @@ def test_a_hiorg_id_spelt_like_anothers_pseudonym_is_another_person(story: Story
     story.reconcile(jan(6, 16))
     # ALICE is untouched: her key, her chat, her plain id in the audit
     assert not app.persons.is_forgotten(ORG, ALICE) and app.persons.erased_until(ORG, ALICE) is None
-    chat = next(c for c in services.state(story.store, jan(6, 16))["chats"] if c["event_id"] == "4711")
+    chat = next(c for c in usecases.state(story.store, jan(6, 16))["chats"] if c["event_id"] == "4711")
     assert ALICE in chat["members"] and ALICE in chat["moderators"]
     assert ALICE in str(queries.chat_timeline(app, ORG, "4711", POLICY)["entries"])
     assert queries.person_access(app, ORG, ALICE, POLICY) == before

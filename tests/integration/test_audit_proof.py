@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 
-from chatbridge.audit import chain
-from chatbridge.audit.checkpoints import CheckpointFile, read_topic
+from chatbridge.audit import verify as verifying
 from chatbridge.audit.service import verify_log
 from chatbridge.bootstrap import open_store
+from chatbridge.journal import chain
+from chatbridge.journal.checkpoints import CheckpointFile, read_topic
 from chatbridge.settings import Settings
 from tests.integration.test_audit import Story, jan, tell
 from tests.support import ALICE
@@ -138,7 +139,7 @@ def told(settings: Settings) -> Iterator[Story]:
         store.close()
 
 
-def verification(settings: Settings, published: list[chain.Checkpoint]) -> chain.Verification:
+def verification(settings: Settings, published: list[chain.Checkpoint]) -> verifying.Verification:
     store = open_store(settings)
     try:
         key = store.app.keys.signing_key
@@ -261,7 +262,7 @@ def test_audit_verify_names_the_record_and_the_checkpoint_against_the_auditors_f
 ) -> None:
     from typer.testing import CliRunner
 
-    from chatbridge.audit.cli import audit_app
+    from chatbridge.cli.audit import audit_app
 
     monkeypatch.setenv("CHATBRIDGE_AUDIT_KEY_FILE", str(tmp_path / "keys"))
     monkeypatch.setenv("CHATBRIDGE_AUDIT_CHECKPOINT_FILE", str(tmp_path / "checkpoints.jsonl"))

@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from chatbridge import services
-from chatbridge.audit.settings import AuditSettings, load_keys
 from chatbridge.bootstrap import Store, open_store
+from chatbridge.cli import usecases
 from chatbridge.consumers.jsonl import ingest_lines
 from chatbridge.domain.lifecycle import Policy
+from chatbridge.journal.keys import AuditSettings, load_keys
 from chatbridge.settings import Settings
 from tests.services import throwaway_postgres_database
 from tests.strategies import NOWS, streams_and_interleavings
@@ -76,7 +76,7 @@ def fresh_store(request: pytest.FixtureRequest) -> StoreFactory:
 
 
 def simulate(lines: list[bytes], now: datetime) -> dict[str, Any]:
-    return services.simulate_lines(list(enumerate(lines, start=1)), now, Policy())
+    return usecases.simulate_lines(list(enumerate(lines, start=1)), now, Policy())
 
 
 def order_free(document: dict[str, Any]) -> dict[str, Any]:
@@ -94,7 +94,7 @@ def test_state_after_ingesting_any_interleaving_equals_simulate_of_the_stream(
     with fresh_store() as open_:
         store = open_()
         ingest_lines(store.app, "kafka", list(enumerate(interleaved, start=1)), batch_size)
-        assert order_free(services.state(store, now)) == order_free(simulate(lines, now))
+        assert order_free(usecases.state(store, now)) == order_free(simulate(lines, now))
 
 
 @EXAMPLES
@@ -109,9 +109,9 @@ def test_facts_arriving_after_later_ones_were_folded_take_their_place(
     with fresh_store() as open_:
         store = open_()
         ingest_lines(store.app, "kafka", numbered[:first], batch_size)
-        services.state(store, now)  # the projection folds the first part...
+        usecases.state(store, now)  # the projection folds the first part...
         ingest_lines(store.app, "kafka", numbered[first:], batch_size)  # ...then older facts arrive
-        assert order_free(services.state(store, now)) == order_free(simulate(lines, now))
+        assert order_free(usecases.state(store, now)) == order_free(simulate(lines, now))
 
 
 def _enabled_again_after_its_deletion() -> tuple[list[bytes], list[bytes]]:
@@ -150,5 +150,5 @@ def test_two_processes_folding_at_once_fold_each_fact_once(
         early.projection.catch_up()
         ingest_lines(early.app, "kafka", numbered[second:], batch_size)
         late.projection.catch_up()
-        assert order_free(services.state(late, now)) == order_free(simulate(lines, now))
-        assert order_free(services.state(early, now)) == order_free(simulate(lines, now))
+        assert order_free(usecases.state(late, now)) == order_free(simulate(lines, now))
+        assert order_free(usecases.state(early, now)) == order_free(simulate(lines, now))

@@ -17,15 +17,15 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from chatbridge import services
 from chatbridge.application import ChatBridge
 from chatbridge.audit.service import forget_person
-from chatbridge.audit.settings import AuditKeys
-from chatbridge.audit.shredding import FOREVER, PERSON_FIELDS, VERSION_TABLE, MemoryKeyTable, PersonKeys
 from chatbridge.bootstrap import open_store
+from chatbridge.cli import usecases
 from chatbridge.consumers.jsonl import ingest_lines
 from chatbridge.domain.aggregates import Person
 from chatbridge.domain.lifecycle import Policy
+from chatbridge.journal.keys import AuditKeys
+from chatbridge.journal.sealing import FOREVER, PERSON_FIELDS, VERSION_TABLE, MemoryKeyTable, PersonKeys
 from chatbridge.projections.desired_state import DesiredStateFold
 from chatbridge.projections.store import fold_log
 from chatbridge.settings import Settings
@@ -171,7 +171,7 @@ def test_a_new_person_named_in_a_batch_stored_before_the_deletion_is_a_member(op
     app = open_app()
     for line in s.numbered():  # one batch each: the deletion comes after F is stored
         ingest_lines(app, "hiorg", [line])
-    members = {c["event_id"]: c["members"] for c in services.simulate_lines(s.numbered(), jan(10), Policy())["chats"]}
+    members = {c["event_id"]: c["members"] for c in usecases.simulate_lines(s.numbered(), jan(10), Policy())["chats"]}
     assert members == {"E": [ALICE], "F": sorted([ALICE, P])}  # simulate: one batch, the in-batch rule
     fold = DesiredStateFold(pseudonym=app.persons.pseudonym, open_name=app.persons.open)
     fold_log(app, fold)

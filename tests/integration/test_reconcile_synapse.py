@@ -13,12 +13,12 @@ import pytest
 
 from chatbridge.backends.matrix import MatrixBackend
 from chatbridge.backends.port import AddOutcome
-from chatbridge.backends.settings import ReconcilerSettings
 from chatbridge.bootstrap import open_store
 from chatbridge.consumers.jsonl import ingest_lines
 from chatbridge.domain.aggregates import ChatGroup
 from chatbridge.reconciler.loop import Reconciler
 from chatbridge.reconciler.service import desired_rows
+from chatbridge.reconciler.settings import ReconcilerSettings
 from chatbridge.settings import Settings
 from tests.integration.synapse_support import *  # noqa: F403  (fixtures: synapse, org)
 from tests.integration.synapse_support import Synapse as Synapse

@@ -11,8 +11,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from chatbridge import application, services
+from chatbridge import application
 from chatbridge.bootstrap import Store, open_store
+from chatbridge.cli import usecases
 from chatbridge.consumers.jsonl import ingest_file, ingest_lines
 from chatbridge.domain.lifecycle import Policy
 from chatbridge.settings import Settings
@@ -43,7 +44,7 @@ def test_ingest_then_state_equals_simulate_of_the_same_stream(lines, now, batch_
         store = store_at(Path(tmp) / "store.db")
         try:
             ingest_lines(store.app, "test", list(enumerate(lines, start=1)), batch_size)
-            assert services.state(store, now) == services.simulate_lines(list(enumerate(lines, 1)), now, Policy())
+            assert usecases.state(store, now) == usecases.simulate_lines(list(enumerate(lines, 1)), now, Policy())
         finally:
             store.close()
 
@@ -105,7 +106,7 @@ def test_reingesting_a_file_changes_nothing_and_appended_lines_are_applied(tmp_p
         write(messages, stream.lines)
         appended = ingest_file(store.app, messages)
         assert (appended.skipped, appended.outcomes) == (4, {"applied": 1})
-        document = services.state(store, at(24, month=11))
+        document = usecases.state(store, at(24, month=11))
         assert document["chats"][0]["members"] == [ALICE, BOB, CAROL]
         assert document["duplicates"] == 0
     finally:
@@ -129,7 +130,7 @@ def test_a_batch_that_fails_half_way_stores_nothing_and_a_retry_applies_it_whole
         assert store.app.position("test") == 0
         monkeypatch.setitem(application._HANDLERS, application.PersonStatusChanged, original)
         ingest_lines(store.app, "test", stream.numbered(), batch_size=10)
-        assert services.state(store, at(24, month=11))["chats"][0]["members"] == [ALICE, CAROL]
+        assert usecases.state(store, at(24, month=11))["chats"][0]["members"] == [ALICE, CAROL]
     finally:
         store.close()
 
@@ -144,7 +145,7 @@ def test_a_source_position_is_never_applied_twice(tmp_path):
         again = ingest_lines(store.app, "kafka:hiorg.chat.v1:0", stream.numbered()[-1:], batch_size=2)
         assert again.outcomes == {}
         assert store.app.recorder.max_notification_id() == events
-        assert services.state(store, at(24, month=11))["duplicates"] == 0
+        assert usecases.state(store, at(24, month=11))["duplicates"] == 0
     finally:
         store.close()
 
@@ -171,12 +172,12 @@ def test_a_changed_policy_rebuilds_the_stored_deadlines(tmp_path):
     store = store_at(database)
     try:
         ingest_lines(store.app, "test", stream.numbered())
-        assert services.state(store, at(1, 12))["chats"][0]["read_only_at"] == "2026-12-03T18:00:00Z"
+        assert usecases.state(store, at(1, 12))["chats"][0]["read_only_at"] == "2026-12-03T18:00:00Z"
     finally:
         store.close()
     store = store_at(database, Policy(full_use=timedelta(days=1), view=timedelta(days=30)))
     try:
-        assert services.state(store, at(1, 12))["chats"][0]["read_only_at"] == "2026-12-02T18:00:00Z"
+        assert usecases.state(store, at(1, 12))["chats"][0]["read_only_at"] == "2026-12-02T18:00:00Z"
     finally:
         store.close()
 
@@ -201,7 +202,7 @@ def test_a_projection_stopped_between_pages_resumes_where_it_stopped(tmp_path):
         store.close()
     store = store_at(database)
     try:
-        assert services.state(store, at(24, month=11)) == stream.simulate(at(24, month=11))
+        assert usecases.state(store, at(24, month=11)) == stream.simulate(at(24, month=11))
     finally:
         store.close()
 
@@ -217,6 +218,6 @@ def test_a_hiorg_id_shaped_like_a_pseudonym_is_a_member_like_any_other(tmp_path)
     store = store_at(tmp_path / "store.db")
     try:
         ingest_lines(store.app, "test", stream.numbered())
-        assert services.state(store, at(22, month=11)) == expected
+        assert usecases.state(store, at(22, month=11)) == expected
     finally:
         store.close()

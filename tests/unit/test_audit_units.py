@@ -16,9 +16,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from chatbridge.audit import chain
-from chatbridge.audit.checkpoints import CheckpointFile
-from chatbridge.audit.shredding import FOREVER, PSEUDONYM, MemoryKeyTable, PersonKeys
+from chatbridge.audit import verify as verifying
+from chatbridge.journal import chain
+from chatbridge.journal.checkpoints import CheckpointFile
+from chatbridge.journal.sealing import FOREVER, PSEUDONYM, MemoryKeyTable, PersonKeys
 
 
 @dataclass
@@ -66,11 +67,11 @@ def check(
     db: sqlite3.Connection,
     key: Ed25519PrivateKey,
     published: list[chain.Checkpoint] | None = None,
-) -> chain.Verification:
+) -> verifying.Verification:
     hashes = ((i, chain.record_hash(s.originator_id, s.originator_version, s.topic, s.state)) for i, s in records)
-    links = [chain.Link(*row) for row in db.execute("SELECT * FROM audit_chain ORDER BY notification_id")]
+    links = [verifying.Link(*row) for row in db.execute("SELECT * FROM audit_chain ORDER BY notification_id")]
     checkpoints = [chain.Checkpoint.from_row(row) for row in db.execute("SELECT * FROM audit_checkpoints")]
-    return chain.verify(hashes, links, checkpoints, key.public_key(), published or [])
+    return verifying.verify(hashes, links, checkpoints, key.public_key(), published or [])
 
 
 def test_an_untouched_log_verifies() -> None:

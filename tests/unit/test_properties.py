@@ -9,8 +9,8 @@ from typing import Any
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from chatbridge.cli.usecases import simulate_lines
 from chatbridge.domain.lifecycle import Policy
-from chatbridge.services import simulate_lines
 from tests.reference_model import reference_document
 from tests.strategies import NOWS, streams, streams_and_interleavings
 from tests.support import ALICE, BOB, CAROL, CET, Stream, at, z

@@ -7,8 +7,8 @@ import threading
 from datetime import timedelta
 
 from chatbridge.backends.port import BackendError, BackendUnavailable
-from chatbridge.backends.settings import ReconcilerSettings
 from chatbridge.reconciler.service import ReconcilerWorker
+from chatbridge.reconciler.settings import ReconcilerSettings
 from tests.support import ALICE, BOB, ORG, at
 from tests.unit.test_reconcile_loop import END, START, World
 

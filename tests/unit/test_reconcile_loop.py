@@ -8,7 +8,6 @@ import pytest
 
 from chatbridge.backends.fake import FakeChatBackend
 from chatbridge.backends.port import BackendUnavailable
-from chatbridge.backends.settings import ReconcilerSettings
 from chatbridge.bootstrap import in_memory_app
 from chatbridge.consumers.jsonl import ingest_lines
 from chatbridge.domain.aggregates import ChatGroup, Organisation
@@ -16,6 +15,7 @@ from chatbridge.domain.lifecycle import Phase, Policy
 from chatbridge.projections.desired_state import DesiredStateFold
 from chatbridge.projections.store import fold_log
 from chatbridge.reconciler.loop import Reconciler
+from chatbridge.reconciler.settings import ReconcilerSettings
 from tests.support import ALICE, BOB, CAROL, DAVE, ORG, Stream, at
 
 START, END = at(5, 9), at(5, 17)

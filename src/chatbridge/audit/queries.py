@@ -13,9 +13,9 @@ from datetime import datetime
 from typing import Any
 
 from chatbridge.application import ChatBridge
-from chatbridge.audit.shredding import PSEUDONYM, Pseudonym
 from chatbridge.domain.aggregates import ChatGroup, Organisation
 from chatbridge.domain.lifecycle import Policy
+from chatbridge.journal.sealing import PSEUDONYM, Pseudonym
 from chatbridge.projections.desired_state import ChatKey, DesiredStateFold
 from chatbridge.projections.document import utc_z
 

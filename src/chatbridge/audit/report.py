@@ -29,8 +29,9 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from markupsafe import Markup
 
 from chatbridge.application import ChatBridge
-from chatbridge.audit import chain, queries
+from chatbridge.audit import queries
 from chatbridge.audit.service import records_of_processing, verification_document, verify_log
+from chatbridge.journal import chain
 from chatbridge.projections.document import utc_z
 from chatbridge.settings import Settings
 

@@ -12,12 +12,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from eventsourcing.application import AggregateNotFoundError
 
 from chatbridge.application import ChatBridge
-from chatbridge.audit import chain
+from chatbridge.audit import verify as verifying
 from chatbridge.audit.queries import NotFound
-from chatbridge.audit.shredding import FOREVER, KEY_TABLES
-from chatbridge.bootstrap import Store
 from chatbridge.domain.aggregates import Person
 from chatbridge.domain.lifecycle import Policy
+from chatbridge.journal import chain
+from chatbridge.journal.sealing import FOREVER, KEY_TABLES
+from chatbridge.projections.store import Store
 from chatbridge.settings import Settings
 
 
@@ -28,7 +29,7 @@ def _records(app: ChatBridge) -> Iterator[tuple[int, bytes]]:
 
 def verify_log(
     app: ChatBridge, verify_key: Ed25519PublicKey, published: Sequence[chain.Checkpoint] = ()
-) -> chain.Verification:
+) -> verifying.Verification:
     """Recompute the hash chain from the stored events and check it against its links, its signed checkpoints and
     the checkpoints `published` outside the store (the auditor's file, the topic)."""
     datastore = getattr(app.recorder, "datastore", None)
@@ -36,13 +37,13 @@ def verify_log(
         raise ValueError("the in-memory store keeps no hash chain")
     with datastore.transaction(commit=False) as c:
         c.execute("SELECT notification_id, record_hash, chain_hash FROM audit_chain ORDER BY notification_id")
-        links = [chain.Link(r["notification_id"], r["record_hash"], r["chain_hash"]) for r in c.fetchall()]
+        links = [verifying.Link(r["notification_id"], r["record_hash"], r["chain_hash"]) for r in c.fetchall()]
         c.execute(
             "SELECT notification_id, chain_hash, signed_at, key_id, signature, records, previous "
             "FROM audit_checkpoints ORDER BY notification_id"
         )
         checkpoints = [chain.Checkpoint.from_row(r) for r in c.fetchall()]
-    return chain.verify(_records(app), links, checkpoints, verify_key, published)
+    return verifying.verify(_records(app), links, checkpoints, verify_key, published)
 
 
 @dataclass(frozen=True)
@@ -52,11 +53,11 @@ class Forgotten:
     key_destroyed: bool  # False: it was destroyed before (the person was deleted or forgotten already)
 
 
-def verification_document(result: chain.Verification) -> dict[str, Any]:
+def verification_document(result: verifying.Verification) -> dict[str, Any]:
     """`audit verify`'s answer as a document (its JSON, and the report's integrity section): every finding in
     record order, and the one to look at first."""
 
-    def row(finding: chain.Finding) -> dict[str, Any]:
+    def row(finding: verifying.Finding) -> dict[str, Any]:
         return {"record": finding.notification_id, "problem": finding.problem, "detail": finding.detail}
 
     return {

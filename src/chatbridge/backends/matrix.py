@@ -32,6 +32,7 @@ from urllib.parse import quote
 import httpx
 
 from chatbridge.backends.port import (
+    TENANT_FIELDS,
     ActualChat,
     AddOutcome,
     BackendError,
@@ -44,7 +45,6 @@ from chatbridge.backends.settings import MatrixSettings
 from chatbridge.backends.user_ids import TemplateUserIds, escape
 
 TENANT_EVENT = "de.hiorg.chatbridge.tenant"  # the space's state event holding exactly the transferred fields
-TENANT_FIELDS = ("name", "email", "address")
 MODERATOR = 50
 LOCKED = 100
 PLACES_FRESH = 30.0  # seconds a space's children, read once, serve the reads of its chats (a pass reads many)

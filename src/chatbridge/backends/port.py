@@ -77,6 +77,9 @@ class ActualChat:
     levels_as_set: bool = True  # False: the rights in the chat were changed by hand (restored for its phase)
 
 
+TENANT_FIELDS = ("name", "email", "address")  # the organisation's data the contract lets reach the chat operator
+
+
 @dataclass(frozen=True)
 class Tenant:
     """The organisation's account at the chat operator, and exactly the data transferred to provision it."""

@@ -1,4 +1,4 @@
-"""Configuration of the Matrix backend (`CHATBRIDGE_MATRIX_…`) and the reconciler (`CHATBRIDGE_RECONCILE_…`).
+"""Configuration of the Matrix backend (`CHATBRIDGE_MATRIX_…`).
 
 Kept apart from `chatbridge.settings` so that a worker without a chat backend (ingest, state, replay) never needs
 a token. The token is a `SecretStr`: it prints as `**********`, so a configuration dump cannot leak it.
@@ -7,7 +7,6 @@ a token. The token is a `SecretStr`: it prints as `**********`, so a configurati
 from __future__ import annotations
 
 import os
-from datetime import timedelta
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -48,17 +47,3 @@ class MatrixSettings(FileSettings):
                 f"no Matrix access token: set CHATBRIDGE_MATRIX_TOKEN or CHATBRIDGE_MATRIX_TOKEN_FILE "
                 f"({path}: {error.strerror})"
             ) from None
-
-
-class ReconcilerSettings(FileSettings):
-    model_config = SettingsConfigDict(env_prefix="CHATBRIDGE_RECONCILE_", extra="ignore")
-    file_section = ("reconcile",)
-
-    concurrency: int = Field(default=4, ge=1, le=64, description="Chats reconciled at the same time.")
-    interval: float = Field(default=5.0, gt=0, description="Seconds between passes when nothing is due sooner.")
-    resync: timedelta = Field(default=timedelta(hours=10), description="Every chat is re-read this often (drift).")
-    pending_retry: timedelta = Field(default=timedelta(minutes=1), description="Retry of persons without account.")
-    backoff_base: timedelta = Field(default=timedelta(seconds=5), description="First wait after a failed chat.")
-    backoff_max: timedelta = Field(default=timedelta(minutes=15), description="Longest wait between retries.")
-    park_after: int = Field(default=5, ge=1, description="Failures in a row before a chat is parked.")
-    park_for: timedelta = Field(default=timedelta(hours=1), description="How long a parked chat waits.")

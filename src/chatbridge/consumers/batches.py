@@ -5,7 +5,7 @@ from __future__ import annotations
 from eventsourcing.persistence import IntegrityError, OperationalError
 
 from chatbridge.application import ChatBridge, Received
-from chatbridge.persistence import IntakeRecord
+from chatbridge.journal.intake import IntakeRecord
 
 
 def store_batch(app: ChatBridge, source: str, received: list[Received], attempts: int = 5) -> list[IntakeRecord]:

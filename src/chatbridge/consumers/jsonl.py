@@ -18,7 +18,7 @@ from typing import Any
 from chatbridge.application import ChatBridge, Received
 from chatbridge.consumers.batches import store_batch
 from chatbridge.domain.messages import parse_record
-from chatbridge.persistence import IntakeRecord
+from chatbridge.journal.intake import IntakeRecord
 
 
 def read_lines(path: Path, after: int = 0) -> Iterator[tuple[int, bytes]]:

@@ -30,11 +30,11 @@ from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
 from chatbridge.application import ChatBridge, Received
-from chatbridge.audit.chain import ChainHalted
 from chatbridge.consumers import dlq
 from chatbridge.consumers.batches import store_batch
 from chatbridge.domain.messages import Rejection, parse_record
-from chatbridge.persistence import IntakeRecord, partition_source
+from chatbridge.journal.chain import ChainHalted
+from chatbridge.journal.intake import IntakeRecord, partition_source
 from chatbridge.settings import Settings
 
 log = logging.getLogger(__name__)

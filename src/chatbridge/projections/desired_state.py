@@ -37,10 +37,10 @@ from functools import lru_cache
 from typing import Any, Protocol
 from uuid import UUID
 
-from chatbridge.audit.shredding import Pseudonym
 from chatbridge.domain import lifecycle
 from chatbridge.domain.aggregates import ChatGroup, Organisation, Person
 from chatbridge.domain.lifecycle import ChatLife, Generation, OrganisationFeature, Phase, Policy
+from chatbridge.journal.sealing import Pseudonym
 
 ChatKey = tuple[str, str]  # (org, event_id)
 PersonKey = tuple[str, str]  # (org, pseudonym)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from chatbridge.domain.lifecycle import MEMBER_PHASES
-from chatbridge.persistence import IntakeRecord, IntakeSummary, parse_partition_source
+from chatbridge.journal.intake import IntakeRecord, IntakeSummary, parse_partition_source
 from chatbridge.projections.desired_state import DesiredChat
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -32,7 +33,7 @@ from psycopg.sql import SQL, Composed
 
 from chatbridge.application import ChatBridge
 from chatbridge.domain.lifecycle import Policy
-from chatbridge.persistence import insert_rows
+from chatbridge.journal.sql import insert_rows
 from chatbridge.projections.desired_state import (
     FOLDED,
     UPSERT,
@@ -530,6 +531,17 @@ class DesiredStateProjection:
         self._preload_keys(fold)
         self.view.write(fold, Tracking(PROJECTION_NAME, position) if position else None, replace_all=True)
         return position
+
+
+@dataclass
+class Store:
+    """The persistent installation: the application and its desired-state projection, on one database."""
+
+    app: ChatBridge
+    projection: DesiredStateProjection
+
+    def close(self) -> None:
+        self.app.close()
 
 
 def fold_pages(app: ChatBridge, fold: DesiredStateFold, start: int, last: int, page_size: int) -> Iterator[int]:

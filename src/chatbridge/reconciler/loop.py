@@ -38,15 +38,21 @@ from typing import Any, Protocol
 from eventsourcing.persistence import IntegrityError
 
 from chatbridge.application import ChatBridge
-from chatbridge.backends.matrix import TENANT_FIELDS
-from chatbridge.backends.port import ActualChat, AddOutcome, BackendError, BackendUnavailable, ChatBackend
-from chatbridge.backends.settings import ReconcilerSettings
+from chatbridge.backends.port import (
+    TENANT_FIELDS,
+    ActualChat,
+    AddOutcome,
+    BackendError,
+    BackendUnavailable,
+    ChatBackend,
+)
 from chatbridge.domain.aggregates import ChatGroup, Organisation
 from chatbridge.domain.lifecycle import MEMBER_PHASES, Phase
 from chatbridge.projections.desired_state import ChatKey, DesiredChat
 from chatbridge.reconciler.knowledge import CompleteInput, DeletionGate, Wait
 from chatbridge.reconciler.naming import RoomNaming, configured_naming
 from chatbridge.reconciler.plan import Step, StepKind, apply, hold_deletion, plan
+from chatbridge.reconciler.settings import ReconcilerSettings
 
 log = logging.getLogger(__name__)
 WAITING_RECHECK = timedelta(seconds=30)  # a held deletion is looked at again this often (the gate may have learnt)

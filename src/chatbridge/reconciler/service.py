@@ -20,15 +20,16 @@ from typing import Any
 from chatbridge.application import ChatBridge
 from chatbridge.backends.matrix import MatrixBackend
 from chatbridge.backends.port import BackendError, BackendUnavailable, ChatBackend
-from chatbridge.backends.settings import MatrixSettings, ReconcilerSettings
-from chatbridge.bootstrap import Store
-from chatbridge.persistence import partition_source
+from chatbridge.backends.settings import MatrixSettings
+from chatbridge.journal.intake import partition_source
 from chatbridge.projections.desired_state import DesiredChat
+from chatbridge.projections.store import Store
 from chatbridge.reconciler.controller import Controller
 from chatbridge.reconciler.knowledge import CompleteInput, DeletionGate, EndOffsets, KnowledgeGate, Partition
 from chatbridge.reconciler.loop import ChatPlan, PassReport, PlannedSteps, Reconciler, StatusListener
 from chatbridge.reconciler.naming import RoomNaming, configured_naming
 from chatbridge.reconciler.plan import Step, StepKind
+from chatbridge.reconciler.settings import ReconcilerSettings
 
 log = logging.getLogger(__name__)
 

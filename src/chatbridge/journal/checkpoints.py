@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from chatbridge.audit.chain import Checkpoint
+from chatbridge.journal.chain import Checkpoint
 
 TOPIC = "chatbridge.audit-checkpoints.v1"
 

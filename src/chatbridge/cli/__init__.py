@@ -19,9 +19,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from chatbridge import failures, logs, services, worker
-from chatbridge.audit.cli import audit_app, gdpr_app
+from chatbridge import logs, worker
 from chatbridge.bootstrap import open_store
+from chatbridge.cli import failures, usecases
+from chatbridge.cli.audit import audit_app, gdpr_app
 from chatbridge.config_file import ConfigurationError, FileSettings
 from chatbridge.consumers import dlq
 from chatbridge.consumers.jsonl import FileChanged, ingest_file
@@ -127,7 +128,7 @@ def simulate(
     """Fold MESSAGES in memory and print each chat's desired state at --now (nothing is stored)."""
     if not messages.is_file():
         raise _fail(f"{messages}: no such file")
-    _print_json(services.simulate(messages, _parse_now(now), _policy(_settings(), full_use, view)))
+    _print_json(usecases.simulate(messages, _parse_now(now), _policy(_settings(), full_use, view)))
 
 
 @app.command()
@@ -176,7 +177,7 @@ def state(
     moment = _parse_now(now)
     store = open_store(_settings(), create=False)
     try:
-        document = services.state(store, moment)
+        document = usecases.state(store, moment)
     finally:
         store.close()
     if as_json:
@@ -214,10 +215,10 @@ def replay(
         try:
             with _progress() as bar:
                 task = bar.add_task("reading Kafka", total=None)
-                counts, folded = services.rebuild_from_kafka(
+                counts, folded = usecases.rebuild_from_kafka(
                     settings, force=force, progress=lambda done, total: bar.update(task, completed=done, total=total)
                 )
-        except services.StoreNotEmpty as error:
+        except usecases.StoreNotEmpty as error:
             raise _fail(str(error)) from None
         except KafkaError as error:
             raise _fail(f"Kafka at {settings.kafka_bootstrap_servers}: {error}") from None
@@ -287,8 +288,9 @@ def run(
 
 def _chat_sync(settings: Settings) -> tuple[worker.ChatSync, Any]:
     """The chat backend, the reconciler's options and the status publisher, from the environment."""
-    from chatbridge.backends.settings import MatrixSettings, ReconcilerSettings
+    from chatbridge.backends.settings import MatrixSettings
     from chatbridge.reconciler.service import open_backend
+    from chatbridge.reconciler.settings import ReconcilerSettings
     from chatbridge.reconciler.status import KafkaStatusPublisher, StatusReporter
 
     options: ReconcilerSettings = _load(ReconcilerSettings)
@@ -432,8 +434,9 @@ def config_check(
 
     Each value shows where it came from: its CHATBRIDGE_… variable, the config file's key, or the default.
     """
-    from chatbridge.backends.settings import MatrixSettings, ReconcilerSettings
+    from chatbridge.backends.settings import MatrixSettings
     from chatbridge.config_file import CONFIG_FILE_VARIABLE, config_file
+    from chatbridge.reconciler.settings import ReconcilerSettings
 
     rows: list[dict[str, Any]] = []
     problems: list[str] = []
@@ -485,8 +488,8 @@ def _audit_key_problems(settings: Settings) -> list[str]:
     keys missing beside a store that exists (a store not made yet gets its keys on its first `ingest` or `run`)."""
     import tempfile
 
-    from chatbridge.audit.settings import AuditKeyError, AuditSettings, load_keys
     from chatbridge.bootstrap import StoreError, audit_keys, store_exists
+    from chatbridge.journal.keys import AuditKeyError, AuditSettings, load_keys
 
     try:
         audit_keys(settings, create=False)
@@ -512,7 +515,7 @@ def schema(
 ) -> None:
     """Print the JSON Schema of the input messages, for producers."""
     if markdown:
-        from chatbridge.contract import contract_markdown
+        from chatbridge.domain.contract import contract_markdown
 
         sys.stdout.write(contract_markdown())
         return
@@ -574,9 +577,10 @@ def reconcile(
     deletion waits (shown in the plan) and everything else goes on.
     """
     from chatbridge.backends.port import BackendError
-    from chatbridge.backends.settings import MatrixSettings, ReconcilerSettings
+    from chatbridge.backends.settings import MatrixSettings
     from chatbridge.consumers.kafka import EndOffsetReader
     from chatbridge.reconciler import service as reconciling
+    from chatbridge.reconciler.settings import ReconcilerSettings
 
     settings = _settings()
     options: ReconcilerSettings = _load(ReconcilerSettings)

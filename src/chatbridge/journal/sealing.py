@@ -36,7 +36,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.persistence import Mapper, PersistenceError, StoredEvent
 
-from chatbridge.persistence import add_missing_columns, insert_rows
+from chatbridge.journal.sql import add_missing_columns, insert_rows
 
 PSEUDONYM = re.compile(r"ps-[0-9a-f]{32}")
 

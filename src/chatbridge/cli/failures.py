@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from eventsourcing.persistence import PersistenceError
 from kafka.errors import KafkaError
 
-from chatbridge.audit.chain import ChainHalted
-from chatbridge.audit.settings import AuditKeyError
 from chatbridge.bootstrap import StoreError
+from chatbridge.journal.chain import ChainHalted
+from chatbridge.journal.keys import AuditKeyError
 
 FAILED = 1
 USAGE = 2

@@ -12,7 +12,6 @@ The recorder classes are chosen by `bootstrap` through the library's `PROCESS_RE
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -24,7 +23,8 @@ from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
 from eventsourcing.sqlite import SQLiteCursor, SQLiteProcessRecorder
 from psycopg.sql import SQL, Composed
 
-from chatbridge.audit import chain
+from chatbridge.journal import chain
+from chatbridge.journal.sql import add_missing_columns, insert_rows
 
 APPLIED, IGNORED, DUPLICATE, REJECTED = "applied", "ignored", "duplicate", "rejected"
 
@@ -66,54 +66,6 @@ class IntakeLedger(Protocol):
     def stored_versions(self, originator_ids: Iterable[UUID]) -> dict[UUID, int]: ...
     def intake_summary(self) -> IntakeSummary: ...
     def is_empty(self) -> bool: ...
-
-
-_ROW = re.compile(r"VALUES \((\?(?:, \?)*)\)")
-
-
-def add_missing_columns(c: Any, placeholder: str, columns: Iterable[tuple[str, str, str]]) -> None:
-    """Bring a table of an earlier release up to date: each (table, column, type) not there yet is added. Looked up
-    first on both stores: ALTER TABLE locks the table against a running worker even as a no-op."""
-    for table, column, kind in columns:
-        if placeholder == "?":
-            c.execute(f"PRAGMA table_info({table})")
-            missing = column not in {row["name"] for row in c.fetchall()}
-        else:
-            c.execute(
-                "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
-                f"AND table_name = '{table}' AND column_name = '{column}'"
-            )
-            missing = c.fetchone() is None
-        if missing:
-            c.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-
-
-def insert_rows(c: Any, statement: str, rows: Iterable[Sequence[Any]], placeholder: str) -> None:
-    """Run a one-row `INSERT … VALUES (?, …)` statement (upserts too) for many rows.
-
-    SQLite: `executemany`, a C loop over one prepared statement. PostgreSQL: one statement for all rows, the
-    columns passed as binary arrays (`SELECT * FROM unnest(%b::text[], …)`) — psycopg's `executemany` costs a round trip
-    per row. The rows must not share a conflict key (they never do here: each is a set member or a ledger
-    position).
-    """
-    rows = list(rows)
-    if not rows:
-        return
-    if placeholder == "?":
-        c.executemany(statement, rows)
-        return
-    match = _ROW.search(statement)
-    assert match is not None, statement
-    columns = [list(column) for column in zip(*rows, strict=True)]
-    # binary parameters: psycopg writes a text array's elements as they are, where the text format escapes each
-    # with a regular expression (most of the projection's write time on PostgreSQL)
-    arrays = ", ".join(f"%b::{_pg_type(column)}[]" for column in columns)
-    c.execute(f"{statement[: match.start()]}SELECT * FROM unnest({arrays}){statement[match.end() :]}", columns)
-
-
-def _pg_type(column: Sequence[Any]) -> str:
-    value = next((v for v in column if v is not None), None)
-    return "bigint" if isinstance(value, int) and not isinstance(value, bool) else "text"
 
 
 def _remembered(record: IntakeRecord) -> bool:

@@ -22,8 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from chatbridge import logs
-from chatbridge.audit import chain, queries
-from chatbridge.audit.checkpoints import CheckpointFile, CheckpointFileError, read_topic
+from chatbridge.audit import queries
 from chatbridge.audit.queries import NotFound
 from chatbridge.audit.service import (
     compact,
@@ -32,9 +31,11 @@ from chatbridge.audit.service import (
     verification_document,
     verify_log,
 )
-from chatbridge.audit.settings import AuditKeyError, AuditKeys, AuditSettings
 from chatbridge.bootstrap import Store, StoreError, audit_keys, open_store
 from chatbridge.domain.lifecycle import Policy
+from chatbridge.journal import chain
+from chatbridge.journal.checkpoints import CheckpointFile, CheckpointFileError, read_topic
+from chatbridge.journal.keys import AuditKeyError, AuditKeys, AuditSettings
 from chatbridge.settings import Settings
 
 audit_app = typer.Typer(help="Proof for auditors, from the event log alone: timelines, access, deletions, transfers.")
