@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -14,6 +15,7 @@ from chatbridge.application import ChatBridge
 from chatbridge.domain.lifecycle import Policy
 from chatbridge.journal import chain
 from chatbridge.journal.keys import AuditKeyError, AuditKeys, AuditSettings, default_key_file, load_keys
+from chatbridge.journal.sealing import KEY_TABLES
 from chatbridge.projections.store import (
     DesiredStateProjection,
     PostgresDesiredStateView,
@@ -94,7 +96,7 @@ def open_store(
     projection = DesiredStateProjection(
         app, view, policy or settings.policy, exclusive=lambda: _exclusive(settings, _PROJECTION_LOCK)
     )
-    return Store(app=app, projection=projection)
+    return Store(app=app, projection=projection, compact=lambda: compact_store(settings))
 
 
 class _ImmediateTransaction(SQLiteTransaction):
@@ -239,3 +241,16 @@ def wipe_store(settings: Settings) -> None:
     with _postgres_connection(settings) as connection:
         for table in (*_ALL_TABLES, *chain.TABLES):  # the key table stays: forgotten persons stay forgotten
             connection.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
+
+
+def compact_store(settings: Settings) -> None:
+    """Rewrite the database so that deleted and overwritten rows leave no bytes behind."""
+    if settings.store == "sqlite":
+        with sqlite3.connect(settings.database, timeout=30, isolation_level=None) as db:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            db.execute("VACUUM")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return
+    with _postgres_connection(settings) as connection:
+        for table in ("desired_state", "person_status", "person_chats", *KEY_TABLES):
+            connection.execute(f"VACUUM FULL {table}")

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from chatbridge.audit import queries
-from chatbridge.audit.service import compact, forget_person, verify_log
+from chatbridge.audit.service import forget_person, verify_log
 from chatbridge.backends.fake import FakeChatBackend
-from chatbridge.bootstrap import Store, open_store
+from chatbridge.bootstrap import Store, compact_store, open_store
 from chatbridge.cli import usecases
 from chatbridge.consumers.jsonl import ingest_lines
 from chatbridge.domain.lifecycle import Policy
@@ -187,8 +187,7 @@ def test_forgetting_leaves_no_plaintext_in_the_database_files_and_keeps_the_proo
     app = story.store.app
     database = tmp_path / "audit.db"
     others_before = usecases.state(story.store, jan(7))
-    settings = Settings(database=database)
-    result = forget_person(story.store, settings, ORG, BOB, jan(7))
+    result = forget_person(story.store, ORG, BOB, jan(7))
     assert result.key_destroyed
     raw = database_bytes(database)
     assert BOB.encode() not in raw
@@ -231,7 +230,7 @@ def test_a_person_deleted_by_hiorg_is_shredded_at_intake(story: Story, tmp_path:
     s.person(DAVE, "deleted", jan(6, 15))
     story.reconcile(jan(6, 16))
     assert story.backend.user_id(ORG, DAVE) not in story.backend.chat(ORG, "4711", 2).members
-    compact(Settings(database=tmp_path / "audit.db"))
+    compact_store(Settings(database=tmp_path / "audit.db"))
     assert DAVE.encode() not in database_bytes(tmp_path / "audit.db")
     access = queries.person_access(story.store.app, ORG, DAVE, POLICY)
     assert access["forgotten"] is True
@@ -374,7 +373,7 @@ def test_forgetting_on_postgres_leaves_no_plaintext_in_the_tables(
     try:
         story = Story(store)
         tell(story)
-        forget_person(store, settings, ORG, BOB, jan(7))
+        forget_person(store, ORG, BOB, jan(7))
         story.reconcile(jan(8))
         access = queries.person_access(store.app, ORG, BOB, POLICY)
     finally:

@@ -252,7 +252,7 @@ def test_an_operators_erasure_of_a_person_named_again_erases_both_for_ever(tmp_p
         ingest_lines(store.app, "hiorg", s.numbered())
         persons = store.app.persons
         assert not persons.is_forgotten(ORG, P)
-        result = forget_person(store, settings, ORG, P, jan(7))
+        result = forget_person(store, ORG, P, jan(7))
         assert result.key_destroyed and persons.is_forgotten(ORG, P) and persons.erased_until(ORG, P) == FOREVER
         assert all(P not in names for _, _, names, _ in named(store.app))
         s.staffing("E", P, "assigned", jan(8))

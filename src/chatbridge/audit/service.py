@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,7 +16,7 @@ from chatbridge.audit.queries import NotFound
 from chatbridge.domain.aggregates import Person
 from chatbridge.domain.lifecycle import Policy
 from chatbridge.journal import chain
-from chatbridge.journal.sealing import FOREVER, KEY_TABLES
+from chatbridge.journal.sealing import FOREVER
 from chatbridge.projections.store import Store
 from chatbridge.settings import Settings
 
@@ -74,7 +73,7 @@ def verification_document(result: verifying.Verification) -> dict[str, Any]:
     }
 
 
-def forget_person(store: Store, settings: Settings, org: str, person_id: str, at: datetime) -> Forgotten:
+def forget_person(store: Store, org: str, person_id: str, at: datetime) -> Forgotten:
     """`gdpr forget`: record the erasure, rename the person in the projection, destroy the key, wipe free space.
 
     The projection is brought up to date while the key still exists, so every row that names the person is
@@ -96,23 +95,8 @@ def forget_person(store: Store, settings: Settings, org: str, person_id: str, at
         app.save(person)
     store.projection.catch_up()  # folding the Forgotten event renames the rows, and its decoding destroys the key
     persons.forget(org, person_id)  # every key, for ever (in case the projection had folded it before)
-    compact(settings)
+    store.compact()
     return Forgotten(org, pseudonym, not already)
-
-
-def compact(settings: Settings) -> None:
-    """Rewrite the database so that deleted and overwritten rows leave no bytes behind."""
-    if settings.store == "sqlite":
-        with sqlite3.connect(settings.database, timeout=30, isolation_level=None) as db:
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            db.execute("VACUUM")
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return
-    from chatbridge.bootstrap import _postgres_connection
-
-    with _postgres_connection(settings) as connection:
-        for table in ("desired_state", "person_status", "person_chats", *KEY_TABLES):
-            connection.execute(f"VACUUM FULL {table}")
 
 
 def records_of_processing(settings: Settings, policy: Policy) -> list[dict[str, Any]]:

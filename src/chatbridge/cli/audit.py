@@ -25,13 +25,12 @@ from chatbridge import logs
 from chatbridge.audit import queries
 from chatbridge.audit.queries import NotFound
 from chatbridge.audit.service import (
-    compact,
     forget_person,
     records_of_processing,
     verification_document,
     verify_log,
 )
-from chatbridge.bootstrap import Store, StoreError, audit_keys, open_store
+from chatbridge.bootstrap import Store, StoreError, audit_keys, compact_store, open_store
 from chatbridge.domain.lifecycle import Policy
 from chatbridge.journal import chain
 from chatbridge.journal.checkpoints import CheckpointFile, CheckpointFileError, read_topic
@@ -314,7 +313,7 @@ def forget(
     """Erase a person: destroy their key, so that the store names them by pseudonym only, for good."""
     settings = _settings()
     with _store(settings) as store:
-        result = forget_person(store, settings, org, person_id, datetime.now(UTC))
+        result = forget_person(store, org, person_id, datetime.now(UTC))
     state = "key destroyed" if result.key_destroyed else "the key was already destroyed"
     print(f"forgot the person of {org}: {state}; from now on known as {result.pseudonym}")
 
@@ -323,5 +322,5 @@ def forget(
 def compact_command() -> None:
     """Rewrite the database so that no deleted row leaves bytes behind (after persons were deleted by HiOrg)."""
     settings = _settings()
-    compact(settings)
+    compact_store(settings)
     print("compacted")

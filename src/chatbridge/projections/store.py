@@ -539,6 +539,8 @@ class Store:
 
     app: ChatBridge
     projection: DesiredStateProjection
+    # rewrites the database so that deleted and overwritten rows leave no bytes behind (after an erasure)
+    compact: Callable[[], None] = lambda: None
 
     def close(self) -> None:
         self.app.close()
