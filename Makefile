@@ -26,6 +26,7 @@ lint: install
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 ## Kafka (127.0.0.1:9092), PostgreSQL (127.0.0.1:5432) and Synapse (127.0.0.1:8008) as local processes.
 services:
