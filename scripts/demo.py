@@ -190,7 +190,7 @@ def z(moment: datetime) -> str:
 def snapshot(env: dict[str, str], now: datetime) -> dict[str, Any]:
     """The desired state at `now` beside what Synapse holds, chat by chat."""
     from chatbridge.backends.settings import MatrixSettings
-    from chatbridge.reconciler.service import open_backend
+    from chatbridge.bootstrap import open_backend
 
     state = json.loads(chatbridge(env, "state", "--now", z(now), "--json").stdout)
     backend = open_backend(MatrixSettings())

@@ -38,7 +38,6 @@ from chatbridge.domain.messages import (
     StaffingChanged,
 )
 from chatbridge.journal.chain import Guard, Sink
-from chatbridge.journal.checkpoints import CheckpointFile, KafkaCheckpoints, kafka_producer
 from chatbridge.journal.intake import (
     APPLIED,
     DUPLICATE,
@@ -74,17 +73,6 @@ def _private_sqlite_files(env: dict[str, str]) -> None:
             path = name + suffix
             if os.stat(path).st_mode & 0o077:
                 os.chmod(path, 0o600)
-
-
-def _checkpoint_sinks(keys: AuditKeys) -> list[Sink]:
-    """Where this writer publishes its signed checkpoints outside the store (audit.checkpoints)."""
-    sinks: list[Sink] = []
-    if keys.checkpoint_file is not None:
-        sinks.append(CheckpointFile(keys.checkpoint_file))
-    servers = keys.kafka_bootstrap_servers
-    if servers:
-        sinks.append(KafkaCheckpoints(lambda: kafka_producer(servers), keys.checkpoint_topic))
-    return sinks
 
 
 @dataclass(frozen=True)
@@ -184,8 +172,9 @@ class ChatBridge(EventSourcedProjection[UUID]):
     name = "ChatBridge"
     env = {"AGGREGATE_CACHE_MAXSIZE": "5000"}
 
-    def __init__(self, env: Any = None, keys: AuditKeys | None = None):
-        # the audit's keys (audit.settings): checkpoint signing, and the persons' pseudonyms
+    def __init__(self, env: Any = None, keys: AuditKeys | None = None, checkpoint_sinks: Sequence[Sink] = ()):
+        # the audit's keys (journal.keys): checkpoint signing, and the persons' pseudonyms; the sinks are where
+        # signed checkpoints are published outside the store (bootstrap chooses them)
         self.keys = keys or AuditKeys.ephemeral()
         _private_sqlite_files(env or {})
         super().__init__(env)
@@ -193,7 +182,7 @@ class ChatBridge(EventSourcedProjection[UUID]):
         if hasattr(self.recorder, "datastore"):
             table = SQLKeyTable(self.recorder.datastore, getattr(self.recorder, "placeholder", "?"))
             table.create_table()
-            self.recorder.chain_guard = Guard(self.keys.signing_key, _checkpoint_sinks(self.keys))  # type: ignore[attr-defined]
+            self.recorder.chain_guard = Guard(self.keys.signing_key, checkpoint_sinks)  # type: ignore[attr-defined]
             self.recorder.create_chain_tables()  # type: ignore[attr-defined]
         self.persons = PersonKeys(self.keys.pseudonym_key, table)
         mapper = cast(PersonSealingMapper, self.mapper)

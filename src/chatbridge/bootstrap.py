@@ -1,4 +1,10 @@
-"""Wiring, in one place: settings → event store, intake ledger, projection."""
+"""The composition root: every part the commands and the worker run on is built here, from the settings.
+
+The store (event store, intake ledger, audit chain, person keys, desired-state projection) with its audit keys and
+the places its signed checkpoints are published; the chat backend and the worker's chat sync (backend, reconciler
+options, status publisher, health probe); the Kafka producers. Only the entry points (`cli`, and the worker's
+command) import this module: every layer below takes what it needs as arguments.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +15,29 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
 from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore, SQLiteTransaction
 
 from chatbridge.application import ChatBridge
+from chatbridge.backends.matrix import MatrixBackend
+from chatbridge.backends.settings import MatrixSettings
 from chatbridge.domain.lifecycle import Policy
 from chatbridge.journal import chain
+from chatbridge.journal.chain import Sink
+from chatbridge.journal.checkpoints import CheckpointFile, KafkaCheckpoints, kafka_producer
 from chatbridge.journal.keys import AuditKeyError, AuditKeys, AuditSettings, default_key_file, load_keys
 from chatbridge.journal.sealing import KEY_TABLES
+from chatbridge.observability import Check
 from chatbridge.projections.store import (
     DesiredStateProjection,
     PostgresDesiredStateView,
     SQLiteDesiredStateView,
     Store,
 )
+from chatbridge.reconciler.settings import ReconcilerSettings
+from chatbridge.reconciler.status import KafkaStatusPublisher, StatusReporter
 from chatbridge.settings import Settings
+from chatbridge.worker import ChatSync
 
 # Prefixed keys: the library lets the application's own prefix win over plain keys, so an unrelated
 # CHATBRIDGE_PERSISTENCE_MODULE in the environment cannot send `simulate` to a database by accident.
@@ -66,7 +81,12 @@ def audit_keys(settings: Settings, *, create: bool = True) -> AuditKeys:
 
 
 def open_store(
-    settings: Settings, policy: Policy | None = None, keys: AuditKeys | None = None, *, create: bool = True
+    settings: Settings,
+    policy: Policy | None = None,
+    keys: AuditKeys | None = None,
+    *,
+    create: bool = True,
+    publish_to_input_broker: bool = False,
 ) -> Store:
     """The store the settings name, with its audit keys.
 
@@ -74,6 +94,8 @@ def open_store(
     keys with it. Every other command needs an existing store: a typo in a path must not answer from an empty
     store made on the spot. Keys are never made for a store that exists: new keys would leave its pseudonyms
     unfindable and its signatures unverifiable, so a missing key file is an error naming it.
+
+    The worker (`publish_to_input_broker`) publishes its signed checkpoints to the input's Kafka as well.
     """
     exists = store_exists(settings)
     if not exists and not create:
@@ -86,7 +108,8 @@ def open_store(
                 raise AuditKeyError(f"{error}; the store holds data, so no new keys are made: restore them") from None
             raise
     with _schema_lock(settings):
-        app = ChatBridge(env=store_env(settings), keys=keys)
+        servers = settings.kafka_bootstrap_servers if publish_to_input_broker else None
+        app = ChatBridge(env=store_env(settings), keys=keys, checkpoint_sinks=checkpoint_sinks(keys, servers))
         if isinstance(app.factory.datastore, SQLiteDatastore):  # type: ignore[attr-defined]
             _writers_wait_their_turn(app.factory.datastore)  # type: ignore[attr-defined]
         view_class = PostgresDesiredStateView if settings.store == "postgres" else SQLiteDesiredStateView
@@ -97,6 +120,19 @@ def open_store(
         app, view, policy or settings.policy, exclusive=lambda: _exclusive(settings, _PROJECTION_LOCK)
     )
     return Store(app=app, projection=projection, compact=lambda: compact_store(settings))
+
+
+def checkpoint_sinks(keys: AuditKeys, input_broker: str | None = None) -> list[Sink]:
+    """Where a writer publishes its signed checkpoints outside the store (`journal.checkpoints`): the auditor's file
+    when one is configured, and the Kafka topic — for every writer when the audit's Kafka setting is given, else
+    for the worker on its input's broker."""
+    sinks: list[Sink] = []
+    if keys.checkpoint_file is not None:
+        sinks.append(CheckpointFile(keys.checkpoint_file))
+    servers = keys.kafka_bootstrap_servers or input_broker
+    if servers:
+        sinks.append(KafkaCheckpoints(lambda: kafka_producer(servers), keys.checkpoint_topic))
+    return sinks
 
 
 class _ImmediateTransaction(SQLiteTransaction):
@@ -254,3 +290,30 @@ def compact_store(settings: Settings) -> None:
     with _postgres_connection(settings) as connection:
         for table in ("desired_state", "person_status", "person_chats", *KEY_TABLES):
             connection.execute(f"VACUUM FULL {table}")
+
+
+def open_backend(settings: MatrixSettings) -> MatrixBackend:
+    """The Matrix backend from `CHATBRIDGE_MATRIX_…` (raises ValueError when no token is configured)."""
+    return MatrixBackend.from_settings(settings)
+
+
+def chat_sync(settings: Settings, matrix: MatrixSettings, options: ReconcilerSettings) -> ChatSync:
+    """The worker's reconciler part: the Matrix backend, the reconciler's options, the status documents published to
+    `CHATBRIDGE_STATUS_TOPIC`, and /readyz's probe of the homeserver. Raises ValueError without a Matrix token."""
+    backend = open_backend(matrix)
+    status_producer = kafka_producer(settings.kafka_bootstrap_servers)
+    status = StatusReporter(backend, KafkaStatusPublisher(status_producer, settings.status_topic))
+    return ChatSync(backend, options, status, probe=matrix_probe(matrix), closing=(status_producer,))
+
+
+def matrix_probe(matrix: MatrixSettings) -> Check:
+    """/readyz's backend check: the homeserver answers its versions endpoint (no token, no side effect)."""
+
+    def probe() -> str | None:
+        try:
+            response = httpx.get(f"{matrix.base_url.rstrip('/')}/_matrix/client/versions", timeout=3)
+        except httpx.HTTPError as error:
+            return f"chat backend unreachable ({type(error).__name__})"
+        return None if response.status_code == 200 else f"chat backend answered {response.status_code}"
+
+    return probe

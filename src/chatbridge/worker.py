@@ -15,18 +15,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from types import FrameType
+from typing import Any
 
 from kafka.errors import KafkaError
 from prometheus_client import Gauge
 
 from chatbridge.backends.port import ChatBackend
-from chatbridge.bootstrap import Store
 from chatbridge.consumers.kafka import EndOffsetReader, IntakeCounts, KafkaIngestor
-from chatbridge.consumers.kafka import producer as kafka_producer
 from chatbridge.journal.chain import Guard
-from chatbridge.journal.checkpoints import KafkaCheckpoints
 from chatbridge.observability import Check, HealthServer, InstrumentedBackend, Metrics
 from chatbridge.projections.desired_state import DesiredChat
+from chatbridge.projections.store import Store
 from chatbridge.reconciler.knowledge import KnowledgeGate
 from chatbridge.reconciler.loop import StatusListener
 from chatbridge.reconciler.service import ReconcilerWorker, deletion_gate, utc_now
@@ -59,6 +58,12 @@ class ChatSync:
     options: ReconcilerSettings
     status: StatusListener | None = None
     probe: Check | None = None  # None when the backend answers, else why not (for /readyz)
+    closing: tuple[Any, ...] = ()  # what else to close with the backend (the status producer)
+
+    def close(self) -> None:
+        self.backend.close()
+        for resource in self.closing:
+            resource.close(timeout=10)
 
 
 def run_worker(
@@ -123,7 +128,7 @@ def run_worker(
     if joined is None:
         return IntakeCounts()  # stopped, or idle for --exit-when-idle, before the broker answered
     ingestor = joined
-    audit = _publish_checkpoints(store, settings, metrics)
+    audit = _watch_audit_writer(store, metrics)
     thread = None
     backend: InstrumentedBackend | None = None
     end_offsets: EndOffsetReader | None = None
@@ -170,12 +175,11 @@ def run_worker(
     return counts
 
 
-def _publish_checkpoints(store: Store, settings: Settings, metrics: Metrics) -> Guard | None:
-    """The audit's checkpoints also go to their Kafka topic; a halted writer shows as a metric (and in /readyz)."""
+def _watch_audit_writer(store: Store, metrics: Metrics) -> Guard | None:
+    """A halted audit writer shows as a metric (and in /readyz)."""
     guard = store.app.audit_guard
     if guard is None:
         return None
-    guard.add_sink(KafkaCheckpoints(lambda: kafka_producer(settings), store.app.keys.checkpoint_topic))
     try:
         halted = Gauge(
             "chatbridge_audit_chain_halted", "1 when the store's audit log disagrees with the signed checkpoints "

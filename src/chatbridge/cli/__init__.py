@@ -19,18 +19,18 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from chatbridge import logs, worker
-from chatbridge.bootstrap import open_store
+from chatbridge import bootstrap, logs, worker
+from chatbridge.backends.settings import MatrixSettings
 from chatbridge.cli import failures, usecases
 from chatbridge.cli.audit import audit_app, gdpr_app
 from chatbridge.config_file import ConfigurationError, FileSettings
 from chatbridge.consumers import dlq
 from chatbridge.consumers.jsonl import FileChanged, ingest_file
 from chatbridge.consumers.kafka import IntakeCounts
-from chatbridge.consumers.kafka import producer as kafka_producer
 from chatbridge.domain.lifecycle import Policy
 from chatbridge.domain.messages import message_json_schema
 from chatbridge.projections.document import utc_z
+from chatbridge.reconciler.settings import ReconcilerSettings
 from chatbridge.settings import MAX_PERIOD, Period, Settings
 
 app = typer.Typer(
@@ -147,7 +147,7 @@ def ingest(
     if not messages.is_file():
         raise _fail(f"{messages}: no such file")
     settings = _settings()
-    store = open_store(settings)
+    store = bootstrap.open_store(settings)
     try:
         with _progress() as bar:
             task = bar.add_task("ingesting", total=None)
@@ -175,7 +175,7 @@ def state(
 ) -> None:
     """Print each chat's desired state at --now from the persistent store."""
     moment = _parse_now(now)
-    store = open_store(_settings(), create=False)
+    store = bootstrap.open_store(_settings(), create=False)
     try:
         document = usecases.state(store, moment)
     finally:
@@ -229,7 +229,7 @@ def replay(
         return
     if force:
         raise _fail("--force only applies to --from-kafka")
-    store = open_store(settings, create=False)
+    store = bootstrap.open_store(settings, create=False)
     try:
         with _progress() as bar:
             task = bar.add_task("replaying", total=None)
@@ -257,12 +257,15 @@ def run(
     """
     settings = _settings()
     logs.configure(settings.log_format, settings.log_level)
-    chat_sync, status_producer = None, None
+    chat_sync = None
     if not no_reconcile:
-        chat_sync, status_producer = _chat_sync(settings)
+        try:
+            chat_sync = bootstrap.chat_sync(settings, _load(MatrixSettings), _load(ReconcilerSettings))
+        except ValueError as error:
+            raise _fail(f"{error} (or run with --no-reconcile)") from None
     stop = threading.Event()
     worker.stop_on_signals(stop)
-    store = open_store(settings)
+    store = bootstrap.open_store(settings, publish_to_input_broker=True)
     last_report = [time.monotonic()]
 
     def report(counts: IntakeCounts) -> None:
@@ -280,42 +283,8 @@ def run(
     finally:
         store.close()
         if chat_sync is not None:
-            chat_sync.backend.close()
-        if status_producer is not None:
-            status_producer.close(timeout=10)
+            chat_sync.close()
     err.print(f"stopped after {counts.total} records: {_outcomes(counts.outcomes)}", highlight=False)
-
-
-def _chat_sync(settings: Settings) -> tuple[worker.ChatSync, Any]:
-    """The chat backend, the reconciler's options and the status publisher, from the environment."""
-    from chatbridge.backends.settings import MatrixSettings
-    from chatbridge.reconciler.service import open_backend
-    from chatbridge.reconciler.settings import ReconcilerSettings
-    from chatbridge.reconciler.status import KafkaStatusPublisher, StatusReporter
-
-    options: ReconcilerSettings = _load(ReconcilerSettings)
-    matrix: MatrixSettings = _load(MatrixSettings)
-    try:
-        backend = open_backend(matrix)
-    except ValueError as error:
-        raise _fail(f"{error} (or run with --no-reconcile)") from None
-    status_producer = kafka_producer(settings)
-    status = StatusReporter(backend, KafkaStatusPublisher(status_producer, settings.status_topic))
-    return worker.ChatSync(backend, options, status, probe=_matrix_probe(matrix)), status_producer
-
-
-def _matrix_probe(matrix: Any) -> worker.Check:
-    """/readyz's backend check: the homeserver answers its versions endpoint (no token, no side effect)."""
-    import httpx
-
-    def probe() -> str | None:
-        try:
-            response = httpx.get(f"{matrix.base_url.rstrip('/')}/_matrix/client/versions", timeout=3)
-        except httpx.HTTPError as error:
-            return f"chat backend unreachable ({type(error).__name__})"
-        return None if response.status_code == 200 else f"chat backend answered {response.status_code}"
-
-    return probe
 
 
 def _outcomes(outcomes: dict[str, int]) -> str:
@@ -411,7 +380,7 @@ def dlq_redrive(
         err.print(f"{verb} {stored.dlq_partition}:{stored.dlq_offset} → {to_topic or letter.topic} (was {origin})")
     if dry_run:
         return
-    producer = kafka_producer(settings)
+    producer = bootstrap.kafka_producer(settings.kafka_bootstrap_servers)
     try:
         sent = dlq.redrive(producer, letters, to_topic=to_topic,
                            value=value_file.read_bytes().strip() if value_file else None)  # fmt: skip
@@ -585,11 +554,11 @@ def reconcile(
     settings = _settings()
     options: ReconcilerSettings = _load(ReconcilerSettings)
     try:
-        backend = reconciling.open_backend(_load(MatrixSettings))
+        backend = bootstrap.open_backend(_load(MatrixSettings))
     except ValueError as error:
         raise _fail(str(error)) from None
     moment = _parse_now(now) if now else None
-    store = open_store(settings, create=False)
+    store = bootstrap.open_store(settings, create=False)
     # Kafka is the input when it is configured; otherwise (a store fed by `ingest FILE`) the store is all of it
     kafka_input = any(Settings.source_of(name) != "default" for name in ("topics", "kafka_bootstrap_servers"))
     end_offsets = EndOffsetReader(settings) if kafka_input else None

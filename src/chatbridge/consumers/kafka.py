@@ -34,6 +34,7 @@ from chatbridge.consumers import dlq
 from chatbridge.consumers.batches import store_batch
 from chatbridge.domain.messages import Rejection, parse_record
 from chatbridge.journal.chain import ChainHalted
+from chatbridge.journal.checkpoints import kafka_producer
 from chatbridge.journal.intake import IntakeRecord, partition_source
 from chatbridge.settings import Settings
 
@@ -74,14 +75,7 @@ def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
 
 def producer(settings: Settings) -> KafkaProducer:
     """An idempotent producer (acks=all): a dead letter is on the broker before its record's position is stored."""
-    return KafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
-        client_id="chatbridge",
-        acks="all",
-        linger_ms=5,
-        max_block_ms=10000,  # a broker outage surfaces as an error the worker backs off from, not a long hang
-        reconnect_backoff_max_ms=5000,
-    )
+    return kafka_producer(settings.kafka_bootstrap_servers)
 
 
 class EndOffsetReader:

@@ -18,9 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from chatbridge.application import ChatBridge
-from chatbridge.backends.matrix import MatrixBackend
 from chatbridge.backends.port import BackendError, BackendUnavailable, ChatBackend
-from chatbridge.backends.settings import MatrixSettings
 from chatbridge.journal.intake import partition_source
 from chatbridge.projections.desired_state import DesiredChat
 from chatbridge.projections.store import Store
@@ -36,11 +34,6 @@ log = logging.getLogger(__name__)
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def open_backend(settings: MatrixSettings | None = None) -> MatrixBackend:
-    """The Matrix backend from `CHATBRIDGE_MATRIX_…` (raises ValueError when no token is configured)."""
-    return MatrixBackend.from_settings(settings or MatrixSettings())
 
 
 def desired_rows(store: Store) -> list[DesiredChat]:
