@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -31,7 +30,7 @@ from chatbridge.audit.service import (
     verify_log,
 )
 from chatbridge.bootstrap import Store, StoreError, audit_keys, compact_store, open_store
-from chatbridge.domain.lifecycle import Policy
+from chatbridge.cli.common import err, fail, load_settings, parse_moment
 from chatbridge.journal import chain
 from chatbridge.journal.checkpoints import CheckpointFile, CheckpointFileError, read_topic
 from chatbridge.journal.keys import AuditKeyError, AuditKeys, AuditSettings
@@ -39,7 +38,6 @@ from chatbridge.settings import Settings
 
 audit_app = typer.Typer(help="Proof for auditors, from the event log alone: timelines, access, deletions, transfers.")
 gdpr_app = typer.Typer(help="Data-subject rights: erase a person's personal data by destroying their key.")
-err = Console(stderr=True)
 
 
 class Format(StrEnum):
@@ -52,41 +50,20 @@ FormatOption = Annotated[Format, typer.Option("--format", help="table, json or c
 Org = Annotated[str, typer.Option("--org", help="The organisation's short code.")]
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"error: {message}", highlight=False, markup=False, soft_wrap=True)
-    return typer.Exit(code)
-
-
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as error:
-        problems = "; ".join(f"{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in error.errors())
-        raise _fail(f"bad configuration: {problems}", 2) from None
-
-
 @contextmanager
 def _store(settings: Settings, keys: AuditKeys | None = None) -> Iterator[Store]:
     try:  # the audit reads an existing store: a wrong path is an error, not an empty answer
         store = open_store(settings, keys=keys, create=False)
     except AuditKeyError as error:
-        raise _fail(str(error), 2) from None
+        raise fail(str(error), 2) from None
     except StoreError as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     try:
         yield store
     except NotFound as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     finally:
         store.close()
-
-
-def _moment(value: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter(f"{value!r} is not an ISO 8601 date-time (e.g. 2026-12-01T12:00:00Z)") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _cell(value: Any) -> str:
@@ -111,10 +88,6 @@ def _emit(document: dict[str, Any], rows: list[dict[str, Any]], columns: list[st
         Console(width=200).print(table)
 
 
-def _policy(settings: Settings) -> Policy:
-    return settings.policy
-
-
 @audit_app.command("chat")
 def chat(
     org: Org,
@@ -122,9 +95,9 @@ def chat(
     fmt: FormatOption = Format.table,
 ) -> None:
     """The chat's full timeline: enabled, staffing, access granted and revoked, read-only, deletion, generations."""
-    settings = _settings()
+    settings = load_settings(code=2)
     with _store(settings) as store:
-        document = queries.chat_timeline(store.app, org, event, _policy(settings))
+        document = queries.chat_timeline(store.app, org, event, settings.policy)
     if fmt == Format.table:
         _emit(document, document["generations"], list(document["generations"][0]), fmt, f"{org}/{event}: generations")
     _emit(document, document["entries"], ["at", "generation", "what", "details", "source"], fmt, f"{org}/{event}")
@@ -137,9 +110,9 @@ def person(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Every chat the person had access to, from when to when (an Art. 15 access request)."""
-    settings = _settings()
+    settings = load_settings(code=2)
     with _store(settings) as store:
-        document = queries.person_access(store.app, org, person_id, _policy(settings))
+        document = queries.person_access(store.app, org, person_id, settings.policy)
     columns = ["event_id", "generation", "chat_id", "from", "until", "ended_by"]
     title = f"{org}: access of {document['person']}" + (" (forgotten)" if document["forgotten"] else "")
     _emit(document, document["access"], columns, fmt, title)
@@ -153,10 +126,12 @@ def deletions(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Every chat deleted, when, by which rule, with the backend's confirmation — and those overdue (Art. 17)."""
-    settings = _settings()
-    moment = _moment(now) if now else datetime.now(UTC)
+    settings = load_settings(code=2)
+    moment = parse_moment(now, "--now") if now else datetime.now(UTC)
     with _store(settings) as store:
-        document = queries.deletions(store.app, org, _policy(settings), moment, _moment(since) if since else None)
+        document = queries.deletions(
+            store.app, org, settings.policy, moment, parse_moment(since, "--since") if since else None
+        )
     rows = [{**row, "state": "deleted"} for row in document["deleted"]]
     rows += [{**row, "state": "OVERDUE"} for row in document["overdue"]]
     columns = ["state", "event_id", "generation", "chat_id", "deletion_rule", "delete_at", "deleted_at",
@@ -169,16 +144,16 @@ def deletions(
 @audit_app.command("transfers")
 def transfers(org: Org, fmt: FormatOption = Format.table) -> None:
     """Every transfer of organisation data to the chat operator, with the exact fields (Art. 28/30)."""
-    settings = _settings()
+    settings = load_settings(code=2)
     with _store(settings) as store:
-        document = queries.transfers(store.app, org, _policy(settings))
+        document = queries.transfers(store.app, org, settings.policy)
     _emit(document, document["transfers"], ["at", "what", "tenant_id", "fields", "source"], fmt, f"{org}: transfers")
 
 
 @audit_app.command("records-of-processing")
 def records(fmt: FormatOption = Format.table) -> None:
     """The Art. 30 records of processing, generated from the configuration and the lifecycle policy."""
-    settings = _settings()
+    settings = load_settings(code=2)
     rows = records_of_processing(settings, settings.policy)
     _emit({"records_of_processing": rows}, rows, ["section", "entry"], fmt, "Records of processing (Art. 30)")
 
@@ -204,13 +179,13 @@ def verify(
 ) -> None:
     """Recompute the hash chain over the event log and check it against the signed checkpoints in the store and
     those published outside it; exit 1 if altered, cut, or not covered by a signed checkpoint."""
-    settings = _settings()
+    settings = load_settings(code=2)
     try:
         keys = audit_keys(settings, create=False)
     except AuditKeyError as error:
         keys = _verify_only_keys(error)
     if keys.verify_key is None:
-        raise _fail("no key to verify with: set CHATBRIDGE_AUDIT_VERIFY_KEY or CHATBRIDGE_AUDIT_SIGNING_KEY", 2)
+        raise fail("no key to verify with: set CHATBRIDGE_AUDIT_VERIFY_KEY or CHATBRIDGE_AUDIT_SIGNING_KEY", 2)
     verify_key = keys.verify_key
     published = _published(checkpoints, topic, settings, chain.key_id(verify_key))
     with _store(settings, keys) as store:
@@ -254,12 +229,18 @@ def report(
     from chatbridge.audit import report as reporting
 
     if person_id and event:
-        raise _fail("choose --person or --event, not both", 2)
+        raise fail("choose --person or --event, not both", 2)
     language = lang or reporting.default_language()
     if language not in reporting.LANGUAGES:
-        raise _fail(f"--lang must be one of {', '.join(reporting.LANGUAGES)}", 2)
-    scope = reporting.Scope(org, _moment(start) if start else None, _moment(end) if end else None, person_id, event)
-    settings = _settings()
+        raise fail(f"--lang must be one of {', '.join(reporting.LANGUAGES)}", 2)
+    scope = reporting.Scope(
+        org,
+        parse_moment(start, "--from") if start else None,
+        parse_moment(end, "--to") if end else None,
+        person_id,
+        event,
+    )
+    settings = load_settings(code=2)
     logs.configure(settings.log_format, settings.log_level)
     with _store(settings) as store:
         key = store.app.keys.verify_key  # the same published checkpoints as `audit verify` without options
@@ -268,7 +249,7 @@ def report(
     try:
         written = reporting.write_report(document, out, language)
     except reporting.ReportError as error:
-        raise _fail(str(error), 2) from None
+        raise fail(str(error), 2) from None
     print(written)
 
 
@@ -282,12 +263,12 @@ def _published(files: list[Path] | None, topic: str | None, settings: Settings, 
         try:
             published += CheckpointFile(path).read()
         except CheckpointFileError as error:
-            raise _fail(str(error), 2) from None
+            raise fail(str(error), 2) from None
     if topic:
         try:
             published += read_topic(settings.kafka_bootstrap_servers, topic, signer)
         except Exception as error:  # the broker's many errors: say which topic could not be read
-            raise _fail(f"the checkpoint topic {topic} cannot be read: {error}", 2) from None
+            raise fail(f"the checkpoint topic {topic} cannot be read: {error}", 2) from None
     return published
 
 
@@ -297,11 +278,11 @@ def _verify_only_keys(error: AuditKeyError) -> AuditKeys:
 
     audit = AuditSettings()
     if not audit.verify_key:
-        raise _fail(str(error), 2)
+        raise fail(str(error), 2)
     try:
         public = Ed25519PublicKey.from_public_bytes(bytes.fromhex(audit.verify_key))
     except ValueError:
-        raise _fail("CHATBRIDGE_AUDIT_VERIFY_KEY is not a 32-byte Ed25519 public key in hex", 2) from None
+        raise fail("CHATBRIDGE_AUDIT_VERIFY_KEY is not a 32-byte Ed25519 public key in hex", 2) from None
     return AuditKeys(None, public, AuditKeys.ephemeral().pseudonym_key)
 
 
@@ -311,7 +292,7 @@ def forget(
     person_id: Annotated[str, typer.Option("--person", help="The HiOrg user id.")],
 ) -> None:
     """Erase a person: destroy their key, so that the store names them by pseudonym only, for good."""
-    settings = _settings()
+    settings = load_settings(code=2)
     with _store(settings) as store:
         result = forget_person(store, org, person_id, datetime.now(UTC))
     state = "key destroyed" if result.key_destroyed else "the key was already destroyed"
@@ -321,6 +302,6 @@ def forget(
 @gdpr_app.command("compact")
 def compact_command() -> None:
     """Rewrite the database so that no deleted row leaves bytes behind (after persons were deleted by HiOrg)."""
-    settings = _settings()
+    settings = load_settings(code=2)
     compact_store(settings)
     print("compacted")
