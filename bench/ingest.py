@@ -19,7 +19,7 @@ from tests.services import throwaway_postgres_database
 
 from bench.common import CACHE, KAFKA, POSTGRES, Result, Sizes, log, median, result, timed
 from bench.stream import end_offsets, prefilled_topic, records
-from chatbridge.application import ChatBridge, Received
+from chatbridge.application import IntakeApplication, Received
 from chatbridge.bootstrap import in_memory_app, open_store, store_env
 from chatbridge.consumers.kafka import KafkaIngestor
 from chatbridge.domain.messages import parse_record
@@ -133,7 +133,9 @@ def raw_store(store: dict[str, str], events: Sequence[Any], batch: int = 500, *,
     """Events/s for chatbridge's event store saving the same events in batches: its mapper (persons sealed) and
     recorder (hash chain) through `save`, but no Kafka, no validation, no intake ledger, no projection.
     `plain`: the library's own `Application` instead (no sealing, no chain), for the note."""
-    app = Application(env=_raw_store_env(store)) if plain else ChatBridge(env=store_env(settings_for(store, "-")))
+    app = (
+        Application(env=_raw_store_env(store)) if plain else IntakeApplication(env=store_env(settings_for(store, "-")))
+    )
     try:
         started = time.perf_counter()
         for start in range(0, len(events), batch):

@@ -38,7 +38,7 @@ from chatbridge.reconciler.loop import Reconciler
 from chatbridge.reconciler.service import desired_rows
 from chatbridge.reconciler.settings import ReconcilerSettings
 from chatbridge.settings import Settings
-from chatbridge.worker import ChatSync, run_worker
+from chatbridge.worker import ReconcilerParts, run_worker
 
 BASE_URL = os.environ.get("CHATBRIDGE_MATRIX_BASE_URL", "http://127.0.0.1:8008")
 SERVER = os.environ.get("CHATBRIDGE_MATRIX_SERVER_NAME", "localhost")
@@ -282,7 +282,7 @@ def change_to_visible(sizes: Sizes, raw_latencies: list[float]) -> Result:
         )
         store = open_store(settings)
         stop = threading.Event()
-        sync = ChatSync(matrix, ReconcilerSettings())
+        sync = ReconcilerParts(matrix, ReconcilerSettings())
         worker = threading.Thread(
             target=run_worker, args=(store, settings, stop), kwargs={"chat_sync": sync}, daemon=True
         )

@@ -1,6 +1,6 @@
 """The intake use case: validated HiOrg messages → facts on the aggregates, one transaction per batch.
 
-`ChatBridge.ingest` is the single path by which messages enter the store, whatever their source: `chatbridge
+`IntakeApplication.ingest` is the single path by which messages enter the store, whatever their source: `chatbridge
 ingest FILE`, the Kafka consumer, and `simulate` (in memory) all call it. One batch is one transaction holding
 the new events, the intake ledger rows (applied / ignored / duplicate / rejected) and the source's tracking
 position, so a batch is applied completely or not at all, and a source re-read from an earlier position changes
@@ -94,7 +94,7 @@ class _UnitOfWork:
     without the repository's per-aggregate fast-forward query. Anything else goes through `repository.get`.
     """
 
-    def __init__(self, app: ChatBridge, processing_event: ProcessingEvent[UUID]):
+    def __init__(self, app: IntakeApplication, processing_event: ProcessingEvent[UUID]):
         self.app = app
         self._app = app
         self._processing_event = processing_event
@@ -162,14 +162,14 @@ class _Batch:
     aggregates: dict[UUID, Any] = field(default_factory=dict)  # as saved, for the cache once committed
 
 
-class ChatBridge(EventSourcedProjection[UUID]):
+class IntakeApplication(EventSourcedProjection[UUID]):
     """chatbridge's event-sourced application: the aggregates, the intake ledger, source positions.
 
     It is the library's `EventSourcedProjection` of the outside world: `process_event` records a batch's new
     events together with a tracking position of its source, the library's public path for exactly-once effect.
     """
 
-    name = "ChatBridge"
+    name = "ChatBridge"  # the library names the tables after it (chatbridge_events, …): kept for existing stores
     env = {"AGGREGATE_CACHE_MAXSIZE": "5000"}
 
     def __init__(self, env: Any = None, keys: AuditKeys | None = None, checkpoint_sinks: Sequence[Sink] = ()):

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore, SQLiteTransaction
 
-from chatbridge.application import ChatBridge
+from chatbridge.application import IntakeApplication
 from chatbridge.backends.matrix import MatrixBackend
 from chatbridge.backends.settings import MatrixSettings
 from chatbridge.domain.lifecycle import Policy
@@ -37,16 +37,16 @@ from chatbridge.projections.store import (
 from chatbridge.reconciler.settings import ReconcilerSettings
 from chatbridge.reconciler.status import KafkaStatusPublisher, StatusReporter
 from chatbridge.settings import Settings
-from chatbridge.worker import ChatSync
+from chatbridge.worker import ReconcilerParts
 
 # Prefixed keys: the library lets the application's own prefix win over plain keys, so an unrelated
 # CHATBRIDGE_PERSISTENCE_MODULE in the environment cannot send `simulate` to a database by accident.
 _PREFIX = "CHATBRIDGE_"
 
 
-def in_memory_app() -> ChatBridge:
+def in_memory_app() -> IntakeApplication:
     """The application on the library's in-memory store (`simulate`, unit tests)."""
-    return ChatBridge(env={f"{_PREFIX}PERSISTENCE_MODULE": "eventsourcing.popo"})
+    return IntakeApplication(env={f"{_PREFIX}PERSISTENCE_MODULE": "eventsourcing.popo"})
 
 
 def store_env(settings: Settings) -> dict[str, str]:
@@ -109,7 +109,7 @@ def open_store(
             raise
     with _schema_lock(settings):
         servers = settings.kafka_bootstrap_servers if publish_to_input_broker else None
-        app = ChatBridge(env=store_env(settings), keys=keys, checkpoint_sinks=checkpoint_sinks(keys, servers))
+        app = IntakeApplication(env=store_env(settings), keys=keys, checkpoint_sinks=checkpoint_sinks(keys, servers))
         if isinstance(app.factory.datastore, SQLiteDatastore):  # type: ignore[attr-defined]
             _writers_wait_their_turn(app.factory.datastore)  # type: ignore[attr-defined]
         view_class = PostgresDesiredStateView if settings.store == "postgres" else SQLiteDesiredStateView
@@ -297,13 +297,13 @@ def open_backend(settings: MatrixSettings) -> MatrixBackend:
     return MatrixBackend.from_settings(settings)
 
 
-def chat_sync(settings: Settings, matrix: MatrixSettings, options: ReconcilerSettings) -> ChatSync:
+def chat_sync(settings: Settings, matrix: MatrixSettings, options: ReconcilerSettings) -> ReconcilerParts:
     """The worker's reconciler part: the Matrix backend, the reconciler's options, the status documents published to
     `CHATBRIDGE_STATUS_TOPIC`, and /readyz's probe of the homeserver. Raises ValueError without a Matrix token."""
     backend = open_backend(matrix)
     status_producer = kafka_producer(settings.kafka_bootstrap_servers)
     status = StatusReporter(backend, KafkaStatusPublisher(status_producer, settings.status_topic))
-    return ChatSync(backend, options, status, probe=matrix_probe(matrix), closing=(status_producer,))
+    return ReconcilerParts(backend, options, status, probe=matrix_probe(matrix), closing=(status_producer,))
 
 
 def matrix_probe(matrix: MatrixSettings) -> Check:

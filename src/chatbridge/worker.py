@@ -51,7 +51,7 @@ def stop_on_signals(stop: threading.Event) -> None:
 
 
 @dataclass
-class ChatSync:
+class ReconcilerParts:
     """The reconciler's part of the worker: the chat backend, its options, and where status documents go."""
 
     backend: ChatBackend
@@ -73,7 +73,7 @@ def run_worker(
     *,
     idle_stop: float | None = None,
     on_batch: Callable[[IntakeCounts], None] | None = None,
-    chat_sync: ChatSync | None = None,
+    chat_sync: ReconcilerParts | None = None,
     metrics: Metrics | None = None,
     http: tuple[str, int] | None = None,
 ) -> IntakeCounts:
@@ -236,7 +236,7 @@ def _readiness(
     store: Store,
     ingestor: KafkaIngestor,
     polled_at: list[float],
-    chat_sync: ChatSync | None,
+    chat_sync: ReconcilerParts | None,
     backend: InstrumentedBackend | None,
     audit: Guard | None = None,
 ) -> dict[str, Check]:

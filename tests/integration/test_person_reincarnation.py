@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from chatbridge.application import ChatBridge
+from chatbridge.application import IntakeApplication
 from chatbridge.audit.service import forget_person
 from chatbridge.bootstrap import open_store
 from chatbridge.cli import usecases
@@ -62,7 +62,7 @@ def open_app(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest
     """A function opening the same store again (a fresh process: no caches), closing them all at the end."""
     opened: list[Any] = []
     if request.param == "memory":
-        app = ChatBridge()
+        app = IntakeApplication()
         yield lambda: app
         return
     if request.param == "postgres":
@@ -73,7 +73,7 @@ def open_app(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest
     else:
         settings = Settings(database=tmp_path / "store.db")
 
-    def reopen() -> ChatBridge:
+    def reopen() -> IntakeApplication:
         store = open_store(settings)
         opened.append(store)
         return store.app
@@ -85,7 +85,7 @@ def open_app(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest
             store.close()
 
 
-def named(app: ChatBridge) -> list[tuple[str, datetime, set[str], bytes]]:
+def named(app: IntakeApplication) -> list[tuple[str, datetime, set[str], bytes]]:
     """Every stored event that names persons: its class, time, the persons as decoded, and its stored bytes."""
     rows = []
     for notification in app.notifications():
@@ -101,7 +101,7 @@ def named(app: ChatBridge) -> list[tuple[str, datetime, set[str], bytes]]:
     return rows
 
 
-def destroyed_versions(app: ChatBridge, pseudonym: str) -> set[int] | None:
+def destroyed_versions(app: IntakeApplication, pseudonym: str) -> set[int] | None:
     datastore = getattr(app.recorder, "datastore", None)
     if datastore is None:
         return None
@@ -113,7 +113,7 @@ def destroyed_versions(app: ChatBridge, pseudonym: str) -> set[int] | None:
         return {int(r["version"]) for r in c.fetchall()}
 
 
-def check(app: ChatBridge) -> None:
+def check(app: IntakeApplication) -> None:
     persons = app.persons
     pseudonym = persons.pseudonym(ORG, P)
     rows = named(app)

@@ -27,7 +27,7 @@ from chatbridge.reconciler.naming import (
     space_order,
 )
 from chatbridge.reconciler.plan import Step, StepKind, apply, plan, target
-from chatbridge.reconciler.service import ChatPlan, render_plan
+from chatbridge.reconciler.service import DryRunPlan, render_plan
 from tests.support import ALICE, BOB, ORG, at
 from tests.unit.test_reconcile_loop import World
 
@@ -238,7 +238,7 @@ def test_turning_read_only_locks_first_then_says_so_in_the_topic():
 
 def test_the_dry_run_shows_name_and_topic_changes():
     steps = plan(row(title="Neu", read_only_in=4), labelled(row()), NOW, IDS, NAMING)
-    text = render_plan([ChatPlan(ORG, "4711", 1, Phase.ACTIVE, steps)])
+    text = render_plan([DryRunPlan(ORG, "4711", 1, Phase.ACTIVE, steps)])
     assert '  ~ name: "Neu · Sa 12.12.2026"' in text
     assert '  ~ topic: "Nur lesbar ab Mo 14.12.2026 01:00 Uhr, gelöscht am Mi 13.01.2027 01:00 Uhr."' in text
     assert steps[0].as_json() == {"kind": "set_name", "text": "Neu · Sa 12.12.2026"}

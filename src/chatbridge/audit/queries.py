@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from chatbridge.application import ChatBridge
+from chatbridge.application import IntakeApplication
 from chatbridge.domain.aggregates import ChatGroup, Organisation
 from chatbridge.domain.lifecycle import Policy
 from chatbridge.journal.sealing import PSEUDONYM, Pseudonym
@@ -24,7 +24,7 @@ class NotFound(Exception):
     """An unknown organisation, event or person (the message says which)."""
 
 
-def events(app: ChatBridge) -> Iterator[Any]:
+def events(app: IntakeApplication) -> Iterator[Any]:
     """Every stored event, decoded, in notification order."""
     return (app.mapper.to_domain_event(notification) for notification in app.notifications())
 
@@ -69,7 +69,7 @@ class LogFold:
     generation it belongs to, and a deleted generation with the deadlines it had when it was deleted.
     """
 
-    def __init__(self, app: ChatBridge, policy: Policy, timelines_of: set[ChatKey] | None = None):
+    def __init__(self, app: IntakeApplication, policy: Policy, timelines_of: set[ChatKey] | None = None):
         self.app = app
         self.policy = policy
         self.fold = DesiredStateFold(policy=policy, pseudonym=app.persons.pseudonym, open_name=app.persons.open)
@@ -196,16 +196,16 @@ class LogFold:
                 "source": getattr(event, "message_id", None), "details": details}  # fmt: skip
 
 
-def _known_organisation(app: ChatBridge, org: str) -> None:
+def _known_organisation(app: IntakeApplication, org: str) -> None:
     if not app.recorder.select_events(Organisation.create_id(org), limit=1) and not _has_chats(app, org):
         raise NotFound(f"organisation {org!r} not found")
 
 
-def _has_chats(app: ChatBridge, org: str) -> bool:
+def _has_chats(app: IntakeApplication, org: str) -> bool:
     return any(_name(e) == "ChatGroup.Registered" and e.org == org for e in events(app))
 
 
-def chat_timeline(app: ChatBridge, org: str, event_id: str, policy: Policy) -> dict[str, Any]:
+def chat_timeline(app: IntakeApplication, org: str, event_id: str, policy: Policy) -> dict[str, Any]:
     """`audit chat`: every fact and confirmed outcome of one chat, in order, with its generations."""
     if not app.recorder.select_events(ChatGroup.create_id(org, event_id), limit=1):
         _known_organisation(app, org)
@@ -246,7 +246,7 @@ def _names_the_person(hiorg_id: str | None, pseudonym: str) -> Callable[[Any], b
     return names
 
 
-def person_access(app: ChatBridge, org: str, person_id: str, policy: Policy) -> dict[str, Any]:
+def person_access(app: IntakeApplication, org: str, person_id: str, policy: Policy) -> dict[str, Any]:
     """`audit person` (Art. 15): every chat the person had access to, from when to when.
 
     `person_id` is a HiOrg id; a forgotten person's pseudonym is accepted too, when no HiOrg id is spelt so."""
@@ -297,7 +297,9 @@ def _access_row(
             "from": since, "until": until, "ended_by": ended}  # fmt: skip
 
 
-def deletions(app: ChatBridge, org: str, policy: Policy, now: datetime, since: datetime | None) -> dict[str, Any]:
+def deletions(
+    app: IntakeApplication, org: str, policy: Policy, now: datetime, since: datetime | None
+) -> dict[str, Any]:
     """`audit deletions` (Art. 17): every chat generation deleted, when, by which rule, with the backend's
     confirmation — and the generations overdue for deletion (which should be none)."""
     _known_organisation(app, org)
@@ -319,7 +321,7 @@ def deletions(app: ChatBridge, org: str, policy: Policy, now: datetime, since: d
     return {"org": org, "now": utc_z(now), "deleted": deleted, "overdue": overdue}
 
 
-def transfers(app: ChatBridge, org: str, policy: Policy) -> dict[str, Any]:
+def transfers(app: IntakeApplication, org: str, policy: Policy) -> dict[str, Any]:
     """`audit transfers` (Art. 28/30): each transfer of organisation data to the chat operator, field by field."""
     _known_organisation(app, org)
     log = LogFold(app, policy, set())

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
-from chatbridge.application import ChatBridge
+from chatbridge.application import IntakeApplication
 from chatbridge.audit import queries
 from chatbridge.audit.service import records_of_processing, verification_document, verify_log
 from chatbridge.journal import chain
@@ -87,7 +87,7 @@ def _overlaps(since: str | None, until: str | None, scope: Scope, end: datetime)
 
 
 def gather(
-    app: ChatBridge,
+    app: IntakeApplication,
     settings: Settings,
     scope: Scope,
     verify_key: Ed25519PublicKey | None,
@@ -133,7 +133,7 @@ def gather(
 
 
 def _chats_of(
-    app: ChatBridge, org: str, policy: Any, scope: Scope, end: datetime, person: dict[str, Any] | None
+    app: IntakeApplication, org: str, policy: Any, scope: Scope, end: datetime, person: dict[str, Any] | None
 ) -> list[dict[str, Any]]:
     """The organisation's chats alive in the period (for a person: those they had access to), from one fold."""
     fold = queries.LogFold(app, policy)
@@ -184,7 +184,7 @@ def _chat(event_id: str, generations: list[dict[str, Any]], entries: list[dict[s
 
 
 def verification(
-    app: ChatBridge, verify_key: Ed25519PublicKey | None, published: Sequence[chain.Checkpoint] = ()
+    app: IntakeApplication, verify_key: Ed25519PublicKey | None, published: Sequence[chain.Checkpoint] = ()
 ) -> dict[str, Any]:
     """`audit verify`'s answer (the same fields as its JSON), with the key and the moment it was checked."""
     checked_at = utc_z(datetime.now(UTC))

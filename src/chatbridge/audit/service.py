@@ -10,7 +10,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from eventsourcing.application import AggregateNotFoundError
 
-from chatbridge.application import ChatBridge
+from chatbridge.application import IntakeApplication
 from chatbridge.audit import verify as verifying
 from chatbridge.audit.queries import NotFound
 from chatbridge.domain.aggregates import Person
@@ -21,13 +21,13 @@ from chatbridge.projections.store import Store
 from chatbridge.settings import Settings
 
 
-def _records(app: ChatBridge) -> Iterator[tuple[int, bytes]]:
+def _records(app: IntakeApplication) -> Iterator[tuple[int, bytes]]:
     for n in app.notifications():
         yield n.id, chain.record_hash(n.originator_id, n.originator_version, n.topic, n.state)
 
 
 def verify_log(
-    app: ChatBridge, verify_key: Ed25519PublicKey, published: Sequence[chain.Checkpoint] = ()
+    app: IntakeApplication, verify_key: Ed25519PublicKey, published: Sequence[chain.Checkpoint] = ()
 ) -> verifying.Verification:
     """Recompute the hash chain from the stored events and check it against its links, its signed checkpoints and
     the checkpoints `published` outside the store (the auditor's file, the topic)."""

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from eventsourcing.persistence import IntegrityError, OperationalError
 
-from chatbridge.application import ChatBridge, Received
+from chatbridge.application import IntakeApplication, Received
 from chatbridge.journal.intake import IntakeRecord
 
 
-def store_batch(app: ChatBridge, source: str, received: list[Received], attempts: int = 5) -> list[IntakeRecord]:
+def store_batch(app: IntakeApplication, source: str, received: list[Received], attempts: int = 5) -> list[IntakeRecord]:
     """Store one batch; when another process stored first, store what is left of it.
 
     Another process may hold the same source (the same file ingested twice at once, two replicas in a

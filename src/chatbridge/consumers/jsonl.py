@@ -1,6 +1,6 @@
 """A JSONL file as a message source: one envelope per line, positions are line numbers (from 1).
 
-`chatbridge ingest` and `simulate` read files through here and apply them through `ChatBridge.ingest`, the same
+`chatbridge ingest` and `simulate` read files through here and apply them through `IntakeApplication.ingest`, the same
 path the Kafka consumer uses. Lines are split on `\\n` only (a trailing `\\r` is dropped), so a stray carriage
 return or a non-UTF-8 byte is reported for its own line and never shifts the line numbers of the others.
 """
@@ -15,7 +15,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from chatbridge.application import ChatBridge, Received
+from chatbridge.application import IntakeApplication, Received
 from chatbridge.consumers.batches import store_batch
 from chatbridge.domain.messages import parse_record
 from chatbridge.journal.intake import IntakeRecord
@@ -89,7 +89,7 @@ class FileMarks:
             )
 
     @classmethod
-    def of(cls, app: ChatBridge) -> FileMarks | None:
+    def of(cls, app: IntakeApplication) -> FileMarks | None:
         """The marks in the app's database; None for an in-memory store (`simulate` resumes nothing)."""
         datastore = getattr(app.recorder, "datastore", None)
         return None if datastore is None else cls(datastore, getattr(app.recorder, "placeholder", "?"))
@@ -115,7 +115,7 @@ class FileMarks:
 
 
 def ingest_file(
-    app: ChatBridge,
+    app: IntakeApplication,
     path: Path,
     batch_size: int = 500,
     progress: Callable[[int], None] | None = None,
@@ -172,7 +172,7 @@ def _check_prefix(lines: Iterator[tuple[int, bytes]], after: int, mark: FileMark
 
 
 def ingest_lines(
-    app: ChatBridge,
+    app: IntakeApplication,
     source: str,
     lines: Iterable[tuple[int, bytes]],
     batch_size: int = 500,

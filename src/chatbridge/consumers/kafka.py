@@ -1,4 +1,4 @@
-"""The Kafka consumer: HiOrg-Server's topics → `ChatBridge.ingest`, exactly once in effect.
+"""The Kafka consumer: HiOrg-Server's topics → `IntakeApplication.ingest`, exactly once in effect.
 
 Each partition is a source of its own (`kafka:{topic}:{partition}`). A poll batch is split by partition and each
 share is applied in ONE transaction holding its new events, its intake-ledger rows and the partition's position
@@ -29,7 +29,7 @@ from kafka.errors import KafkaError
 from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
-from chatbridge.application import ChatBridge, Received
+from chatbridge.application import IntakeApplication, Received
 from chatbridge.consumers import dlq
 from chatbridge.consumers.batches import store_batch
 from chatbridge.domain.messages import Rejection, parse_record
@@ -172,7 +172,7 @@ class KafkaIngestor:
 
     def __init__(
         self,
-        app: ChatBridge,
+        app: IntakeApplication,
         settings: Settings,
         consumer: KafkaConsumer,
         *,
@@ -193,7 +193,7 @@ class KafkaIngestor:
         self._assigned: frozenset[TopicPartition] = frozenset()
 
     @classmethod
-    def in_group(cls, app: ChatBridge, settings: Settings, **options: Any) -> KafkaIngestor:
+    def in_group(cls, app: IntakeApplication, settings: Settings, **options: Any) -> KafkaIngestor:
         """The worker's consumer: a member of the group, sharing the topics' partitions with other replicas."""
         # an unreachable broker is an error within seconds (the worker backs off and tries again), not a long hang
         consumer = KafkaConsumer(**consumer_config(settings, group_id=settings.group_id), bootstrap_timeout_ms=5000)
@@ -203,7 +203,7 @@ class KafkaIngestor:
         return ingestor
 
     @classmethod
-    def every_partition(cls, app: ChatBridge, settings: Settings, **options: Any) -> KafkaIngestor:
+    def every_partition(cls, app: IntakeApplication, settings: Settings, **options: Any) -> KafkaIngestor:
         """Outside any group, every partition of the topics, from the stored positions (`replay --from-kafka`)."""
         consumer = KafkaConsumer(**consumer_config(settings, group_id=None))
         tps = []

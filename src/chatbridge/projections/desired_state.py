@@ -230,7 +230,7 @@ def _generation_view(
 
 
 @dataclass
-class ChatRecord:
+class FoldedChat:
     """A chat as the fold keeps it: its own facts, sorted."""
 
     aggregate_id: UUID
@@ -268,9 +268,9 @@ class Changes:
 class RowSource(Protocol):
     """Where a fold that holds only part of the projection finds the rest (the persistent view)."""
 
-    def chats_by_ids(self, ids: Iterable[UUID]) -> Iterator[tuple[ChatKey, ChatRecord]]: ...
-    def chats_of_organisation(self, org: str) -> Iterator[tuple[ChatKey, ChatRecord]]: ...
-    def chats_by_keys(self, keys: Iterable[ChatKey]) -> Iterator[tuple[ChatKey, ChatRecord]]: ...
+    def chats_by_ids(self, ids: Iterable[UUID]) -> Iterator[tuple[ChatKey, FoldedChat]]: ...
+    def chats_of_organisation(self, org: str) -> Iterator[tuple[ChatKey, FoldedChat]]: ...
+    def chats_by_keys(self, keys: Iterable[ChatKey]) -> Iterator[tuple[ChatKey, FoldedChat]]: ...
     def persons_by_ids(self, ids: Iterable[UUID]) -> Iterator[tuple[PersonKey, PersonRecord]]: ...
     def persons_by_keys(self, keys: Iterable[PersonKey]) -> Iterator[tuple[PersonKey, PersonRecord]]: ...
     def persons_by_pseudonyms(self, pseudonyms: Iterable[str]) -> Iterator[tuple[PersonKey, PersonRecord]]: ...
@@ -325,7 +325,7 @@ class DesiredStateFold:
     policy: Policy = field(default_factory=Policy)
     rows: RowSource | None = None
     organisations: dict[str, list[Switch]] = field(default_factory=dict)
-    chats: dict[ChatKey, ChatRecord] = field(default_factory=dict)
+    chats: dict[ChatKey, FoldedChat] = field(default_factory=dict)
     persons: dict[PersonKey, PersonRecord] = field(default_factory=dict)
     person_chats: dict[PersonKey, set[str]] = field(default_factory=dict)
     chat_keys: dict[UUID, ChatKey] = field(default_factory=dict)
@@ -351,7 +351,7 @@ class DesiredStateFold:
         self.organisations.setdefault(org, switches)
         self.organisation_keys[aggregate_id] = org
 
-    def load_chat(self, key: ChatKey, record: ChatRecord) -> None:
+    def load_chat(self, key: ChatKey, record: FoldedChat) -> None:
         if key in self.chats:
             return  # what is in memory is newer than the row
         self.chats[key] = record
@@ -564,7 +564,7 @@ class DesiredStateFold:
                         start: datetime | None = None) -> None:  # fmt: skip
         key = (org, event_id)
         self._organisation(org)
-        self.load_chat(key, ChatRecord(aggregate_id))
+        self.load_chat(key, FoldedChat(aggregate_id))
         responsible = None if responsible is None else self.identity(org, responsible)
         self._add_fact(key, (at, seq, UPSERT, end, True, responsible, self._identities(org, staff) or {}, title,
                              start))  # fmt: skip

@@ -31,7 +31,7 @@ from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteTrackingRecorder
 from psycopg.sql import SQL, Composed
 
-from chatbridge.application import ChatBridge
+from chatbridge.application import IntakeApplication
 from chatbridge.domain.lifecycle import Policy
 from chatbridge.journal.sql import insert_rows
 from chatbridge.projections.desired_state import (
@@ -40,9 +40,9 @@ from chatbridge.projections.desired_state import (
     Changes,
     ChatFact,
     ChatKey,
-    ChatRecord,
     DesiredChat,
     DesiredStateFold,
+    FoldedChat,
     PersonKey,
     PersonRecord,
     RowSource,
@@ -58,7 +58,7 @@ FOLD_VERSION = "4"  # facts in event time, persons by pseudonym, rows looked up 
 Progress = Callable[[int, int], None]  # (notifications folded so far, notifications to fold in all)
 
 
-def _chat_json(record: ChatRecord) -> str:
+def _chat_json(record: FoldedChat) -> str:
     facts = []
     for fact in record.facts:
         row = [fact[0].isoformat(), *fact[1:]]
@@ -70,7 +70,7 @@ def _chat_json(record: ChatRecord) -> str:
     return json.dumps({"id": str(record.aggregate_id), "facts": facts})
 
 
-def _chat_from_json(text: str) -> ChatRecord:
+def _chat_from_json(text: str) -> FoldedChat:
     state = json.loads(text)
     facts: list[ChatFact] = []
     for row in state["facts"]:
@@ -80,7 +80,7 @@ def _chat_from_json(text: str) -> ChatRecord:
             if len(row) > 8 and row[8] is not None:
                 row[8] = datetime.fromisoformat(row[8])
         facts.append(tuple(row))
-    return ChatRecord(UUID(state["id"]), facts)
+    return FoldedChat(UUID(state["id"]), facts)
 
 
 def _switches_json(switches: list[Switch]) -> str:
@@ -254,7 +254,7 @@ class _DesiredStateTables:
                 c.execute(self._sql(f"{statement} WHERE {column} IN ({', '.join('?' * len(chunk))})"), chunk)
                 yield from c.fetchall()
 
-    def _chats(self, column: str, values: Iterable[Any]) -> Iterator[tuple[ChatKey, ChatRecord]]:
+    def _chats(self, column: str, values: Iterable[Any]) -> Iterator[tuple[ChatKey, FoldedChat]]:
         for row in self._select("SELECT org, event_id, fold_state FROM desired_state", column, values):
             yield (row["org"], row["event_id"]), _chat_from_json(row["fold_state"])
 
@@ -262,13 +262,13 @@ class _DesiredStateTables:
         for row in self._select("SELECT org, person_id, fold_state FROM person_status", column, values):
             yield (row["org"], row["person_id"]), _person_from_json(row["fold_state"])
 
-    def chats_by_ids(self, ids: Iterable[UUID]) -> Iterator[tuple[ChatKey, ChatRecord]]:
+    def chats_by_ids(self, ids: Iterable[UUID]) -> Iterator[tuple[ChatKey, FoldedChat]]:
         return self._chats("aggregate_id", (str(i) for i in ids))
 
-    def chats_by_keys(self, keys: Iterable[ChatKey]) -> Iterator[tuple[ChatKey, ChatRecord]]:
+    def chats_by_keys(self, keys: Iterable[ChatKey]) -> Iterator[tuple[ChatKey, FoldedChat]]:
         return self.chats_by_ids(chat_aggregate_id(*key) for key in keys)
 
-    def chats_of_organisation(self, org: str) -> Iterator[tuple[ChatKey, ChatRecord]]:
+    def chats_of_organisation(self, org: str) -> Iterator[tuple[ChatKey, FoldedChat]]:
         return self._chats("org", [org])
 
     def persons_by_ids(self, ids: Iterable[UUID]) -> Iterator[tuple[PersonKey, PersonRecord]]:
@@ -441,7 +441,7 @@ class DesiredStateProjection:
 
     def __init__(
         self,
-        app: ChatBridge,
+        app: IntakeApplication,
         view: DesiredStateView,
         policy: Policy,
         page_size: int = 5000,
@@ -537,7 +537,7 @@ class DesiredStateProjection:
 class Store:
     """The persistent installation: the application and its desired-state projection, on one database."""
 
-    app: ChatBridge
+    app: IntakeApplication
     projection: DesiredStateProjection
     # rewrites the database so that deleted and overwritten rows leave no bytes behind (after an erasure)
     compact: Callable[[], None] = lambda: None
@@ -546,7 +546,7 @@ class Store:
         self.app.close()
 
 
-def fold_pages(app: ChatBridge, fold: DesiredStateFold, start: int, last: int, page_size: int) -> Iterator[int]:
+def fold_pages(app: IntakeApplication, fold: DesiredStateFold, start: int, last: int, page_size: int) -> Iterator[int]:
     """Fold the notifications after `start` up to `last`, a page at a time; yields the position after each page.
 
     Events are read from their stored form (`StoredFacts`), not through the application's mapper: persons stay
@@ -570,7 +570,7 @@ def fold_pages(app: ChatBridge, fold: DesiredStateFold, start: int, last: int, p
         yield position
 
 
-def fold_log(app: ChatBridge, fold: DesiredStateFold, page_size: int = 5000) -> None:
+def fold_log(app: IntakeApplication, fold: DesiredStateFold, page_size: int = 5000) -> None:
     """Fold the application's whole log (the in-memory path of `simulate`)."""
     for _ in fold_pages(app, fold, 0, app.recorder.max_notification_id() or 0, page_size):
         pass
@@ -585,7 +585,7 @@ class StoredFacts:
     if a crash came between the fact and the key's destruction.
     """
 
-    def __init__(self, app: ChatBridge):
+    def __init__(self, app: IntakeApplication):
         self.app = app
         self.originators: set[UUID] = set()
         self.persons: set[str] = set()  # pseudonyms of the persons the page names

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 from eventsourcing.persistence import IntegrityError
 
-from chatbridge.application import ChatBridge
+from chatbridge.application import IntakeApplication
 from chatbridge.backends.port import (
     TENANT_FIELDS,
     ActualChat,
@@ -101,7 +101,7 @@ class ChatOutcome:
 
 
 @dataclass(frozen=True)
-class ChatPlan:
+class DryRunPlan:
     """One generation of a chat as the dry run shows it: the steps the pass would take, and what it would not."""
 
     org: str
@@ -230,7 +230,7 @@ class Reconciler:
 
     def __init__(
         self,
-        app: ChatBridge,
+        app: IntakeApplication,
         backend: ChatBackend,
         settings: ReconcilerSettings | None = None,
         *,
@@ -722,14 +722,14 @@ class PlannedSteps:
     def __init__(self, backend: ChatBackend, now: datetime):
         self.backend = backend
         self.now = now
-        self.plans: list[ChatPlan] = []
+        self.plans: list[DryRunPlan] = []
 
     def tenant(self, org: str) -> None:
         pass
 
     def vanished(self, desired: DesiredChat, generation: int, chat_id: str) -> None:
         note = "an earlier generation, gone at the backend: recorded deleted"
-        self.plans.append(ChatPlan(desired.org, desired.event_id, generation, Phase.DELETED, [], note=note))
+        self.plans.append(DryRunPlan(desired.org, desired.event_id, generation, Phase.DELETED, [], note=note))
 
     def generation(
         self,
@@ -749,6 +749,6 @@ class PlannedSteps:
                 problem = self.backend.account(step.user_id)
                 if problem is not None:
                     pending[step.user_id] = problem.reason
-        self.plans.append(ChatPlan(desired.org, desired.event_id, generation, phase, steps, waiting=wait, note=note,
+        self.plans.append(DryRunPlan(desired.org, desired.event_id, generation, phase, steps, waiting=wait, note=note,
                                    pending=pending))  # fmt: skip
         return apply(actual, steps)

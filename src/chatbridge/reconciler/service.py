@@ -17,14 +17,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from chatbridge.application import ChatBridge
+from chatbridge.application import IntakeApplication
 from chatbridge.backends.port import BackendError, BackendUnavailable, ChatBackend
 from chatbridge.journal.intake import partition_source
 from chatbridge.projections.desired_state import DesiredChat
 from chatbridge.projections.store import Store
 from chatbridge.reconciler.controller import Controller
 from chatbridge.reconciler.knowledge import CompleteInput, DeletionGate, EndOffsets, KnowledgeGate, Partition
-from chatbridge.reconciler.loop import ChatPlan, PassReport, PlannedSteps, Reconciler, StatusListener
+from chatbridge.reconciler.loop import DryRunPlan, PassReport, PlannedSteps, Reconciler, StatusListener
 from chatbridge.reconciler.naming import RoomNaming, configured_naming
 from chatbridge.reconciler.plan import Step, StepKind
 from chatbridge.reconciler.settings import ReconcilerSettings
@@ -75,13 +75,13 @@ def deletion_gate(store: Store, read_ends: EndOffsets | None, fold: Callable[[],
 
 
 def dry_run(
-    app: ChatBridge,
+    app: IntakeApplication,
     rows: list[DesiredChat],
     backend: ChatBackend,
     now: datetime,
     gate: DeletionGate | None = None,
     naming: RoomNaming | None = None,
-) -> list[ChatPlan]:
+) -> list[DryRunPlan]:
     """The plan of every chat at `now`, for every generation, read from the backend, changing nothing (`terraform
     plan`): the pass's own walk (`Reconciler.walk`) with steps that are only noted. With `gate` (surveyed at `now`
     before `rows` were read) deletions it holds back show as waiting; adds of persons who would stay pending show
@@ -96,7 +96,7 @@ def dry_run(
             except BackendUnavailable:
                 raise  # the backend is down: no use asking it about every other chat
             except BackendError as error:
-                noted.plans.append(ChatPlan(desired.org, desired.event_id, desired.generation, desired.phase(now), [],
+                noted.plans.append(DryRunPlan(desired.org, desired.event_id, desired.generation, desired.phase(now), [],
                                             str(error)))  # fmt: skip
     finally:
         reconciler.close()
@@ -136,7 +136,7 @@ def _reasons(pending: dict[str, str]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def plan_document(plans: list[ChatPlan], now: datetime) -> dict[str, Any]:
+def plan_document(plans: list[DryRunPlan], now: datetime) -> dict[str, Any]:
     shown = [p for p in plans if p.shown]
     pending = {(p.org, p.event_id, user): reason for p in plans for user, reason in p.pending.items()}
     return {
@@ -150,7 +150,7 @@ def plan_document(plans: list[ChatPlan], now: datetime) -> dict[str, Any]:
     }
 
 
-def render_plan(plans: list[ChatPlan]) -> str:
+def render_plan(plans: list[DryRunPlan]) -> str:
     """The plan as text, one block per chat that changes, like `terraform plan`."""
     lines: list[str] = []
     for chat_plan in plans:
@@ -214,7 +214,7 @@ class ReconcilerWorker:
 
     def __init__(
         self,
-        app: ChatBridge,
+        app: IntakeApplication,
         backend: ChatBackend,
         rows: Callable[[], list[DesiredChat]],
         settings: ReconcilerSettings | None = None,
