@@ -91,10 +91,10 @@ def named(app: IntakeApplication) -> list[tuple[str, datetime, set[str], bytes]]
     for notification in app.notifications():
         event = app.mapper.to_domain_event(notification)
         qualname = type(event).__qualname__
-        if qualname not in PERSON_FIELDS:
+        if not PERSON_FIELDS[type(event)]:
             continue
         names: set[str] = set()
-        for field in PERSON_FIELDS[qualname]:
+        for field in PERSON_FIELDS[type(event)]:
             value = event.__dict__[field]
             names.update(value if isinstance(value, dict) else [value] if value else [])
         rows.append((qualname, event.occurred_at, names, bytes(notification.state)))

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from chatbridge.application import IntakeApplication
-from chatbridge.domain.aggregates import ChatGroup, Organisation
+from chatbridge.domain.aggregates import EVENT_CLASSES, ChatGroup, Organisation
 from chatbridge.domain.lifecycle import Policy
 from chatbridge.journal.sealing import PSEUDONYM, Pseudonym
 from chatbridge.projections.desired_state import ChatKey, DesiredStateFold
@@ -29,8 +29,35 @@ def events(app: IntakeApplication) -> Iterator[Any]:
     return (app.mapper.to_domain_event(notification) for notification in app.notifications())
 
 
-def _name(event: Any) -> str:
-    return type(event).__qualname__
+def _is(event: Any, *names: str) -> bool:
+    """Whether `event` is one of the named event classes (`EVENT_CLASSES`: a misspelt name fails, not matches)."""
+    return any(type(event) is EVENT_CLASSES[name] for name in names)
+
+
+# What a timeline says of each chat event; one the table lacks fails the query rather than showing a bare name.
+_CHAT_WHAT = {
+    "ChatGroup.Registered": "chat enabled", "ChatGroup.EventRecorded": "event record",
+    "ChatGroup.StaffingChanged": "staffing changed", "ChatGroup.Cancelled": "event cancelled",
+    "ChatGroup.Deleted": "event deleted", "ChatGroup.ChatCreated": "chat created (backend confirmed)",
+    "ChatGroup.AccessGranted": "access granted", "ChatGroup.AccessRevoked": "access revoked",
+    "ChatGroup.ModeratorChanged": "moderator", "ChatGroup.MadeReadOnly": "made read-only (backend confirmed)",
+    "ChatGroup.Reopened": "reopened (backend confirmed)", "ChatGroup.DriftRepaired": "drift repaired at the backend",
+    "ChatGroup.ChatDeleted": "chat deleted with all content (backend confirmed)",
+}  # fmt: skip
+_ORGANISATION_WHAT = {
+    "Organisation.Registered": "organisation known",
+    "Organisation.ChatEnabled": "organisation chat enabled",
+    "Organisation.ChatDisabled": "organisation chat disabled",
+    "Organisation.TenantProvisioned": "tenant provisioned at the chat operator",
+}
+WHAT = {EVENT_CLASSES[name]: what for name, what in {**_CHAT_WHAT, **_ORGANISATION_WHAT}.items()}
+
+
+def _what(event: Any) -> str:
+    try:
+        return WHAT[type(event)]
+    except KeyError:
+        raise LookupError(f"the audit has no words for a {type(event).__qualname__} event") from None
 
 
 def _time(moment: datetime | None) -> str | None:
@@ -85,27 +112,26 @@ class LogFold:
 
     def _apply(self, event: Any, seq: int) -> None:
         self.fold.apply(event, seq)
-        name = _name(event)
-        if name.startswith("Organisation."):
+        if isinstance(event, Organisation.Event):
             org = self.fold.organisation_keys[event.originator_id]
-            entry = self._organisation_entry(name, event)
+            entry = self._organisation_entry(event)
             self.organisations.setdefault(org, []).append(entry)
-            if name in ("Organisation.ChatEnabled", "Organisation.ChatDisabled"):
+            if _is(event, "Organisation.ChatEnabled", "Organisation.ChatDisabled"):
                 for event_id in self.fold.chats_of_organisation.get(org, ()):
                     self._entry((org, event_id), entry)
             return
-        if not name.startswith("ChatGroup."):
+        if not isinstance(event, ChatGroup.Event):
             return
         key = self.fold.chat_keys[event.originator_id]
         self.histories.setdefault(key, ChatHistory(*key))
         generation = getattr(event, "generation", None)
-        entry = self._chat_entry(name, event, generation)
+        entry = self._chat_entry(event, generation)
         self._entry(key, entry)
         if generation is None:
             self._facts.append((key, seq, entry))
         else:
             self._outcomes.setdefault(key, []).append(event)
-        if name in ("ChatGroup.AccessGranted", "ChatGroup.AccessRevoked", "ChatGroup.ChatDeleted"):
+        if _is(event, "ChatGroup.AccessGranted", "ChatGroup.AccessRevoked", "ChatGroup.ChatDeleted"):
             self.access.setdefault(key, []).append(entry)
 
     def _finish(self) -> None:
@@ -127,12 +153,11 @@ class LogFold:
                 record = history.generations.get(event.generation)
                 if record is None:
                     continue
-                name = _name(event)
-                if name == "ChatGroup.ChatCreated":
+                if _is(event, "ChatGroup.ChatCreated"):
                     record.chat_id = event.chat_id
-                elif name == "ChatGroup.MadeReadOnly" and record.made_read_only_at is None:
+                elif _is(event, "ChatGroup.MadeReadOnly") and record.made_read_only_at is None:
                     record.made_read_only_at = event.at
-                elif name == "ChatGroup.ChatDeleted":
+                elif _is(event, "ChatGroup.ChatDeleted"):
                     record.deleted_at, record.confirmation = event.at, event.confirmation
 
     def _entry(self, key: ChatKey, entry: dict[str, Any]) -> None:
@@ -140,57 +165,43 @@ class LogFold:
             self.histories[key].entries.append(entry)
 
     @staticmethod
-    def _organisation_entry(name: str, event: Any) -> dict[str, Any]:
-        what = {
-            "Organisation.Registered": "organisation known",
-            "Organisation.ChatEnabled": "organisation chat enabled",
-            "Organisation.ChatDisabled": "organisation chat disabled",
-            "Organisation.TenantProvisioned": "tenant provisioned at the chat operator",
-        }[name]
+    def _organisation_entry(event: Any) -> dict[str, Any]:
+        what = _what(event)
         details: dict[str, Any] = {}
-        if name == "Organisation.ChatEnabled":
+        if _is(event, "Organisation.ChatEnabled"):
             details["tenant"] = event.tenant
-        if name == "Organisation.TenantProvisioned":
+        if _is(event, "Organisation.TenantProvisioned"):
             details = {"tenant_id": event.tenant_id, "transferred": event.transferred}
         at = getattr(event, "occurred_at", None) or event.at
         return {"at": _time(at), "what": what, "generation": None, "source": getattr(event, "message_id", None),
                 "details": details}  # fmt: skip
 
     @staticmethod
-    def _chat_entry(name: str, event: Any, generation: int | None) -> dict[str, Any]:
-        short = name.split(".", 1)[1]
-        details: dict[str, Any] = {}
-        what = short
-        if short in ("Registered", "EventRecorded"):
-            what = "chat enabled" if short == "Registered" else "event record"
+    def _chat_entry(event: Any, generation: int | None) -> dict[str, Any]:
+        what, details = _what(event), {}
+        if _is(event, "ChatGroup.Registered", "ChatGroup.EventRecorded"):
             details = {"title": event.title, "start": _time(event.start), "end": _time(event.end),
                        "responsible": event.responsible}  # fmt: skip
-            if short == "EventRecorded":
+            if _is(event, "ChatGroup.EventRecorded"):
                 details["chat_enabled"] = event.chat_enabled
             if event.staff is not None:
                 details["staff"] = dict(sorted(event.staff.items()))
-        elif short == "StaffingChanged":
-            what, details = "staffing changed", {"person": event.person_id, "status": event.status}
-        elif short == "Cancelled":
-            what = "event cancelled"
-        elif short == "Deleted":
-            what = "event deleted"
-        elif short == "ChatCreated":
-            what, details = "chat created (backend confirmed)", {"chat_id": event.chat_id}
-        elif short == "AccessGranted":
-            what, details = "access granted", {"person": event.person_id}
-        elif short == "AccessRevoked":
-            what, details = "access revoked", {"person": event.person_id}
+        elif _is(event, "ChatGroup.StaffingChanged"):
+            details = {"person": event.person_id, "status": event.status}
+        elif _is(event, "ChatGroup.ChatCreated"):
+            details = {"chat_id": event.chat_id}
+        elif _is(event, "ChatGroup.AccessGranted"):
+            details = {"person": event.person_id}
+        elif _is(event, "ChatGroup.AccessRevoked"):
+            details = {"person": event.person_id}
             if event.person_id is None:
                 details["note"] = "an account chatbridge had not added was removed"
-        elif short == "ModeratorChanged":
+        elif _is(event, "ChatGroup.ModeratorChanged"):
             what, details = "moderator " + ("granted" if event.moderator else "revoked"), {"person": event.person_id}
-        elif short == "MadeReadOnly":
-            what = "made read-only (backend confirmed)"
-        elif short == "Reopened":
-            what = "reopened (backend confirmed)"
-        elif short == "ChatDeleted":
-            what, details = "chat deleted with all content (backend confirmed)", {"confirmation": event.confirmation}
+        elif _is(event, "ChatGroup.DriftRepaired"):
+            details = {"drift": event.drift}
+        elif _is(event, "ChatGroup.ChatDeleted"):
+            details = {"confirmation": event.confirmation}
         at = getattr(event, "occurred_at", None) or event.at
         return {"at": _time(at), "what": what, "generation": generation,
                 "source": getattr(event, "message_id", None), "details": details}  # fmt: skip
@@ -202,7 +213,7 @@ def _known_organisation(app: IntakeApplication, org: str) -> None:
 
 
 def _has_chats(app: IntakeApplication, org: str) -> bool:
-    return any(_name(e) == "ChatGroup.Registered" and e.org == org for e in events(app))
+    return any(_is(e, "ChatGroup.Registered") and e.org == org for e in events(app))
 
 
 def chat_timeline(app: IntakeApplication, org: str, event_id: str, policy: Policy) -> dict[str, Any]:

@@ -7,7 +7,7 @@ deadlines depend on its organisation's feature switch, its members on each perso
 aggregates arrive on different Kafka partitions.
 
 No names or e-mail addresses of persons are stored; a person appears only by its pseudonymous HiOrg id, which the
-event mapper stores encrypted with the person's own key (audit.shredding: crypto-shredding).
+event mapper stores encrypted with the person's own key (journal.sealing: crypto-shredding).
 """
 
 from __future__ import annotations
@@ -209,3 +209,25 @@ class Person(Aggregate):
         """
         self.person_id = pseudonym
         self.status = "deleted"
+
+
+AGGREGATES: tuple[type[Aggregate], ...] = (ChatGroup, Organisation, Person)
+
+
+def event_class(aggregate: type[Aggregate], name: str) -> type[Aggregate.Event]:
+    """An aggregate's event class by its name (`ChatGroup`, "Registered"). The library makes these classes from the
+    decorated methods, so a static checker does not see them as attributes; a wrong name fails here, at import."""
+    found = vars(aggregate).get(name)
+    if not (isinstance(found, type) and issubclass(found, Aggregate.Event)) or name in ("Event", "Created"):
+        raise LookupError(f"{aggregate.__name__} has no event {name!r}")
+    return found
+
+
+# Every event the aggregates record, by its qualified name (`ChatGroup.Registered`): the readers of the log
+# (projection, sealing, audit) dispatch on these classes and refuse one they do not know.
+EVENT_CLASSES: dict[str, type[Aggregate.Event]] = {
+    f"{aggregate.__name__}.{name}": event_class(aggregate, name)
+    for aggregate in AGGREGATES
+    for name, value in vars(aggregate).items()
+    if isinstance(value, type) and issubclass(value, Aggregate.Event) and name not in ("Event", "Created")
+}

@@ -36,6 +36,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.persistence import Mapper, PersistenceError, StoredEvent
 
+from chatbridge.domain.aggregates import EVENT_CLASSES
 from chatbridge.journal.sql import add_missing_columns, insert_rows
 
 PSEUDONYM = re.compile(r"ps-[0-9a-f]{32}")
@@ -69,8 +70,9 @@ CREATE_STATEMENTS = (
     "destroyed_at TEXT, PRIMARY KEY (pseudonym, version))",
 )
 
-# Which fields of which stored events name persons (by the event classes' qualified names).
-PERSON_FIELDS: dict[str, tuple[str, ...]] = {
+# Which fields of which events name persons; every other event of the aggregates names none. An event class the
+# aggregates do not have is refused: sealing must never store a person's id in the clear because it did not know.
+_PERSON_FIELDS_BY_EVENT: dict[str, tuple[str, ...]] = {
     "ChatGroup.Registered": ("responsible", "staff"),
     "ChatGroup.EventRecorded": ("responsible", "staff"),
     "ChatGroup.StaffingChanged": ("person_id",),
@@ -80,6 +82,20 @@ PERSON_FIELDS: dict[str, tuple[str, ...]] = {
     "Person.Registered": ("person_id",),
     "Person.NamedAgain": ("person_id",),
 }
+PERSON_FIELDS: dict[type, tuple[str, ...]] = {
+    event_class: _PERSON_FIELDS_BY_EVENT.get(name, ()) for name, event_class in EVENT_CLASSES.items()
+}
+if set(_PERSON_FIELDS_BY_EVENT) - set(EVENT_CLASSES):
+    raise LookupError(f"sealing names events the aggregates lack: {set(_PERSON_FIELDS_BY_EVENT) - set(EVENT_CLASSES)}")
+FORGOTTEN = EVENT_CLASSES["Person.Forgotten"]
+
+
+def person_fields(domain_event: Any) -> tuple[str, ...]:
+    """The fields of `domain_event` that name persons; raises `LookupError` for an event the aggregates lack."""
+    try:
+        return PERSON_FIELDS[type(domain_event)]
+    except KeyError:
+        raise LookupError(f"{type(domain_event).__qualname__} is not an event of chatbridge's aggregates") from None
 
 
 def _format(moment: datetime) -> str:
@@ -694,8 +710,8 @@ class PersonSealingMapper(Mapper[UUID]):
         named: set[tuple[str, str]] = set()
         for domain_event in domain_events:
             qualname = type(domain_event).__qualname__
-            fields = PERSON_FIELDS.get(qualname)
-            if fields is None:
+            fields = person_fields(domain_event)
+            if not fields:
                 continue
             state = domain_event.__dict__
             org = self._org(qualname, domain_event.originator_id, state)
@@ -710,8 +726,8 @@ class PersonSealingMapper(Mapper[UUID]):
 
     def to_stored_event(self, domain_event: Any) -> StoredEvent:
         qualname = type(domain_event).__qualname__
-        fields = PERSON_FIELDS.get(qualname)
-        if fields is None:
+        fields = person_fields(domain_event)
+        if not fields:
             return super().to_stored_event(domain_event)
         state = dict(vars(domain_event))
         org = self._org(qualname, domain_event.originator_id, state)
@@ -728,8 +744,8 @@ class PersonSealingMapper(Mapper[UUID]):
     def to_domain_event(self, stored_event: StoredEvent) -> Any:
         domain_event = super().to_domain_event(stored_event)
         qualname = type(domain_event).__qualname__
-        fields = PERSON_FIELDS.get(qualname)
-        if qualname == "Person.Forgotten":  # the keys go with the fact, even if a crash came between them
+        fields = person_fields(domain_event)
+        if isinstance(domain_event, FORGOTTEN):  # the keys go with the fact, even if a crash came between them
             forgotten = domain_event.__dict__
             self.persons.forget_pseudonym(
                 self._org(qualname, domain_event.originator_id, {}),
@@ -737,7 +753,7 @@ class PersonSealingMapper(Mapper[UUID]):
                 FOREVER if forgotten["reason"] == "gdpr forget" else forgotten["at"],
                 forgotten.get("key_version", 1),  # recorded before key versions: there was one key
             )
-        if fields is not None:
+        if fields:
             state = domain_event.__dict__
             if "org" in state:
                 self._orgs[domain_event.originator_id] = state["org"]

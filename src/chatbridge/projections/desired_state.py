@@ -38,7 +38,7 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from chatbridge.domain import lifecycle
-from chatbridge.domain.aggregates import ChatGroup, Organisation, Person
+from chatbridge.domain.aggregates import EVENT_CLASSES, ChatGroup, Organisation, Person
 from chatbridge.domain.lifecycle import ChatLife, Generation, OrganisationFeature, Phase, Policy
 from chatbridge.journal.sealing import Pseudonym
 
@@ -535,11 +535,14 @@ class DesiredStateFold:
 
     def apply(self, event: Any, seq: int) -> None:
         """Fold one aggregate event (as decoded from the notification log) stored as notification `seq`."""
-        folded = FOLDED.get(type(event).__qualname__)
-        if folded is not None:
-            method, fields = folded
-            state = event.__dict__
-            method(self, event.originator_id, seq, *[state[name] for name in fields])
+        folded = FOLDED.get(type(event))
+        if folded is None:
+            if type(event) in NOT_FOLDED:
+                return
+            raise unknown_event(type(event).__qualname__)
+        method, fields = folded
+        state = event.__dict__
+        method(self, event.originator_id, seq, *[state[name] for name in fields])
 
     def _dirty(self, key: ChatKey) -> None:
         self.dirty_chats.add(key)
@@ -741,10 +744,10 @@ organisation_aggregate_id = lru_cache(maxsize=4096)(Organisation.create_id)
 chat_aggregate_id = lru_cache(maxsize=65536)(ChatGroup.create_id)
 
 
-# The facts the fold reads, by the event classes' qualified names (the aggregates' @event names): the fold's method
-# and the event's fields it takes, after (originator id, notification id). The reconciler's other outcomes (access,
-# moderators, read-only) are the audit's; the fold needs only deletions.
-FOLDED: dict[str, tuple[Callable[..., None], tuple[str, ...]]] = {
+# The facts the fold reads, by event class: the fold's method and the event's fields it takes, after (originator id,
+# notification id). The reconciler's other outcomes (access, moderators, read-only) are the audit's; the fold needs
+# only deletions. Every event class is either folded or named in NOT_FOLDED: one neither is refused (`UnknownEvent`).
+_FOLDED_BY_EVENT: dict[str, tuple[Callable[..., None], tuple[str, ...]]] = {
     "ChatGroup.Registered": (DesiredStateFold.chat_registered,
                              ("org", "event_id", "occurred_at", "end", "responsible", "staff", "title", "start")),
     "ChatGroup.EventRecorded": (DesiredStateFold.event_recorded,
@@ -761,3 +764,23 @@ FOLDED: dict[str, tuple[Callable[..., None], tuple[str, ...]]] = {
     "Person.Forgotten": (DesiredStateFold.person_forgotten, ("at",)),
     "Person.NamedAgain": (DesiredStateFold.person_named_again, ("person_id",)),
 }  # fmt: skip
+FOLDED = {EVENT_CLASSES[name]: folded for name, folded in _FOLDED_BY_EVENT.items()}  # a wrong name fails at import
+NOT_FOLDED: frozenset[type] = frozenset(
+    EVENT_CLASSES[name]
+    for name in (
+        "ChatGroup.ChatCreated", "ChatGroup.AccessGranted", "ChatGroup.AccessRevoked", "ChatGroup.ModeratorChanged",
+        "ChatGroup.MadeReadOnly", "ChatGroup.Reopened", "ChatGroup.DriftRepaired", "Organisation.TenantProvisioned",
+    )
+)  # fmt: skip
+# The same by the qualified name a stored event's topic ends with, for folding from stored events without decoding.
+FOLDED_BY_NAME = {event_class.__qualname__: folded for event_class, folded in FOLDED.items()}
+NOT_FOLDED_NAMES = frozenset(event_class.__qualname__ for event_class in NOT_FOLDED)
+
+
+class UnknownEvent(Exception):
+    """The log holds an event this release's fold does not know: written by a newer release, or a class added
+    without teaching the fold about it. Folding on would compute chats from part of the facts."""
+
+
+def unknown_event(name: str) -> UnknownEvent:
+    return UnknownEvent(f"the log holds a {name} event, which this release's projection does not know")

@@ -35,7 +35,8 @@ from chatbridge.application import IntakeApplication
 from chatbridge.domain.lifecycle import Policy
 from chatbridge.journal.sql import insert_rows
 from chatbridge.projections.desired_state import (
-    FOLDED,
+    FOLDED_BY_NAME,
+    NOT_FOLDED_NAMES,
     UPSERT,
     Changes,
     ChatFact,
@@ -51,6 +52,7 @@ from chatbridge.projections.desired_state import (
     organisation_aggregate_id,
     person_aggregate_id,
     token_parts,
+    unknown_event,
 )
 
 PROJECTION_NAME = "desired_state"
@@ -600,9 +602,11 @@ class StoredFacts:
         for notification in notifications:
             topic = notification.topic
             name = topic[topic.rfind(":") + 1 :]
-            folded = FOLDED.get(name)
+            folded = FOLDED_BY_NAME.get(name)
             if folded is None:
-                continue
+                if name in NOT_FOLDED_NAMES:
+                    continue
+                raise unknown_event(name)
             method, names = folded
             originator = notification.originator_id
             originator = originator if isinstance(originator, UUID) else UUID(str(originator))
