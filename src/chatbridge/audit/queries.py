@@ -15,9 +15,9 @@ from typing import Any
 from chatbridge.application import IntakeApplication
 from chatbridge.domain.aggregates import EVENT_CLASSES, ChatGroup, Organisation
 from chatbridge.domain.lifecycle import Policy
+from chatbridge.domain.moments import utc_z
 from chatbridge.journal.sealing import PSEUDONYM, Pseudonym
 from chatbridge.projections.desired_state import ChatKey, DesiredStateFold
-from chatbridge.projections.document import utc_z
 
 
 class NotFound(Exception):

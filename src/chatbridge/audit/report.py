@@ -31,8 +31,8 @@ from markupsafe import Markup
 from chatbridge.application import IntakeApplication
 from chatbridge.audit import queries
 from chatbridge.audit.service import records_of_processing, verification_document, verify_log
+from chatbridge.domain.moments import utc_z
 from chatbridge.journal import chain
-from chatbridge.projections.document import utc_z
 from chatbridge.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from chatbridge.cli.common import (
     print_json,
 )
 from chatbridge.consumers import dlq
-from chatbridge.projections.document import utc_z
+from chatbridge.domain.moments import utc_z
 from chatbridge.settings import Settings
 
 dlq_app = typer.Typer(help="Dead letters: list rejected records, re-drive them once the cause is fixed.")

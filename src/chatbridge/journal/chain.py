@@ -27,7 +27,6 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -35,6 +34,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from chatbridge.domain.moments import stamp_now
 from chatbridge.journal.sql import insert_rows
 
 log = logging.getLogger(__name__)
@@ -72,10 +72,6 @@ def chain_hash(previous: bytes, record: bytes) -> bytes:
 
 def key_id(public_key: Ed25519PublicKey) -> str:
     return hashlib.sha256(public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)).hexdigest()[:16]
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass(frozen=True)
@@ -151,7 +147,7 @@ class Checkpoint:
 
 
 def sign(signer: Ed25519PrivateKey, notification_id: int, records: int, chain: bytes, previous: str) -> Checkpoint:
-    unsigned = Checkpoint(notification_id, chain.hex(), _now(), key_id(signer.public_key()), "", records, previous)
+    unsigned = Checkpoint(notification_id, chain.hex(), stamp_now(), key_id(signer.public_key()), "", records, previous)
     signature = signer.sign(unsigned.message()).hex()
     return Checkpoint(**{**asdict(unsigned), "signature": signature})
 

@@ -24,7 +24,7 @@ from eventsourcing.sqlite import SQLiteCursor, SQLiteProcessRecorder
 from psycopg.sql import SQL, Composed
 
 from chatbridge.journal import chain
-from chatbridge.journal.sql import add_missing_columns, insert_rows
+from chatbridge.journal.sql import Placeholders, add_missing_columns, insert_rows
 
 APPLIED, IGNORED, DUPLICATE, REJECTED = "applied", "ignored", "duplicate", "rejected"
 
@@ -72,7 +72,7 @@ def _remembered(record: IntakeRecord) -> bool:
     return record.outcome in (APPLIED, IGNORED)
 
 
-class _IntakeTable:
+class _IntakeTable(Placeholders):
     """The ledger's SQL, written once for SQLite and PostgreSQL (`?` placeholders; psycopg takes `%s`)."""
 
     placeholder = "?"
@@ -99,9 +99,6 @@ class _IntakeTable:
     @chain_guard.setter
     def chain_guard(self, guard: chain.Guard) -> None:
         self._guard = guard
-
-    def _sql(self, statement: str) -> str:
-        return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)
 
     def create_chain_tables(self) -> None:
         with self.datastore.transaction(commit=True) as c:

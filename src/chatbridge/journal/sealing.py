@@ -37,7 +37,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.persistence import Mapper, PersistenceError, StoredEvent
 
 from chatbridge.domain.aggregates import EVENT_CLASSES
-from chatbridge.journal.sql import add_missing_columns, insert_rows
+from chatbridge.domain.moments import stamp, stamp_now
+from chatbridge.journal.sql import Placeholders, add_missing_columns, insert_rows
 
 PSEUDONYM = re.compile(r"ps-[0-9a-f]{32}")
 
@@ -100,7 +101,7 @@ def person_fields(domain_event: Any) -> tuple[str, ...]:
 
 def _format(moment: datetime) -> str:
     # fixed width, UTC: the text sorts as the time does (the SQL compares horizons as text)
-    return _utc(moment).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return stamp(_utc(moment))
 
 
 def _parse(text: str | None) -> datetime | None:
@@ -109,10 +110,6 @@ def _parse(text: str | None) -> datetime | None:
 
 def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def _now() -> str:
-    return _format(datetime.now(UTC))
 
 
 @dataclass
@@ -196,15 +193,12 @@ class MemoryKeyTable:
                 state.named_until = max(state.named_until or at, at)
 
 
-class SQLKeyTable:
+class SQLKeyTable(Placeholders):
     """The key tables in the store's database; `?` placeholders, converted for psycopg."""
 
     def __init__(self, datastore: Any, placeholder: str):
         self.datastore = datastore
         self.placeholder = placeholder
-
-    def _sql(self, statement: str) -> str:
-        return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)
 
     def create_table(self) -> None:
         """Create the tables, or bring a store of the previous release (one key per person, kept in the key
@@ -278,7 +272,7 @@ class SQLKeyTable:
     def load_many(self, wanted: dict[str, str]) -> dict[str, KeyState]:
         """The states of many persons in one transaction (a batch's persons); new ones get their first key."""
         pseudonyms = sorted(wanted)  # in one order: replicas inserting the same persons wait, never deadlock
-        now = _now()
+        now = stamp_now()
         with self.datastore.transaction(commit=True) as c:
             insert_rows(  # one statement on PostgreSQL, not a round trip per person
                 c,
@@ -311,7 +305,7 @@ class SQLKeyTable:
                     f"INSERT INTO {VERSION_TABLE} (pseudonym, version, person_key, created_at) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (pseudonym, version) DO NOTHING"
                 ),
-                (pseudonym, version, AESGCM.generate_key(256).hex(), _now()),
+                (pseudonym, version, AESGCM.generate_key(256).hex(), stamp_now()),
             )
             c.execute(
                 self._sql(f"SELECT person_key FROM {VERSION_TABLE} WHERE pseudonym = ? AND version = ?"),
@@ -321,7 +315,7 @@ class SQLKeyTable:
         return bytes.fromhex(key) if key else None
 
     def erase(self, pseudonym: str, org: str, until: datetime, up_to: int | None) -> bool:
-        now, horizon = _now(), _format(until)
+        now, horizon = stamp_now(), _format(until)
         bound = "" if up_to is None else " AND version <= ?"
         params: tuple[Any, ...] = (pseudonym,) if up_to is None else (pseudonym, up_to)
         with self.datastore.transaction(commit=True) as c:

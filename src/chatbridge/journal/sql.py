@@ -52,3 +52,12 @@ def insert_rows(c: Any, statement: str, rows: Iterable[Sequence[Any]], placehold
 def _pg_type(column: Sequence[Any]) -> str:
     value = next((v for v in column if v is not None), None)
     return "bigint" if isinstance(value, int) and not isinstance(value, bool) else "text"
+
+
+class Placeholders:
+    """SQL written once for both stores, with `?` placeholders: `_sql` turns them into the driver's (psycopg: `%s`)."""
+
+    placeholder = "?"
+
+    def _sql(self, statement: str) -> str:
+        return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from chatbridge.domain.lifecycle import MEMBER_PHASES
+from chatbridge.domain.moments import utc_z
 from chatbridge.journal.intake import IntakeRecord, IntakeSummary, parse_partition_source
 from chatbridge.projections.desired_state import DesiredChat
-
-
-def utc_z(moment: datetime) -> str:
-    """UTC, second precision, with `Z`: the contract's time format."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def render_document(chats: Iterable[DesiredChat], intake: IntakeSummary, now: datetime) -> dict[str, Any]:

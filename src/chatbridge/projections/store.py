@@ -22,7 +22,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -33,7 +33,8 @@ from psycopg.sql import SQL, Composed
 
 from chatbridge.application import IntakeApplication
 from chatbridge.domain.lifecycle import Policy
-from chatbridge.journal.sql import insert_rows
+from chatbridge.domain.moments import stamp
+from chatbridge.journal.sql import Placeholders, insert_rows
 from chatbridge.projections.desired_state import (
     FOLDED_BY_NAME,
     NOT_FOLDED_NAMES,
@@ -114,12 +115,7 @@ def _person_from_json(text: str) -> PersonRecord:
 
 def _stamp(moment: datetime | None) -> str | None:
     # one fixed format, so that SQL comparisons of deadlines (next_due <= now) are correct as text
-    if moment is None:
-        return None
-    utc = moment.astimezone(UTC)
-    if utc.year < 1000:  # isoformat pads the year to four digits, strftime may not: keep the one format
-        return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"  # strftime's result, 5× faster
+    return None if moment is None else stamp(moment)
 
 
 def _unstamp(text: str | None) -> datetime | None:
@@ -156,7 +152,7 @@ _CHUNK = 500  # ids per `IN (…)` look-up
 PROJECTION_TABLES = ("desired_state", "organisation_feature", "person_status", "person_chats")
 
 
-class _DesiredStateTables:
+class _DesiredStateTables(Placeholders):
     """The projection's tables and queries, written once for SQLite and PostgreSQL.
 
     Statements use `?` placeholders (psycopg takes `%s`) and rows are read by column name, which both drivers'
@@ -172,9 +168,6 @@ class _DesiredStateTables:
 
         def _insert_tracking(self, c: Any, tracking: Tracking) -> None: ...
         def _max_tracking_id(self, application_name: str, c: Any) -> int | None: ...
-
-    def _sql(self, statement: str) -> str:
-        return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)
 
     CREATE_STATEMENTS = (
         "CREATE TABLE IF NOT EXISTS desired_state ("
