@@ -194,6 +194,26 @@ def test_each_attack_is_caught_against_the_published_checkpoints_and_the_next_in
     assert file.read() == published  # nothing signed, nothing published
 
 
+def test_a_record_rewritten_as_text_is_found_altered_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # SQLite keeps any value in any column; PostgreSQL's bytea column refuses text, so this is SQLite's attack
+    monkeypatch.setenv("CHATBRIDGE_AUDIT_KEY_FILE", str(tmp_path / "keys"))
+    monkeypatch.setenv("CHATBRIDGE_AUDIT_CHECKPOINT_FILE", str(tmp_path / "auditor" / "checkpoints.jsonl"))
+    settings = Settings(database=tmp_path / "proof.db")
+    assert next(told(settings), None) is not None
+    published = CheckpointFile(tmp_path / "auditor" / "checkpoints.jsonl").read()
+    target = Tables(settings).last_id() - 3
+    with sqlite3.connect(settings.database) as db:
+        state = bytes(db.execute("SELECT state FROM stored_events WHERE rowid = ?", (target,)).fetchone()[0])
+        forged = state.replace(b"2026", b"2025", 1).decode()
+        db.execute("UPDATE stored_events SET state = CAST(? AS TEXT) WHERE rowid = ?", (forged, target))
+        assert db.execute("SELECT typeof(state) FROM stored_events WHERE rowid = ?", (target,)).fetchone()[0] == "text"
+    result = verification(settings, published)
+    assert result.first is not None and result.first.notification_id == target, result.findings
+    assert result.first.problem == "altered"
+
+
 def test_the_checkpoint_file_chains_and_is_kept_private(settings: Settings, tmp_path: Path) -> None:
     next(told(settings), None)
     path = tmp_path / "auditor" / "checkpoints.jsonl"

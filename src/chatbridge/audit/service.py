@@ -23,7 +23,15 @@ from chatbridge.settings import Settings
 
 def _records(app: IntakeApplication) -> Iterator[tuple[int, bytes]]:
     for n in app.notifications():
-        yield n.id, chain.record_hash(n.originator_id, n.originator_version, n.topic, n.state)
+        yield n.id, chain.record_hash(n.originator_id, n.originator_version, str(n.topic), _as_stored(n.state))
+
+
+def _as_stored(state: object) -> bytes:
+    """The row's state as bytes, whatever the database returned: whoever can write the database can store a record
+    as text (SQLite keeps any value in any column). It is hashed as it is, and so found altered, not a crash."""
+    if isinstance(state, bytes | bytearray | memoryview):
+        return bytes(state)
+    return str(state).encode("utf-8", "surrogatepass")
 
 
 def verify_log(
