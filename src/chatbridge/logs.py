@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import structlog
@@ -116,12 +116,3 @@ def configure(log_format: LogFormat = "auto", level: str = "INFO", stream: Any =
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-
-
-def get_logger(name: str) -> Any:
-    return structlog.get_logger(name)
-
-
-def chat_fields(org: str, event_id: str) -> MutableMapping[str, str]:
-    """The only way a log line names a chat."""
-    return {"org": org, "event_id": event_id}

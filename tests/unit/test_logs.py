@@ -36,7 +36,7 @@ def test_standard_library_lines_become_json_with_level_logger_and_time() -> None
 
 
 def test_structlog_lines_name_the_chat_by_org_and_event() -> None:
-    out = lines_of("json", lambda: logs.get_logger("x").info("chat created", **logs.chat_fields("drk", "4711")))
+    out = lines_of("json", lambda: structlog.get_logger("x").info("chat created", org="drk", event_id="4711"))
     assert json.loads(out) == {**json.loads(out), "event": "chat created", "org": "drk", "event_id": "4711"}
 
 
@@ -47,7 +47,7 @@ def test_secrets_and_personal_data_are_redacted_wherever_they_appear() -> None:
         log.info("person %s wrote from anna.muster@example.org", PERSON)
         log.warning("request failed: Authorization: Bearer syt_Y2hhdGJyaWRnZS1ib3Q_abc")
         log.error("cannot connect to postgresql://chatbridge:hunter2@db:5432/chatbridge password=hunter2")
-        logs.get_logger("x").info("step", person_id="p-1", token="t0k3n", email="a@b.de", name="Anna", members=["x"],
+        structlog.get_logger("x").info("step", person_id="p-1", token="t0k3n", email="a@b.de", name="Anna", members=["x"],
                                   postgres_password="hunter2", org="drk", event_id="4711", count=2)  # fmt: skip
 
     out = lines_of("json", emit)

@@ -215,7 +215,6 @@ MESSAGE_TYPES: tuple[str, ...] = (
     "staffing.changed",
     "person.status_changed",
 )
-EVENT_MESSAGE_TYPES = frozenset(t for t in MESSAGE_TYPES if t.startswith("event.") or t == "staffing.changed")
 
 _message_adapter: TypeAdapter[Message] = TypeAdapter(Message)
 
