@@ -18,8 +18,6 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
-from chatbridge.domain import lifecycle
-
 
 class ChatGroup(Aggregate):
     """One HiOrg event (Dienst or Termin) that has had chat enabled at least once.
@@ -45,16 +43,11 @@ class ChatGroup(Aggregate):
         responsible: str | None,
         staff: dict[str, str] | None,
     ) -> None:
-        # Registered is the first `event.upserted` with chat enabled; it carries that record in full.
+        # Registered is the first `event.upserted` with chat enabled; it carries that record in full. The aggregate
+        # keeps none of it as state: the staffing, the deadlines and the members are the projection's fold, in event
+        # time (`projections.desired_state`), and one place folds them.
         self.org = org
         self.event_id = event_id
-        self.title = title
-        self.start = start
-        self.end = end
-        self.responsible = responsible
-        self.chat_enabled = True
-        self.staff: dict[str, str] = dict(staff or {})
-        self.cancelled_at: datetime | None = None
         self.deleted_at: datetime | None = None
         # outcomes the reconciler confirmed (below): generation → backend chat id, and who has access now
         self.backend_chats: dict[int, str] = {}
@@ -78,23 +71,14 @@ class ChatGroup(Aggregate):
         staff: dict[str, str] | None,
     ) -> None:
         """A full record of the event (CDC style); `staff` None keeps the staffing, a dict replaces it."""
-        self.title = title
-        self.start = start
-        self.end = end
-        self.responsible = responsible
-        self.chat_enabled = chat_enabled
-        if staff is not None:
-            self.staff = dict(staff)
 
     @event("StaffingChanged")
     def change_staffing(self, message_id: str, occurred_at: datetime, person_id: str, status: str) -> None:
-        lifecycle.change_staffing(self.staff, person_id, status)
+        """One person's staffing status changed (`lifecycle.change_staffing` is the rule the projection applies)."""
 
     @event("Cancelled")
     def cancel(self, message_id: str, occurred_at: datetime) -> None:
-        # Recorded every time (it is a fact, and it settles the chat); the first cancellation is the one that counts.
-        if self.cancelled_at is None:
-            self.cancelled_at = occurred_at
+        """Recorded every time (it is a fact, and it settles the chat); the projection decides which one counts."""
 
     @event("Deleted")
     def delete(self, message_id: str, occurred_at: datetime) -> None:
