@@ -263,6 +263,8 @@ class IntakeApplication(EventSourcedProjection[UUID]):
                 cache.put(aggregate_id, aggregate)
 
     def policy(self, domain_event: Any, processing_event: ProcessingEvent[UUID]) -> None:
+        """The library's name for the hook that turns one input (here: a batch of messages) into new events; not
+        the lifecycle `Policy` (FULL_USE and VIEW) of `domain.lifecycle`."""
         batch = cast(_Batch, domain_event)
         unit = _UnitOfWork(self, processing_event)
         valid = [r.parsed for r in batch.records if not isinstance(r.parsed, Rejection)]
