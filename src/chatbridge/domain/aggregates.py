@@ -183,7 +183,20 @@ class Person(Aggregate):
         """
         self.person_id = person_id
 
-    @event("Forgotten")
+    class Forgotten(Aggregate.Event):
+        """Version 2 carries `key_version`; version 1 (recorded before persons had key versions) had one key."""
+
+        class_version = 2
+        pseudonym: str
+        at: datetime
+        reason: str
+        key_version: int
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state.setdefault("key_version", 1)  # some version-1 events already carry it: written before it counted
+
+    @event(Forgotten)
     def forget(self, pseudonym: str, at: datetime, reason: str, key_version: int = 1) -> None:
         """The person's keys up to version `key_version` were destroyed (crypto-shredding): what named the person
         until `at` names `pseudonym` only.
