@@ -24,6 +24,7 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from eventsourcing.postgres import PostgresDatastore
@@ -32,7 +33,6 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chatbridge.domain.moments import stamp, stamp_now
-from chatbridge.journal import chain, sealing
 from chatbridge.journal.sql import add_missing_columns
 from chatbridge.settings import Settings
 
@@ -42,7 +42,8 @@ _CREATE = (
     "version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL, description TEXT NOT NULL)"
 )
 # Any of these there without the version table: a store of a release before versions were recorded.
-_UNVERSIONED_TABLES = ("chatbridge_events", "chatbridge_intake", "audit_checkpoints", sealing.KEY_TABLE)
+_KEYS, _KEY_VERSIONS = "chatbridge_person_keys", "chatbridge_person_key_versions"
+_UNVERSIONED_TABLES = ("chatbridge_events", "chatbridge_intake", "audit_checkpoints", _KEYS)
 UNVERSIONED = 1  # what a store without the version table is
 _LOCK = 0x63686177  # the PostgreSQL advisory lock a migration holds for its transaction (not bootstrap's schema lock)
 
@@ -83,23 +84,31 @@ def _table_exists(c: Any, placeholder: str, table: str) -> bool:
     return c.fetchone()["found"] is not None
 
 
+# A migration's SQL is written out here, not taken from the tables' current definitions: what it does to a store
+# must not change when a later release changes them.
+
+
 def _checkpoints_chain(c: Any, placeholder: str) -> None:
     if _table_exists(c, placeholder, "audit_checkpoints"):
-        add_missing_columns(c, placeholder, chain.ADDED_COLUMNS)
+        columns = (("audit_checkpoints", "records", "BIGINT"), ("audit_checkpoints", "previous", "TEXT"))
+        add_missing_columns(c, placeholder, columns)
 
 
 def _erasure_horizons(c: Any, placeholder: str) -> None:
-    if _table_exists(c, placeholder, sealing.KEY_TABLE):
-        add_missing_columns(c, placeholder, sealing.ADDED_COLUMNS)
+    if _table_exists(c, placeholder, _KEYS):
+        add_missing_columns(c, placeholder, ((_KEYS, "erased_until", "TEXT"), (_KEYS, "named_until", "TEXT")))
 
 
 def _key_versions(c: Any, placeholder: str) -> None:
     """One key per person, kept in the key table (a destroyed one a tombstone), becomes key version 1."""
-    if not _table_exists(c, placeholder, sealing.KEY_TABLE):
+    if not _table_exists(c, placeholder, _KEYS):
         return
-    keys, versions = sealing.KEY_TABLE, sealing.VERSION_TABLE
-    for statement in sealing.CREATE_STATEMENTS:
-        c.execute(statement)
+    keys, versions = _KEYS, _KEY_VERSIONS
+    c.execute(
+        f"CREATE TABLE IF NOT EXISTS {versions} ("
+        "pseudonym TEXT NOT NULL, version INTEGER NOT NULL, person_key TEXT, created_at TEXT NOT NULL, "
+        "destroyed_at TEXT, PRIMARY KEY (pseudonym, version))"
+    )
     c.execute(
         f"INSERT INTO {versions} (pseudonym, version, person_key, created_at) "
         f"SELECT pseudonym, 1, person_key, created_at FROM {keys} WHERE person_key IS NOT NULL "
@@ -114,7 +123,7 @@ def _key_versions(c: Any, placeholder: str) -> None:
     )
     c.execute(
         f"UPDATE {keys} SET erased_until = {placeholder} WHERE erased_until IS NULL AND forgotten_at IS NOT NULL",
-        (stamp(sealing.FOREVER),),
+        (stamp(datetime.max.replace(tzinfo=UTC)),),  # sealing.FOREVER
     )
 
 
@@ -122,8 +131,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         2, "audit_checkpoints gains records and previous (each checkpoint chains to the one before)", _checkpoints_chain
     ),
-    Migration(2, f"{sealing.KEY_TABLE} gains erased_until and named_until (erasure horizons)", _erasure_horizons),
-    Migration(2, f"each person's single key becomes key version 1 in {sealing.VERSION_TABLE}", _key_versions),
+    Migration(2, f"{_KEYS} gains erased_until and named_until (erasure horizons)", _erasure_horizons),
+    Migration(2, f"each person's single key becomes key version 1 in {_KEY_VERSIONS}", _key_versions),
 )
 CURRENT = max(migration.version for migration in MIGRATIONS)
 
