@@ -65,6 +65,13 @@ class Settings(FileSettings):
     http_port: int = Field(
         default=8080, ge=0, le=65535, description="Port of /healthz, /readyz and /metrics (0: any free port)."
     )
+    shutdown_timeout: float = Field(
+        default=20.0,
+        gt=0,
+        le=3600,
+        description="Seconds from SIGTERM/SIGINT to exit for `run` and `reconcile`, whatever the chat backend "
+        "does: calls at it get half, then are cut. Give the orchestrator's grace period a few seconds more.",
+    )
     timezone: ZoneInfo = Field(
         default=ZoneInfo("Europe/Berlin"),
         description="The organisations' local time (IANA name): the chats' names and topics give dates in it.",

@@ -1,8 +1,10 @@
 """`chatbridge run`: the background worker operators deploy — Kafka intake, the projection, the reconciler.
 
 One process per replica; several replicas in one consumer group share the partitions (see docs/operations.md).
-With `http` it serves /healthz, /readyz and /metrics (`observability`). Stops cleanly on SIGTERM/SIGINT: the
-batch in hand is stored and committed, and the consumer leaves the group.
+With `http` it serves /healthz, /readyz and /metrics (`observability`). Stops cleanly on SIGTERM/SIGINT within
+`CHATBRIDGE_SHUTDOWN_TIMEOUT` (`Settings.shutdown_timeout`), whatever the chat backend does: the batch in hand is
+stored and committed and the consumer leaves the group, while the reconciler starts and retries no call at the
+backend any more and cuts those still in flight after half the timeout (`ReconcilerWorker.run`).
 """
 
 from __future__ import annotations
@@ -60,10 +62,11 @@ class ReconcilerParts:
     probe: Check | None = None  # None when the backend answers, else why not (for /readyz)
     closing: tuple[Any, ...] = ()  # what else to close with the backend (the status producer)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10) -> None:
+        """Close the backend (calls still in flight are cut), then the rest, each given up to `timeout` seconds."""
         self.backend.close()
         for resource in self.closing:
-            resource.close(timeout=10)
+            resource.close(timeout=timeout)
 
 
 def run_worker(
@@ -146,7 +149,8 @@ def run_worker(
             version=store.projection.position,  # the rows are read again when the fold (any replica's) moved
             observe=lambda rows, now: observe_reconciler(reconciler, rows, now),  # type: ignore[arg-type]
         )
-        thread = threading.Thread(target=reconciler.run, args=(stop,), name="reconciler", daemon=True)
+        thread = threading.Thread(target=reconciler.run, args=(stop,), name="reconciler", daemon=True,
+                                  kwargs={"cut_after": settings.shutdown_timeout / 2})  # fmt: skip
 
     def alive() -> bool:
         reconciling = thread is None or thread.is_alive() or stop.is_set()
@@ -167,7 +171,9 @@ def run_worker(
         stop.set()
         if reconciler is not None and thread is not None:
             reconciler.nudge()
-            thread.join(timeout=60)
+            thread.join(timeout=settings.shutdown_timeout)  # it ends half of it after `stop` at the latest
+            if thread.is_alive():
+                log.warning("the reconciler did not stop within %.0f s", settings.shutdown_timeout)
         if end_offsets is not None:
             end_offsets.close()
         if server is not None:

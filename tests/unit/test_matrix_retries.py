@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import httpx
 import pytest
 
@@ -87,3 +90,24 @@ def test_a_refusal_is_not_retried():
     with pytest.raises(BackendError, match="remove member: HTTP 403 M_FORBIDDEN"):
         backend(handler, []).remove_member("!r:localhost", USER)
     assert len(calls) == 1
+
+
+def test_abandoned_calls_stop_waiting_and_retrying_at_once_and_start_no_more():
+    requests: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request.url.path)
+        return httpx.Response(503)
+
+    # the real back-off wait (no `sleep` given): 30 to 60 s before the second attempt
+    matrix = MatrixBackend("http://synapse", "localhost", TOKEN, transport=httpx.MockTransport(handler),
+                           backoff_base=60.0, backoff_max=60.0)  # fmt: skip
+    threading.Timer(0.2, matrix.abandon).start()
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable, match="abandoned, chatbridge is stopping"):
+        matrix.add_member("!r:localhost", USER)
+    assert time.monotonic() - started < 20  # not the 30 s of the wait (the margin is for a busy machine)
+    assert len(requests) == 1
+    with pytest.raises(BackendUnavailable, match="abandoned"):
+        matrix.set_name("!r:localhost", "name")
+    assert len(requests) == 1  # no call starts once abandoned

@@ -309,6 +309,48 @@ def test_the_worker_runs_rounds_until_stopped():
     assert not thread.is_alive() and world.chat().members == {world.uid(ALICE)}
 
 
+def test_a_stopped_worker_abandons_the_backends_calls_and_records_nothing_unconfirmed():
+    import threading
+
+    from chatbridge.reconciler.service import ReconcilerWorker
+
+    class Hanging(FakeChatBackend):
+        """A backend whose tenant call waits until the worker abandons it, then fails as the Matrix adapter does."""
+
+        def __init__(self):
+            super().__init__()
+            self.called, self.abandoned = threading.Event(), threading.Event()
+            self.cut_after: list[float] = []
+
+        def abandon(self, cut_after: float = 0.0) -> None:
+            self.cut_after.append(cut_after)
+            self.abandoned.set()
+
+        def ensure_tenant(self, org, fields):
+            self.called.set()
+            self.abandoned.wait(30)
+            raise BackendUnavailable("resolve alias: abandoned, chatbridge is stopping")
+
+    world = World()
+    world.backend = backend = Hanging()
+    world.stream.org_on(at(1))
+    world.stream.event("4711", at(1, 10), start=START, end=END, responsible=ALICE)
+    world.feed()
+    rows = world.rows()
+    stop = threading.Event()
+    worker = ReconcilerWorker(world.app, backend, lambda: rows, ReconcilerSettings(interval=60), clock=lambda: at(2))
+    thread = threading.Thread(target=worker.run, args=(stop,), kwargs={"cut_after": 2.5})
+    thread.start()
+    assert backend.called.wait(10)
+    stop.set()  # no nudge: the worker notices the stop by itself, though its sleep between rounds is a minute
+    thread.join(10)
+    assert not thread.is_alive()
+    assert backend.cut_after == [2.5]
+    chat = world.app.repository.get(ChatGroup.create_id(ORG, "4711"))
+    assert chat.backend_chats == {}  # the step was never confirmed: nothing claims it was done
+    assert world.app.repository.get(Organisation.create_id(ORG)).tenant_id is None
+
+
 def test_an_unexpected_error_parks_the_chat_without_naming_anyone(world, caplog):
     world.backend.fail = lambda op, args: KeyError(args[1]) if op == "add_member" else None
     with caplog.at_level("INFO"):

@@ -15,16 +15,23 @@ What was measured on Synapse, and why the code does it this way:
 
 Transient failures (timeouts, connection errors, 5xx, 429) are retried with exponential backoff and jitter,
 honouring `retry_after_ms` / `Retry-After`; after `max_attempts` a `BackendUnavailable` tells the reconciler to
-back off that chat. The access token lives in the client's headers only; error messages name the operation, never
-a user id or the token, and httpx's own request log (which shows URLs with user ids) is kept at WARNING.
+back off that chat. When the process stops, `abandon` ends that at once: no call starts or is retried any more, a
+back-off wait ends, and the calls in flight are cut (their sockets shut, found through httpcore's `trace`
+extension) once the grace given to them is over — a homeserver that accepts connections and never answers cannot
+hold the process. A connection attempt still under way ends by its own timeout. The access token lives in the
+client's headers only; error messages name the operation, never a user id or the token, and httpx's own request
+log (which shows URLs with user ids) is kept at WARNING.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -60,6 +67,12 @@ ACTIVE_EVENT_LEVELS: dict[str, int] = {
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry URLs, and URLs carry user ids
+
+
+def _shut(connection: socket.socket) -> None:
+    """End a call waiting on this connection at once (closing the socket would not wake a blocked read)."""
+    with contextlib.suppress(OSError):  # closed already, or never connected
+        connection.shutdown(socket.SHUT_RDWR)
 
 
 def _path(value: str) -> str:
@@ -104,7 +117,7 @@ class MatrixBackend:
         backoff_base: float = 0.25,
         backoff_max: float = 8.0,
         delete_timeout: float = 300.0,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], object] | None = None,
         transport: httpx.BaseTransport | None = None,
     ):
         self.server_name = server_name
@@ -114,7 +127,12 @@ class MatrixBackend:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.delete_timeout = delete_timeout
-        self._sleep = sleep
+        self._abandoned = threading.Event()  # `abandon`: no call starts or is retried any more
+        self._cut = threading.Event()  # the calls in flight are cut: every connection's socket shut
+        self._cut_timer: threading.Timer | None = None
+        self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()  # every connection made (see `_trace`)
+        self._sockets_lock = threading.Lock()
+        self._sleep = sleep or self._abandoned.wait  # a back-off wait ends at once when the calls are abandoned
         self._client = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {token}"},
@@ -140,7 +158,43 @@ class MatrixBackend:
             max_retry_after=settings.max_retry_after,
         )
 
+    def abandon(self, cut_after: float = 0.0) -> None:
+        """Stop calling the homeserver (the process is stopping): from now on no call starts and none is retried —
+        each raises `BackendUnavailable`, and a back-off wait ends at once — and the calls in flight are cut after
+        `cut_after` seconds unless they end first. A cut call reports nothing as done, so nothing is recorded for
+        it; its chat is looked at again by the next start."""
+        self._abandoned.set()
+        if cut_after <= 0:
+            self._cut_calls()
+        elif self._cut_timer is None:
+            self._cut_timer = threading.Timer(cut_after, self._cut_calls)
+            self._cut_timer.daemon = True
+            self._cut_timer.start()
+
+    def _cut_calls(self) -> None:
+        self._cut.set()
+        with self._sockets_lock:
+            sockets = list(self._sockets)
+        for connection in sockets:
+            _shut(connection)
+
+    def _trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's trace of each request: the socket of every connection made, kept so that it can be cut."""
+        if event not in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            return
+        connection = info["return_value"].get_extra_info("socket")
+        if connection is None:
+            return
+        with self._sockets_lock:
+            self._sockets.add(connection)
+        if self._cut.is_set():  # made while the others were being cut
+            _shut(connection)
+
     def close(self) -> None:
+        """Abandon every call at once and release the connections."""
+        self.abandon()
+        if self._cut_timer is not None:
+            self._cut_timer.cancel()
         self._client.close()
 
     def __repr__(self) -> str:  # never the token
@@ -168,8 +222,12 @@ class MatrixBackend:
         """One API call; transient failures retried. `what` names the operation in errors (no ids in it)."""
         problem = ""
         for attempt in range(1, self.max_attempts + 1):
+            if self._abandoned.is_set():
+                raise BackendUnavailable(f"{what}: abandoned, chatbridge is stopping")
             try:
-                response = self._client.request(method, path, json=json, params=params)
+                response = self._client.request(
+                    method, path, json=json, params=params, extensions={"trace": self._trace}
+                )
             except httpx.TimeoutException:
                 problem, delay = "timed out", self._backoff(attempt)
             except httpx.TransportError as error:
@@ -185,6 +243,8 @@ class MatrixBackend:
                     problem, delay = f"HTTP {response.status_code}", self._backoff(attempt)
                 else:
                     return response
+            if self._abandoned.is_set():  # cut, or failed while stopping: not retried
+                raise BackendUnavailable(f"{what}: abandoned, chatbridge is stopping ({problem})")
             if attempt < self.max_attempts:
                 self.retries += 1
                 self._sleep(delay)

@@ -180,7 +180,9 @@ def run(
     """The worker: consume the input topics (CHATBRIDGE_TOPICS) in the consumer group into the store, and
     reconcile the chats of the partitions it owns at the chat backend, publishing their status.
 
-    Runs until SIGTERM or SIGINT; then it stores and commits the batch in hand and leaves the group.
+    Runs until SIGTERM or SIGINT; then it stores and commits the batch in hand and leaves the group, and exits
+    within CHATBRIDGE_SHUTDOWN_TIMEOUT: calls at the chat backend still in flight are cut, and their chats are
+    reconciled again at the next start.
     """
     settings = load_settings()
     logs.configure(settings.log_format, settings.log_level)
@@ -210,7 +212,7 @@ def run(
     finally:
         store.close()
         if chat_sync is not None:
-            chat_sync.close()
+            chat_sync.close(timeout=settings.shutdown_timeout / 4)  # the status documents still queued
     err.print(f"stopped after {counts.total} records: {outcomes(counts.outcomes)}", highlight=False)
 
 

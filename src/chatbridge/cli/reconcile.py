@@ -35,7 +35,9 @@ def reconcile(
 ) -> None:
     """Bring the chats at the chat backend (Matrix) in line with the desired state.
 
-    Without --dry-run or --once it runs until SIGTERM/SIGINT, reconciling chats as they become dirty or due.
+    Without --dry-run or --once it runs until SIGTERM/SIGINT, reconciling chats as they become dirty or due, and
+    exits within CHATBRIDGE_SHUTDOWN_TIMEOUT: calls at the chat backend still in flight are cut after half of it,
+    and their chats are reconciled again at the next start.
     When the input is Kafka (CHATBRIDGE_TOPICS or CHATBRIDGE_KAFKA_BOOTSTRAP_SERVERS set), a chat is deleted only
     once the store holds every input partition up to end offsets read after its deadline; until then its
     deletion waits (shown in the plan) and everything else goes on.
@@ -94,7 +96,8 @@ def reconcile(
         def rows() -> list[Any]:
             return reconciling.desired_rows(store)
 
-        reconciling.ReconcilerWorker(store.app, backend, rows, options, clock=clock, gate=gate).run(stop)
+        looping = reconciling.ReconcilerWorker(store.app, backend, rows, options, clock=clock, gate=gate)
+        looping.run(stop, cut_after=settings.shutdown_timeout / 2)
     except BackendError as error:
         raise fail(f"chat backend: {error}") from None
     finally:

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from eventsourcing.persistence import IntegrityError
 
@@ -225,6 +225,13 @@ class PassReport:
 StatusListener = Callable[[DesiredChat, ChatState, datetime], None]
 
 
+@runtime_checkable
+class Abandonable(Protocol):
+    """A backend whose calls can be abandoned when the process stops (the Matrix adapter's `abandon`)."""
+
+    def abandon(self, cut_after: float = 0.0) -> None: ...
+
+
 class Reconciler:
     """Reconciles desired rows with a chat backend and records the outcomes on the aggregates."""
 
@@ -254,6 +261,13 @@ class Reconciler:
         # one chat's membership steps, run side by side up to the same bound (a new 200-member chat would take a
         # join's latency 200 times in a row); a pool apart from the chats' so that a chat never waits on itself
         self._steps = ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="reconcile-step")
+
+    def abandon(self, cut_after: float) -> None:
+        """The process stops: calls at the backend start and retry no more, and those in flight are cut after
+        `cut_after` seconds. Their chats fail like any chat whose backend did not answer — a step is recorded only
+        once the backend confirmed it — and are looked at again by the next start."""
+        if isinstance(self.backend, Abandonable):
+            self.backend.abandon(cut_after)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

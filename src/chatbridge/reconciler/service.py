@@ -280,7 +280,16 @@ class ReconcilerWorker:
             return self.settings.interval
         return min(self.settings.interval, max(0.05, (wake - now).total_seconds()))
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, *, cut_after: float = 10.0) -> None:
+        """Rounds until `stop` is set. From that moment calls at the backend start and retry no more, and those in
+        flight are cut after `cut_after` seconds (`Reconciler.abandon`); returns once the chats in flight ended."""
+
+        def on_stop() -> None:
+            stop.wait()
+            self.reconciler.abandon(cut_after)
+            self.nudge()  # out of the sleep between rounds at once
+
+        threading.Thread(target=on_stop, name="reconciler-stop", daemon=True).start()
         try:
             while not stop.is_set():
                 try:
