@@ -15,6 +15,9 @@ the horizon is stored as the pseudonym alone; a name dated from it on is about a
 fresh key version. An operator's `gdpr forget` moves the horizon to the end of time: that person never comes back
 readable. The pseudonym key lives outside the store (see `audit.settings`): with it, and a HiOrg id, an auditor can
 still find the forgotten person's pseudonym and so prove when the person had access — the store alone cannot.
+
+Every erasure is also recorded outside the store (`journal.erasures`) before the keys go, so that a restored backup,
+which still holds them, has them destroyed again (`PersonKeys.reapply`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 from uuid import UUID
 
@@ -38,6 +42,7 @@ from eventsourcing.persistence import Mapper, PersistenceError, StoredEvent
 
 from chatbridge.domain.aggregates import EVENT_CLASSES
 from chatbridge.domain.moments import stamp, stamp_now
+from chatbridge.journal.erasures import Erasure, ErasureLog, installation_of
 from chatbridge.journal.sql import Placeholders, add_missing_columns, insert_rows
 
 PSEUDONYM = re.compile(r"ps-[0-9a-f]{32}")
@@ -179,6 +184,8 @@ class MemoryKeyTable:
             for version in doomed:
                 state.keys[version] = None
             state.keys.setdefault(1, None)  # a person erased before ever keyed: their first key is gone too
+            if up_to is not None and up_to > 1:
+                state.keys.setdefault(up_to, None)  # (see SQLKeyTable.erase)
             state.erased_until = max(state.erased_until or until, until)
             self._erasures += 1
             return bool(doomed)
@@ -199,6 +206,43 @@ class SQLKeyTable(Placeholders):
     def __init__(self, datastore: Any, placeholder: str):
         self.datastore = datastore
         self.placeholder = placeholder
+
+    def database(self) -> Path | None:
+        """The SQLite file the tables are in (None: PostgreSQL, or SQLite in memory)."""
+        name = getattr(getattr(self.datastore, "pool", None), "db_name", None)
+        return None if not name or ":memory:" in name or "mode=memory" in name else Path(name)
+
+    def export_rows(self) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """Every row of the two key tables (live keys, destroyed ones, horizons), to be put back into a store made
+        afresh (`import_rows`)."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT pseudonym, org, created_at, forgotten_at, erased_until FROM {KEY_TABLE}")
+            persons = [tuple(row[k] for k in ("pseudonym", "org", "created_at", "forgotten_at", "erased_until"))
+                       for row in c.fetchall()]  # fmt: skip
+            c.execute(f"SELECT pseudonym, version, person_key, created_at, destroyed_at FROM {VERSION_TABLE}")
+            versions = [tuple(row[k] for k in ("pseudonym", "version", "person_key", "created_at", "destroyed_at"))
+                        for row in c.fetchall()]  # fmt: skip
+        return persons, versions
+
+    def import_rows(self, rows: tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]) -> None:
+        """Put exported rows back; a row the store has already stays. When the persons were named last is left
+        out: no fact of the store made afresh names them yet."""
+        persons, versions = rows
+        with self.datastore.transaction(commit=True) as c:
+            insert_rows(
+                c,
+                f"INSERT INTO {KEY_TABLE} (pseudonym, org, created_at, forgotten_at, erased_until) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (pseudonym) DO NOTHING",
+                persons,
+                self.placeholder,
+            )
+            insert_rows(
+                c,
+                f"INSERT INTO {VERSION_TABLE} (pseudonym, version, person_key, created_at, destroyed_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (pseudonym, version) DO NOTHING",
+                versions,
+                self.placeholder,
+            )
 
     def create_table(self) -> None:
         """Create the tables, or bring a store of the previous release (one key per person, kept in the key
@@ -339,13 +383,16 @@ class SQLKeyTable(Placeholders):
                 ),
                 (pseudonym, org, now, now, horizon),
             )
-            c.execute(
-                self._sql(
-                    f"INSERT INTO {VERSION_TABLE} (pseudonym, version, person_key, created_at, destroyed_at) "
-                    "VALUES (?, 1, NULL, ?, ?) ON CONFLICT (pseudonym, version) DO NOTHING"
-                ),
-                (pseudonym, now, now),
-            )
+            # the newest destroyed version is kept as a row even when this store never had it (an erasure
+            # re-applied to a restored backup): a key made later for a new person gets a number above it
+            for version in sorted({1, up_to or 1}):
+                c.execute(
+                    self._sql(
+                        f"INSERT INTO {VERSION_TABLE} (pseudonym, version, person_key, created_at, destroyed_at) "
+                        "VALUES (?, ?, NULL, ?, ?) ON CONFLICT (pseudonym, version) DO NOTHING"
+                    ),
+                    (pseudonym, version, now, now),
+                )
             c.execute(
                 self._sql(
                     f"UPDATE {KEY_TABLE} SET forgotten_at = ?, erased_until = CASE "
@@ -392,9 +439,17 @@ class _Erasure(NamedTuple):
 class PersonKeys:
     """Pseudonyms, and sealing / opening person ids with the persons' keys (cached in memory)."""
 
-    def __init__(self, pseudonym_key: bytes, table: KeyTable, recheck_seconds: float = 1.0):
+    def __init__(
+        self, pseudonym_key: bytes, table: KeyTable, recheck_seconds: float = 1.0, erasure_log: ErasureLog | None = None
+    ):
         self._pseudonym_key = pseudonym_key
         self.table = table
+        self.installation = installation_of(pseudonym_key)
+        # where every erasure is recorded outside the store: given, or as the environment says for a store's tables
+        # (the in-memory table of `simulate` and unit tests records none)
+        if erasure_log is None and isinstance(table, SQLKeyTable):
+            erasure_log = ErasureLog.configured(table.database())
+        self.erasure_log = erasure_log
         self._states: dict[str, KeyState] = {}
         self._ciphers: dict[tuple[str, int], AESGCM] = {}
         self._sealed: dict[tuple[str, int], str] = {}  # (pseudonym, key version) → the token naming the person
@@ -655,7 +710,28 @@ class PersonKeys:
         default the end of time: an operator's erasure); True if there was a key to destroy."""
         return self._erase(self.pseudonym(org, person_id), org, _utc(until), up_to)
 
-    def _erase(self, pseudonym: str, org: str, until: datetime, up_to: int | None) -> bool:
+    def reapply(self, erasure: Erasure) -> bool:
+        """Carry out a recorded erasure again, on a store restored from a backup made before it; True if it was not
+        in place (a key existed, or the horizon was earlier). Not recorded again."""
+        if self._done(erasure.pseudonym, _utc(erasure.until), erasure.up_to):
+            return False
+        self._erase(erasure.pseudonym, erasure.org, _utc(erasure.until), erasure.up_to, record=False)
+        return True
+
+    def _done(self, pseudonym: str, until: datetime, up_to: int | None) -> bool:
+        """The erasure is in place in the table: the horizon reaches `until`, and no key up to `up_to` is left."""
+        state = self.table.load(pseudonym)
+        return (
+            state is not None
+            and state.erased_until is not None
+            and state.erased_until >= until
+            and not any(key for version, key in state.keys.items() if up_to is None or version <= up_to)
+        )
+
+    def _erase(self, pseudonym: str, org: str, until: datetime, up_to: int | None, *, record: bool = True) -> bool:
+        if record and self.erasure_log is not None and not self._done(pseudonym, until, up_to):
+            # written before the keys go: a restore must find every erasure that may have happened
+            self.erasure_log.record(Erasure(self.installation, org, pseudonym, up_to, until, datetime.now(UTC)))
         destroyed = self.table.erase(pseudonym, org, until, up_to)
         with self._lock:
             self._epoch += 1
@@ -668,6 +744,8 @@ class PersonKeys:
                         self._ciphers.pop((pseudonym, version), None)
                         self._sealed.pop((pseudonym, version), None)
                 state.keys.setdefault(1, None)
+                if up_to is not None and up_to > 1:
+                    state.keys.setdefault(up_to, None)
                 state.erased_until = max(state.erased_until or until, until)
         return destroyed
 
