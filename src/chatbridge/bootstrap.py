@@ -21,11 +21,19 @@ from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore, SQLiteTransactio
 from chatbridge.application import IntakeApplication
 from chatbridge.backends.matrix import MatrixBackend
 from chatbridge.backends.settings import MatrixSettings
+from chatbridge.consumers.jsonl import FileMarks
 from chatbridge.domain.lifecycle import Policy
 from chatbridge.journal import chain
 from chatbridge.journal.chain import Sink
 from chatbridge.journal.checkpoints import CheckpointFile, KafkaCheckpoints, kafka_producer
-from chatbridge.journal.keys import AuditKeyError, AuditKeys, AuditSettings, default_key_file, load_keys
+from chatbridge.journal.keys import (
+    AuditKeyError,
+    AuditKeys,
+    AuditSettings,
+    StoreKeys,
+    default_key_file,
+    load_keys,
+)
 from chatbridge.journal.sealing import KEY_TABLES
 from chatbridge.observability import Check
 from chatbridge.projections.store import (
@@ -95,11 +103,17 @@ def open_store(
     store made on the spot. Keys are never made for a store that exists: new keys would leave its pseudonyms
     unfindable and its signatures unverifiable, so a missing key file is an error naming it.
 
+    The configured keys must be the ones the store was made with (`journal.keys.StoreKeys`): other keys are refused
+    with an `AuditKeyError` naming the key that does not fit. Keys handed in (`keys`) are the caller's to answer
+    for: `audit verify` checks its key against the signatures themselves, which an unsigned record in the store must
+    not overrule, and it may hold the verify key alone.
+
     The worker (`publish_to_input_broker`) publishes its signed checkpoints to the input's Kafka as well.
     """
     exists = store_exists(settings)
     if not exists and not create:
         raise StoreError(f"{_where(settings)}: no chatbridge store there (`chatbridge ingest` or `run` makes one)")
+    configured = keys is None
     if keys is None:
         try:
             keys = audit_keys(settings, create=not exists)
@@ -113,6 +127,8 @@ def open_store(
         if isinstance(app.factory.datastore, SQLiteDatastore):  # type: ignore[attr-defined]
             _writers_wait_their_turn(app.factory.datastore)  # type: ignore[attr-defined]
         view_class = PostgresDesiredStateView if settings.store == "postgres" else SQLiteDesiredStateView
+        if configured:
+            _keys_fit(app, keys, made=not exists)
         view = app.factory.tracking_recorder(view_class)  # type: ignore[arg-type]
         assert isinstance(view, view_class)
         view.ensure_current()  # rows of an earlier version of the projection are folded again
@@ -120,6 +136,17 @@ def open_store(
         app, view, policy or settings.policy, exclusive=lambda: _exclusive(settings, _PROJECTION_LOCK)
     )
     return Store(app=app, projection=projection, compact=lambda: compact_store(settings))
+
+
+def _keys_fit(app: IntakeApplication, keys: AuditKeys, *, made: bool) -> None:
+    """The store's record of its keys agrees with `keys` (and is written when there is none); else the application
+    is closed and `AuditKeyError` names the key that does not fit."""
+    recorder: Any = app.recorder
+    try:
+        StoreKeys(recorder.datastore, getattr(recorder, "placeholder", "?")).check(keys, made=made)
+    except BaseException:
+        app.close()
+        raise
 
 
 def checkpoint_sinks(keys: AuditKeys, input_broker: str | None = None) -> list[Sink]:
@@ -235,7 +262,9 @@ _SCHEMA_LOCK = 0x63686174  # "chat": the advisory lock id chatbridge takes while
 _PROJECTION_LOCK = 0x63686175  # the one a process holds while it folds the log into the desired-state projection
 
 
-# Every table chatbridge keeps in a PostgreSQL database (the library names its own after the application).
+# Every table chatbridge keeps in a PostgreSQL database (the library names its own after the application); the
+# person keys' (journal.sealing) and the store's record of its audit keys (journal.keys) are not among them: a store
+# made before them lacks them, and `wipe_store` keeps them.
 _ALL_TABLES = (
     "chatbridge_events", "chatbridge_tracking", "chatbridge_intake", "desired_state", "organisation_feature",
     "person_status", "person_chats", "desired_state_meta",
@@ -275,7 +304,8 @@ def wipe_store(settings: Settings) -> None:
             settings.database.with_name(settings.database.name + suffix).unlink(missing_ok=True)
         return
     with _postgres_connection(settings) as connection:
-        for table in (*_ALL_TABLES, *chain.TABLES):  # the key table stays: forgotten persons stay forgotten
+        # the person keys stay (forgotten persons stay forgotten), and with them the record of the keys that find them
+        for table in (*_ALL_TABLES, *chain.TABLES, FileMarks.TABLE):  # the files' marks go with their positions
             connection.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
 
 

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from chatbridge.cli import audit, backup, config, dlq, failures, intake, reconcile
+from chatbridge.cli import audit, backup, config, dlq, failures, intake, keys, reconcile
 from chatbridge.cli.common import error_line
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.add_typer(dlq.dlq_app, name="dlq")
 app.add_typer(config.config_app, name="config")
 app.add_typer(audit.audit_app, name="audit")  # the audit queries, `audit verify` and `audit report`
 app.add_typer(audit.gdpr_app, name="gdpr")  # `gdpr forget`, `gdpr compact`
+app.add_typer(keys.keys_app, name="keys")
 
 
 @app.callback()
