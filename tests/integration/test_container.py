@@ -271,7 +271,7 @@ def _compose_command() -> list[str] | None:
     return None
 
 
-def test_compose_is_valid_keeps_the_audit_keys_in_a_volume_and_waits_for_the_worker_to_stop() -> None:
+def test_compose_is_valid_takes_the_audit_keys_from_a_secret_and_waits_for_the_worker_to_stop() -> None:
     command = _compose_command()
     if command is None:
         if IN_CI:
@@ -282,13 +282,15 @@ def test_compose_is_valid_keeps_the_audit_keys_in_a_volume_and_waits_for_the_wor
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
     bridge = resolved["services"]["chatbridge"]
-    # the audit key file (and a SQLite store) live in a named volume: they outlive the container
-    mounts = (
-        {m.split(":")[1]: m.split(":")[0] for m in bridge["volumes"]}
-        if isinstance(bridge["volumes"][0], str)
-        else {m["target"]: m["source"] for m in bridge["volumes"]}
-    )
-    assert mounts.get("/var/lib/chatbridge") in resolved["volumes"], mounts
+    # the audit key file is a secret from the operator's file, made once: a recreated container starts with the same
+    # keys; the store is PostgreSQL's, in a named volume — nothing that matters lives in the worker's container
+    (secret,) = [s if isinstance(s, str) else s["source"] for s in bridge["secrets"]]
+    assert bridge["environment"]["CHATBRIDGE_AUDIT_KEY_FILE"] == f"/run/secrets/{secret}"
+    assert resolved["secrets"][secret]["file"].endswith("chatbridge.audit-keys")
+    assert bridge["environment"]["CHATBRIDGE_STORE"] == "postgres"
+    postgres = resolved["services"]["postgres"]["volumes"]
+    sources = {m.split(":")[0] if isinstance(m, str) else m["source"] for m in postgres}
+    assert "postgres-data" in sources and "postgres-data" in resolved["volumes"], postgres
     assert bridge["environment"]["CHATBRIDGE_POSTGRES_PASSWORD"] == "from-the-operator"
     # the worker joins its reconciler for up to 60 s after SIGTERM: the grace period must outlast that
     assert _seconds(bridge["stop_grace_period"]) > 60
