@@ -8,6 +8,7 @@ command) import this module: every layer below takes what it needs as arguments.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
@@ -23,7 +24,7 @@ from chatbridge.backends.matrix import MatrixBackend
 from chatbridge.backends.settings import MatrixSettings
 from chatbridge.consumers.jsonl import FileMarks
 from chatbridge.domain.lifecycle import Policy
-from chatbridge.journal import chain
+from chatbridge.journal import chain, schema
 from chatbridge.journal.chain import Sink
 from chatbridge.journal.checkpoints import CheckpointFile, KafkaCheckpoints, kafka_producer
 from chatbridge.journal.keys import (
@@ -122,6 +123,8 @@ def open_store(
                 raise AuditKeyError(f"{error}; the store holds data, so no new keys are made: restore them") from None
             raise
     with _schema_lock(settings):
+        with store_connection(settings) as connection:  # before anything else reads or writes the store
+            schema.check_schema(connection, schema.placeholder_of(settings), migrate=settings.migrate_on_start)
         servers = settings.kafka_bootstrap_servers if publish_to_input_broker else None
         app = IntakeApplication(env=store_env(settings), keys=keys, checkpoint_sinks=checkpoint_sinks(keys, servers))
         if isinstance(app.factory.datastore, SQLiteDatastore):  # type: ignore[attr-defined]
@@ -136,6 +139,22 @@ def open_store(
         app, view, policy or settings.policy, exclusive=lambda: _exclusive(settings, _PROJECTION_LOCK)
     )
     return Store(app=app, projection=projection, compact=lambda: compact_store(settings))
+
+
+@contextmanager
+def store_connection(settings: Settings) -> Iterator[Any]:
+    """A connection of its own to the configured store (autocommit; `journal.schema` begins its transactions)."""
+    if settings.store == "postgres":
+        with _postgres_connection(settings) as connection:
+            yield connection
+        return
+    with contextlib.suppress(FileExistsError):  # a store made here is its owner's only, before SQLite opens it
+        os.close(os.open(settings.database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    connection = sqlite3.connect(settings.database, timeout=30, isolation_level=None)
+    try:
+        yield connection
+    finally:
+        connection.close()
 
 
 def _keys_fit(app: IntakeApplication, keys: AuditKeys, *, made: bool) -> None:

@@ -72,6 +72,11 @@ class Settings(FileSettings):
         description="Seconds from SIGTERM/SIGINT to exit for `run` and `reconcile`, whatever the chat backend "
         "does: calls at it get half, then are cut. Give the orchestrator's grace period a few seconds more.",
     )
+    migrate_on_start: bool = Field(
+        default=False,
+        description="Migrate a store of an earlier release when a process opens it (let one replica do it); "
+        "else `chatbridge migrate` does it, and the others refuse the store until then.",
+    )
     timezone: ZoneInfo = Field(
         default=ZoneInfo("Europe/Berlin"),
         description="The organisations' local time (IANA name): the chats' names and topics give dates in it.",

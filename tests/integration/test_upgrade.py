@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
+from chatbridge import bootstrap
 from chatbridge.bootstrap import open_store
 from chatbridge.cli import app as chatbridge
-from chatbridge.cli.migrate import migrate
 from chatbridge.cli.usecases import state
 from chatbridge.consumers.jsonl import ingest_lines, read_lines
 from chatbridge.journal import schema
@@ -28,13 +27,6 @@ from chatbridge.settings import Settings
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "previous_release"
 NOW = datetime.fromisoformat("2026-11-26T12:00:00+00:00")  # as make_previous_store.py asked the old release
-
-
-def _migrate_command() -> typer.Typer:
-    commands = typer.Typer()
-    commands.command()(migrate)
-    commands.command("noop", hidden=True)(lambda: None)  # two commands: `migrate` is then named, as in chatbridge
-    return commands
 
 
 def _settings(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
@@ -97,18 +89,22 @@ def test_the_previous_release_store_is_refused_until_migrated_then_answers_as_be
         f"the store is at schema 1, this release needs {schema.CURRENT}: run `chatbridge migrate` "
         "(or start with CHATBRIDGE_MIGRATE_ON_START=true)"
     )
+    with pytest.raises(schema.SchemaVersionError):  # every command opening the store refuses it, `state` too
+        _answer(_settings(previous_store, monkeypatch))
+    refused_command = CliRunner().invoke(chatbridge, ["state", "--now", "2026-11-26T12:00:00Z"], env=previous_store)
+    assert refused_command.exit_code != 0
 
-    dry = CliRunner().invoke(_migrate_command(), ["migrate", "--dry-run"], env=previous_store)
+    dry = CliRunner().invoke(chatbridge, ["migrate", "--dry-run"], env=previous_store)
     assert dry.exit_code == 0, dry.output
     assert f"the store is at schema 1; this release needs {schema.CURRENT}" in dry.stderr
     assert all(step.description in dry.stderr for step in schema.pending(1))
     assert "dry run: nothing changed" in dry.stderr
     assert _sqlite_version(previous_store) == schema.UNVERSIONED
 
-    done = CliRunner().invoke(_migrate_command(), ["migrate"], env=previous_store)
+    done = CliRunner().invoke(chatbridge, ["migrate"], env=previous_store)
     assert done.exit_code == 0, done.output
     assert _sqlite_version(previous_store) == schema.CURRENT
-    again = CliRunner().invoke(_migrate_command(), ["migrate"], env=previous_store)
+    again = CliRunner().invoke(chatbridge, ["migrate"], env=previous_store)
     assert again.exit_code == 0 and "nothing to do" in again.stderr, again.output
     with closing(sqlite3.connect(previous_store["CHATBRIDGE_DATABASE"], isolation_level=None)) as connection:
         assert schema.check_schema(connection, "?", migrate=False) == []
@@ -119,12 +115,11 @@ def test_the_previous_release_store_is_refused_until_migrated_then_answers_as_be
     _verify(previous_store)
 
 
-def test_migration_on_start_brings_the_store_up_in_one_step(previous_store: dict[str, str]) -> None:
-    with closing(sqlite3.connect(previous_store["CHATBRIDGE_DATABASE"], isolation_level=None)) as connection:
-        ran = schema.check_schema(
-            connection, "?", migrate=schema.SchemaSettings(migrate_on_start=True).migrate_on_start
-        )
-    assert list(ran) == schema.pending(1)
+def test_migration_on_start_brings_the_store_up_in_one_step(
+    previous_store: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings({**previous_store, "CHATBRIDGE_MIGRATE_ON_START": "true"}, monkeypatch)
+    assert _answer(settings) == _recorded_answer()
     assert _sqlite_version(previous_store) == schema.CURRENT
 
 
@@ -138,7 +133,7 @@ def test_a_store_of_a_newer_release_is_always_refused(previous_store: dict[str, 
         for migrating in (False, True):
             with pytest.raises(schema.SchemaVersionError, match=f"schema {newer}, newer than this release's"):
                 schema.check_schema(connection, "?", migrate=migrating)
-    refused = CliRunner().invoke(_migrate_command(), ["migrate"], env=previous_store)
+    refused = CliRunner().invoke(chatbridge, ["migrate"], env=previous_store)
     assert isinstance(refused.exception, schema.SchemaVersionError)
 
 
@@ -180,15 +175,15 @@ def test_postgres_store_without_the_version_table_is_migrated(
         ingest_lines(store.app, f"file:{FIXTURE / 'messages.jsonl'}", read_lines(FIXTURE / "messages.jsonl"))
     finally:
         store.close()
-    with schema.connect(settings) as connection:
+    with bootstrap.store_connection(settings) as connection:
         connection.execute(f"DROP TABLE IF EXISTS {schema.VERSION_TABLE}")  # as the previous release left it
         assert schema.stored_version(connection, "%s") == schema.UNVERSIONED
         with pytest.raises(schema.SchemaVersionError, match="run `chatbridge migrate`"):
             schema.check_schema(connection, "%s", migrate=False)
 
-    done = CliRunner().invoke(_migrate_command(), ["migrate"], env=env)
+    done = CliRunner().invoke(chatbridge, ["migrate"], env=env)
     assert done.exit_code == 0, done.output
-    with schema.connect(settings) as connection:
+    with bootstrap.store_connection(settings) as connection:
         assert schema.stored_version(connection, "%s") == schema.CURRENT
         assert schema.check_schema(connection, "%s", migrate=False) == []
         connection.execute(

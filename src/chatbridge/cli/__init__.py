@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from chatbridge.cli import audit, backup, config, dlq, failures, intake, keys, reconcile
+from chatbridge.cli import audit, backup, config, dlq, failures, intake, keys, migrate, reconcile
 from chatbridge.cli.common import error_line
 
 app = typer.Typer(
@@ -22,7 +22,7 @@ app = typer.Typer(
 _debug = {"on": False}  # `chatbridge --debug …`: a failure shows its traceback
 
 for command in (intake.simulate, intake.ingest, intake.state, intake.replay, intake.run, reconcile.reconcile,
-                intake.schema, backup.backup, backup.restore):  # fmt: skip
+                intake.schema, backup.backup, backup.restore, migrate.migrate):  # fmt: skip
     app.command()(command)
 app.add_typer(dlq.dlq_app, name="dlq")
 app.add_typer(config.config_app, name="config")

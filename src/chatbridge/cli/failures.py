@@ -19,6 +19,7 @@ from kafka.errors import KafkaError
 from chatbridge.bootstrap import StoreError
 from chatbridge.journal.chain import ChainHalted
 from chatbridge.journal.keys import AuditKeyError
+from chatbridge.journal.schema import SchemaVersionError
 
 FAILED = 1
 USAGE = 2
@@ -44,6 +45,8 @@ def explain(error: BaseException) -> Explained:
         return Explained(f"audit keys: {error}", USAGE)
     if isinstance(error, ChainHalted):
         return Explained(f"audit log: storing stopped — {error} (see docs/audit.md)", FAILED)
+    if isinstance(error, SchemaVersionError):
+        return Explained(str(error), FAILED)
     if isinstance(error, PersistenceError | sqlite3.Error):
         return Explained(f"the store: {_first_line(error)}", FAILED)
     if isinstance(error, KafkaError):

@@ -23,7 +23,7 @@ def migrate(
     if not bootstrap.store_exists(settings):
         raise fail(f"{_where(settings)}: no chatbridge store there, so nothing to migrate")
     placeholder = schema.placeholder_of(settings)
-    with schema.connect(settings) as connection:
+    with bootstrap.store_connection(settings) as connection:
         stored = schema.stored_version(connection, placeholder)
         if stored is None:
             raise fail(f"{_where(settings)}: no chatbridge store there, so nothing to migrate")

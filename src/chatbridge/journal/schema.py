@@ -29,8 +29,6 @@ from typing import Any
 
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chatbridge.domain.moments import stamp, stamp_now
 from chatbridge.journal.sql import add_missing_columns
@@ -55,15 +53,6 @@ class SchemaVersionError(Exception):
         super().__init__(line)
         self.stored = stored
         self.needed = needed
-
-
-class SchemaSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CHATBRIDGE_", extra="ignore")
-
-    migrate_on_start: bool = Field(
-        default=False,
-        description="Migrate an older store when a process opens it (one replica only); else `chatbridge migrate`.",
-    )
 
 
 Step = Callable[[Any, str], None]
@@ -140,30 +129,6 @@ CURRENT = max(migration.version for migration in MIGRATIONS)
 def pending(stored: int) -> list[Migration]:
     """The migrations a store at version `stored` still needs, in order."""
     return [migration for migration in MIGRATIONS if migration.version > stored]
-
-
-@contextmanager
-def connect(settings: Settings) -> Iterator[Any]:
-    """A connection of its own to the configured store, for `check_schema` before anything else opens it."""
-    if settings.store == "postgres":
-        import psycopg  # only the PostgreSQL store needs it
-
-        with psycopg.connect(
-            host=settings.postgres_host,
-            port=settings.postgres_port,
-            dbname=settings.postgres_dbname,
-            user=settings.postgres_user,
-            password=settings.postgres_password.get_secret_value(),
-            autocommit=True,
-            connect_timeout=10,
-        ) as connection:
-            yield connection
-        return
-    sqlite = sqlite3.connect(settings.database, timeout=30, isolation_level=None)
-    try:
-        yield sqlite
-    finally:
-        sqlite.close()
 
 
 def placeholder_of(settings: Settings) -> str:
