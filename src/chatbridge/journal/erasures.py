@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -241,11 +241,6 @@ class ErasureLog:
                 else:
                     self._pending.pop(index, None)
 
-    def waiting(self) -> int:
-        """How many records some place has not taken yet."""
-        with self._lock:
-            return max((len(w) for w in self._pending.values()), default=0)
-
     def read(self, installation: str) -> list[Erasure]:
         """Every erasure of the installation any place holds, once each, oldest first."""
         found = {erasure for place in self.places for erasure in place.read(installation)}
@@ -273,7 +268,3 @@ def default_path(database: Path | None) -> Path:
     if database is not None:
         return database.with_name(database.name + ".erasures")
     return Path("chatbridge.erasures")
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
