@@ -38,6 +38,7 @@ from chatbridge.domain.messages import (
     StaffingChanged,
 )
 from chatbridge.journal.chain import Guard, Sink
+from chatbridge.journal.erasures import ErasureLog
 from chatbridge.journal.intake import (
     APPLIED,
     DUPLICATE,
@@ -172,9 +173,16 @@ class IntakeApplication(EventSourcedProjection[UUID]):
     name = "ChatBridge"  # the library names the tables after it (chatbridge_events, …): kept for existing stores
     env = {"AGGREGATE_CACHE_MAXSIZE": "5000"}
 
-    def __init__(self, env: Any = None, keys: AuditKeys | None = None, checkpoint_sinks: Sequence[Sink] = ()):
+    def __init__(
+        self,
+        env: Any = None,
+        keys: AuditKeys | None = None,
+        checkpoint_sinks: Sequence[Sink] = (),
+        erasure_log: ErasureLog | None = None,
+    ):
         # the audit's keys (journal.keys): checkpoint signing, and the persons' pseudonyms; the sinks are where
-        # signed checkpoints are published outside the store (bootstrap chooses them)
+        # signed checkpoints are published outside the store, and the erasure log every destroyed key is recorded
+        # in outside it (bootstrap chooses them)
         self.keys = keys or AuditKeys.ephemeral()
         _private_sqlite_files(env or {})
         super().__init__(env)
@@ -184,7 +192,7 @@ class IntakeApplication(EventSourcedProjection[UUID]):
             table.create_table()
             self.recorder.chain_guard = Guard(self.keys.signing_key, checkpoint_sinks)  # type: ignore[attr-defined]
             self.recorder.create_chain_tables()  # type: ignore[attr-defined]
-        self.persons = PersonKeys(self.keys.pseudonym_key, table)
+        self.persons = PersonKeys(self.keys.pseudonym_key, table, erasure_log=erasure_log)
         mapper = cast(PersonSealingMapper, self.mapper)
         mapper.persons = self.persons
         mapper.first_event = self._first_event

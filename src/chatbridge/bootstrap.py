@@ -27,6 +27,7 @@ from chatbridge.domain.lifecycle import Policy
 from chatbridge.journal import chain, schema
 from chatbridge.journal.chain import Sink
 from chatbridge.journal.checkpoints import CheckpointFile, KafkaCheckpoints, kafka_producer
+from chatbridge.journal.erasures import ErasureLog, ErasureSettings
 from chatbridge.journal.keys import (
     AuditKeyError,
     AuditKeys,
@@ -126,7 +127,12 @@ def open_store(
         with store_connection(settings) as connection:  # before anything else reads or writes the store
             schema.check_schema(connection, schema.placeholder_of(settings), migrate=settings.migrate_on_start)
         servers = settings.kafka_bootstrap_servers if publish_to_input_broker else None
-        app = IntakeApplication(env=store_env(settings), keys=keys, checkpoint_sinks=checkpoint_sinks(keys, servers))
+        app = IntakeApplication(
+            env=store_env(settings),
+            keys=keys,
+            checkpoint_sinks=checkpoint_sinks(keys, servers),
+            erasure_log=erasure_log(settings, servers),
+        )
         if isinstance(app.factory.datastore, SQLiteDatastore):  # type: ignore[attr-defined]
             _writers_wait_their_turn(app.factory.datastore)  # type: ignore[attr-defined]
         view_class = PostgresDesiredStateView if settings.store == "postgres" else SQLiteDesiredStateView
@@ -139,6 +145,16 @@ def open_store(
         app, view, policy or settings.policy, exclusive=lambda: _exclusive(settings, _PROJECTION_LOCK)
     )
     return Store(app=app, projection=projection, compact=lambda: compact_store(settings))
+
+
+def erasure_log(settings: Settings, input_broker: str | None = None) -> ErasureLog:
+    """Where every erasure is recorded outside the store, so that a restored backup cannot revive a destroyed key
+    (`journal.erasures`): the file, and the topic — for every writer when Kafka is configured in the environment,
+    else for the worker on its input's broker."""
+    chosen = ErasureSettings()
+    if chosen.kafka_bootstrap_servers is None and input_broker:
+        chosen = chosen.model_copy(update={"kafka_bootstrap_servers": input_broker})
+    return ErasureLog.configured(settings.database if settings.store == "sqlite" else None, chosen)
 
 
 @contextmanager

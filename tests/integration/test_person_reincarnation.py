@@ -201,14 +201,15 @@ def test_a_store_of_the_previous_release_opens_its_keys_and_tombstones(
         import psycopg
 
         env = request.getfixturevalue("postgres_env")
-        settings = Settings(**{name.removeprefix("CHATBRIDGE_").lower(): value for name, value in env.items()})
+        settings = Settings(**{name.removeprefix("CHATBRIDGE_").lower(): value for name, value in env.items()},
+                            migrate_on_start=True)  # fmt: skip
         connect: Any = lambda: psycopg.connect(  # noqa: E731
             host=settings.postgres_host, port=settings.postgres_port, dbname=settings.postgres_dbname,
             user=settings.postgres_user, password=settings.postgres_password.get_secret_value(), autocommit=True,
         )  # fmt: skip
         mark = "%s"
     else:
-        settings = Settings(database=tmp_path / "old.db")
+        settings = Settings(database=tmp_path / "old.db", migrate_on_start=True)  # the previous release's layout
         connect, mark = (lambda: sqlite3.connect(settings.database, isolation_level=None)), "?"
     db = connect()
     try:  # the previous release's key table: a live key, and a tombstone

@@ -445,10 +445,8 @@ class PersonKeys:
         self._pseudonym_key = pseudonym_key
         self.table = table
         self.installation = installation_of(pseudonym_key)
-        # where every erasure is recorded outside the store: given, or as the environment says for a store's tables
-        # (the in-memory table of `simulate` and unit tests records none)
-        if erasure_log is None and isinstance(table, SQLKeyTable):
-            erasure_log = ErasureLog.configured(table.database())
+        # where every erasure is recorded outside the store (bootstrap gives a store its log; `simulate` and unit
+        # tests record none)
         self.erasure_log = erasure_log
         self._states: dict[str, KeyState] = {}
         self._ciphers: dict[tuple[str, int], AESGCM] = {}
