@@ -54,6 +54,7 @@ def test_compose_holds_kafka_in_kraft_mode_postgres_synapse_and_chatbridge() -> 
         assert "healthcheck" in services[dependency]
     # every variable chatbridge is given is one it knows
     from chatbridge.backends.settings import MatrixSettings
+    from chatbridge.journal.erasures import ErasureSettings
     from chatbridge.journal.keys import AuditSettings
     from chatbridge.settings import Settings
 
@@ -61,13 +62,16 @@ def test_compose_holds_kafka_in_kraft_mode_postgres_synapse_and_chatbridge() -> 
         {Settings.variable(f) for f in Settings.model_fields}
         | {MatrixSettings.variable(f) for f in MatrixSettings.model_fields}
         | {f"CHATBRIDGE_AUDIT_{f.upper()}" for f in AuditSettings.model_fields}
+        | {f"CHATBRIDGE_ERASURE_{f.upper()}" for f in ErasureSettings.model_fields}
     )
     assert set(env) <= known
-    # the audit keys come from a secret, made once with `keys generate`; the worker keeps nothing in a volume of its own
+    # the audit keys come from a secret, made once with `keys generate`; the worker keeps only the erasure log, in a
+    # volume of its own that outlives a restore of the database
     (secret,) = bridge["secrets"]
     assert env["CHATBRIDGE_AUDIT_KEY_FILE"] == f"/run/secrets/{secret}" and "file" in compose["secrets"][secret]
     assert "keys generate" in (DOCKER / "compose.yaml").read_text()
-    assert [v for v in bridge.get("volumes", []) if not v.endswith(":ro")] == []
+    assert [v for v in bridge.get("volumes", []) if not v.endswith(":ro")] == ["erasure-log:/var/lib/chatbridge"]
+    assert env["CHATBRIDGE_ERASURE_LOG"].startswith("/var/lib/chatbridge/")
     assert "postgres-data:/var/lib/postgresql/data" in services["postgres"]["volumes"]
     # every file mounted from the repository exists
     for service in services.values():
