@@ -322,6 +322,7 @@ def test_a_store_of_the_first_release_is_carried_on_by_chained_checkpoints(
     assert key is not None
     with sqlite3.connect(settings.database) as db:  # what the first release wrote: no count, no chaining
         rows = db.execute("SELECT notification_id, chain_hash, signed_at, key_id FROM audit_checkpoints").fetchall()
+        db.execute("DROP TABLE chatbridge_schema_version")  # nor a schema version
         db.execute("DROP TABLE audit_checkpoints")
         db.execute(
             "CREATE TABLE audit_checkpoints (notification_id BIGINT PRIMARY KEY, chain_hash TEXT NOT NULL, "
@@ -333,6 +334,7 @@ def test_a_store_of_the_first_release_is_carried_on_by_chained_checkpoints(
                 "INSERT INTO audit_checkpoints VALUES (?, ?, ?, ?, ?)",
                 (notification_id, chain_hash, signed_at, key_id, key.sign(old.message()).hex()),
             )
+    settings = Settings(database=tmp_path / "old.db", migrate_on_start=True)  # the migration adds the columns
     assert verification(settings, []).ok
     store = open_store(settings)
     try:

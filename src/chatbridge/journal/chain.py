@@ -48,7 +48,6 @@ CREATE_STATEMENTS = (
     "key_id TEXT NOT NULL, signature TEXT NOT NULL, records BIGINT, previous TEXT)",
 )
 # columns added since the first release (its checkpoints have neither: they chain to nothing)
-ADDED_COLUMNS = (("audit_checkpoints", "records", "BIGINT"), ("audit_checkpoints", "previous", "TEXT"))
 TABLES = ("audit_chain", "audit_checkpoints")
 _CHECKPOINT_COLUMNS = "notification_id, chain_hash, signed_at, key_id, signature, records, previous"
 

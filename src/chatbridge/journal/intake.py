@@ -24,7 +24,7 @@ from eventsourcing.sqlite import SQLiteCursor, SQLiteProcessRecorder
 from psycopg.sql import SQL, Composed
 
 from chatbridge.journal import chain
-from chatbridge.journal.sql import Placeholders, add_missing_columns, insert_rows
+from chatbridge.journal.sql import Placeholders, insert_rows
 
 APPLIED, IGNORED, DUPLICATE, REJECTED = "applied", "ignored", "duplicate", "rejected"
 
@@ -104,7 +104,6 @@ class _IntakeTable(Placeholders):
         with self.datastore.transaction(commit=True) as c:
             for statement in chain.CREATE_STATEMENTS:
                 c.execute(statement)
-            add_missing_columns(c, self.placeholder, chain.ADDED_COLUMNS)
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         # one storing transaction at a time per process, refused once the log was found forged; its checkpoint is

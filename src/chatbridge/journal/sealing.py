@@ -43,7 +43,7 @@ from eventsourcing.persistence import Mapper, PersistenceError, StoredEvent
 from chatbridge.domain.aggregates import EVENT_CLASSES
 from chatbridge.domain.moments import stamp, stamp_now
 from chatbridge.journal.erasures import Erasure, ErasureLog, installation_of
-from chatbridge.journal.sql import Placeholders, add_missing_columns, insert_rows
+from chatbridge.journal.sql import Placeholders, insert_rows
 
 PSEUDONYM = re.compile(r"ps-[0-9a-f]{32}")
 
@@ -64,7 +64,6 @@ KEY_TABLE = "chatbridge_person_keys"  # one row per pseudonym: its organisation 
 VERSION_TABLE = "chatbridge_person_key_versions"  # one row per key version (person_key NULL: destroyed)
 KEY_TABLES = (KEY_TABLE, VERSION_TABLE)
 # the key table's columns a store of an earlier release lacks
-ADDED_COLUMNS = ((KEY_TABLE, "erased_until", "TEXT"), (KEY_TABLE, "named_until", "TEXT"))
 CREATE_STATEMENTS = (
     # person_key: the previous release's single key, moved to version 1 when the store is opened
     f"CREATE TABLE IF NOT EXISTS {KEY_TABLE} ("
@@ -245,8 +244,8 @@ class SQLKeyTable(Placeholders):
             )
 
     def create_table(self) -> None:
-        """Create the tables, or bring a store of the previous release (one key per person, kept in the key
-        table's `person_key`, a destroyed one leaving a tombstone) to key versions and horizons."""
+        """Create the tables when they are not there. A store of an earlier release (one key per person, kept in
+        the key table's `person_key`) is brought to key versions and horizons by `journal.schema`'s migrations."""
         for attempt in (1, 2, 3):
             try:
                 self._create_tables()
@@ -255,38 +254,11 @@ class SQLKeyTable(Placeholders):
                 if attempt == 3:
                     raise
                 time.sleep(0.2 * attempt)
-        with self.datastore.transaction(commit=False) as c:  # looked at first: replicas open a store at once
-            c.execute(
-                f"SELECT 1 FROM {KEY_TABLE} WHERE person_key IS NOT NULL "
-                "OR (erased_until IS NULL AND forgotten_at IS NOT NULL) LIMIT 1"
-            )
-            if c.fetchone() is None:
-                return
-        with self.datastore.transaction(commit=True) as c:
-            c.execute(
-                f"INSERT INTO {VERSION_TABLE} (pseudonym, version, person_key, created_at) "
-                f"SELECT pseudonym, 1, person_key, created_at FROM {KEY_TABLE} WHERE person_key IS NOT NULL "
-                "ON CONFLICT (pseudonym, version) DO NOTHING"
-            )
-            c.execute(f"UPDATE {KEY_TABLE} SET person_key = NULL WHERE person_key IS NOT NULL")  # one copy of a key
-            # The previous release's tombstones do not say whether HiOrg-Server or an operator erased: for ever.
-            c.execute(
-                f"INSERT INTO {VERSION_TABLE} (pseudonym, version, person_key, created_at, destroyed_at) "
-                f"SELECT pseudonym, 1, NULL, created_at, forgotten_at FROM {KEY_TABLE} "
-                "WHERE erased_until IS NULL AND forgotten_at IS NOT NULL ON CONFLICT (pseudonym, version) DO NOTHING"
-            )
-            c.execute(
-                self._sql(
-                    f"UPDATE {KEY_TABLE} SET erased_until = ? WHERE erased_until IS NULL AND forgotten_at IS NOT NULL"
-                ),
-                (_format(FOREVER),),
-            )
 
     def _create_tables(self) -> None:
         with self.datastore.transaction(commit=True) as c:
             for statement in CREATE_STATEMENTS:
                 c.execute(statement)
-            add_missing_columns(c, self.placeholder, ADDED_COLUMNS)
 
     def _select(self, c: Any, pseudonyms: list[str]) -> dict[str, KeyState]:
         states: dict[str, KeyState] = {}
