@@ -189,5 +189,8 @@ class FakeChatBackend:
     def chat_link(self, chat_id: str) -> str:
         return f"https://matrix.to/#/{chat_id}"
 
+    def abandon(self, cut_after: float = 0.0) -> None:
+        pass  # its calls return at once: nothing is ever in flight to cut
+
     def close(self) -> None:
         pass

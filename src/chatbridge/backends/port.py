@@ -178,6 +178,11 @@ class ChatBackend(Protocol):
         """A link a member can open to reach the chat (shown by HiOrg-Server's chat button)."""
         ...
 
+    def abandon(self, cut_after: float = 0.0) -> None:
+        """The process stops: no call starts or is retried any more, and calls in flight are cut after `cut_after`
+        seconds, each failing as `BackendUnavailable` (so that no step is recorded as done unconfirmed)."""
+        ...
+
     def close(self) -> None:
         """Release the backend's connections (the worker calls it when it stops)."""
         ...

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from eventsourcing.persistence import IntegrityError
 
@@ -225,13 +225,6 @@ class PassReport:
 StatusListener = Callable[[DesiredChat, ChatState, datetime], None]
 
 
-@runtime_checkable
-class Abandonable(Protocol):
-    """A backend whose calls can be abandoned when the process stops (the Matrix adapter's `abandon`)."""
-
-    def abandon(self, cut_after: float = 0.0) -> None: ...
-
-
 class Reconciler:
     """Reconciles desired rows with a chat backend and records the outcomes on the aggregates."""
 
@@ -266,8 +259,7 @@ class Reconciler:
         """The process stops: calls at the backend start and retry no more, and those in flight are cut after
         `cut_after` seconds. Their chats fail like any chat whose backend did not answer — a step is recorded only
         once the backend confirmed it — and are looked at again by the next start."""
-        if isinstance(self.backend, Abandonable):
-            self.backend.abandon(cut_after)
+        self.backend.abandon(cut_after)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
