@@ -32,7 +32,7 @@ import heapq
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Protocol
 from uuid import UUID
@@ -301,6 +301,16 @@ def _event_of(facts: list[ChatFact]) -> tuple[str | None, datetime | None]:
     return None, None
 
 
+def _excluded(status: str | None) -> bool:
+    return status in lifecycle.EXCLUDED_PERSON_STATUSES
+
+
+def _counted(life: ChatLife | None) -> set[str]:
+    """The persons whose status decides whether they are members of the chat: the staff the membership rule
+    takes, and the responsible person."""
+    return set() if life is None else set(lifecycle.desired_members(life, {})[0])
+
+
 def _named(fact: ChatFact) -> Iterator[str]:
     kind = fact[2]
     if kind == UPSERT:
@@ -338,6 +348,8 @@ class DesiredStateFold:
     dirty_persons: set[PersonKey] = field(default_factory=set)
     new_index_entries: set[tuple[str, str, str]] = field(default_factory=set)
     _walks: dict[ChatKey, Walk] = field(default_factory=dict)  # until the chat changes again
+    # chats whose row changes only if one of these persons counts in them (their status crossed the membership rule)
+    _counted_if: dict[ChatKey, set[str]] = field(default_factory=dict)
     _absent: set[PersonKey] = field(default_factory=set)  # looked up, no row: new to the projection
     _absent_pseudonyms: set[str] = field(default_factory=set)
     _opened: dict[str, str] = field(default_factory=dict)  # token → name, while `keys_epoch` stays the same
@@ -404,7 +416,7 @@ class DesiredStateFold:
             return
         wanted = {
             (org, person)
-            for org, event_id in self.dirty_chats
+            for org, event_id in self.dirty_chats | self._counted_if.keys()
             for fact in self.chats[(org, event_id)].facts
             for person in _named(fact)
             if (org, person) not in self.persons
@@ -415,7 +427,9 @@ class DesiredStateFold:
 
     def forget_loaded(self) -> None:
         """Drop everything loaded (after a write): the next page loads what it touches."""
-        assert not (self.dirty_chats or self.dirty_organisations or self.dirty_persons), "write before forgetting"
+        assert not (self.dirty_chats or self.dirty_organisations or self.dirty_persons or self._counted_if), (
+            "write before forgetting"
+        )
         for mapping in (self.organisations, self.chats, self.persons, self.person_chats, self.chat_keys,
                         self.person_keys, self.organisation_keys, self.chats_of_organisation, self._walks):  # fmt: skip
             mapping.clear()
@@ -619,13 +633,49 @@ class DesiredStateFold:
 
     def person_status_changed(self, aggregate_id: UUID, seq: int, at: datetime, status: str) -> None:
         key = self._person_of(aggregate_id)
-        if not _insert_once(self._person(key).statuses, (at, seq, status)):
+        record = self._person(key)
+        before = record.status()
+        if not _insert_once(record.statuses, (at, seq, status)):
             return
         if status == "deleted":
             self._erase((key), (at, seq))
-        else:
-            for event_id in self._index(key):
-                self._dirty((key[0], event_id))
+            return
+        may_exclude = _excluded(before) != _excluded(record.status())
+        for event_id in self._index(key):
+            self._touch((key[0], event_id), key[1], at, may_exclude)
+
+    def _touch(self, key: ChatKey, person: str, at: datetime, may_exclude: bool) -> None:
+        """A status fact of `person` at `at`, about a chat that named them: the chat is walked and written again
+        unless its row cannot change.
+
+        It cannot when the fact comes before every deadline the chat could have had (`_quiet_until`: its touch
+        settles nothing and moves no next deadline) and the person's status either stays on the same side of the
+        membership rule or does not count in this chat (not a member or responsible at the end of its walk).
+        """
+        self._walks.pop(key, None)  # a walk is kept only while it holds every fact
+        if key in self.dirty_chats or at >= self._quiet_until(key):
+            self._dirty(key)
+        elif may_exclude:  # whether the person counts is known after a walk: decided before the next write
+            self._counted_if.setdefault(key, set()).add(person)
+
+    def _quiet_until(self, key: ChatKey) -> datetime:
+        """A moment no deadline of the chat precedes, whatever order its facts are walked in: each deadline is an
+        end (+ FULL_USE, + VIEW), a cancellation + FULL_USE, or a moment of its own facts or of its organisation's
+        switches off."""
+        policy = self.policy
+        moments: list[datetime] = []
+        for fact in self.chats[key].facts:
+            kind = fact[2]
+            if kind == UPSERT:
+                moments.append(fact[3] + policy.full_use)
+                if not fact[4]:
+                    moments.append(fact[0])
+            elif kind == CANCEL:
+                moments.append(fact[0] + policy.full_use)
+            elif kind in (DELETE, BACKEND_DELETED):
+                moments.append(fact[0])
+        moments.extend(at for at, _seq, on in self._loaded_organisation(key[0]) or () if not on)
+        return min(moments, default=datetime.max.replace(tzinfo=UTC))
 
     def person_named_again(self, aggregate_id: UUID, seq: int, person: str) -> None:
         # a name under a fresh key for a new person whose earlier facts went unreadable with the deletion
@@ -727,6 +777,10 @@ class DesiredStateFold:
         epoch = None if self.keys_epoch is None else self.keys_epoch()
         if epoch is None or epoch != self._opened_epoch or len(self._opened) > 100_000:
             self._opened, self._opened_epoch = {}, epoch  # a key may have been destroyed since the last write
+        for key, persons in self._counted_if.items():
+            if key not in self.dirty_chats and persons & _counted(self.walk(key).life):
+                self._dirty(key)
+        self._counted_if = {}
         changes = Changes(self.dirty_chats, self.dirty_organisations, self.dirty_persons, self.new_index_entries)
         self.dirty_chats, self.dirty_organisations, self.dirty_persons = set(), set(), set()
         self.new_index_entries = set()

@@ -1,0 +1,116 @@
+"""A person's status fact writes again only the chats whose rows it changes: every chat the fold leaves out of its
+changes has the row a fresh fold of the same facts gives."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from chatbridge.domain.lifecycle import Policy
+from chatbridge.projections.desired_state import (
+    DesiredChat,
+    DesiredStateFold,
+    chat_aggregate_id,
+    organisation_aggregate_id,
+    person_aggregate_id,
+)
+
+ORG = "o"
+PERSONS = ("a", "b", "c", "d", "e")
+POLICY = Policy(full_use=timedelta(hours=6), view=timedelta(days=1))
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+Step = Callable[[DesiredStateFold, int], None]
+
+
+def _fold() -> DesiredStateFold:
+    return DesiredStateFold(policy=POLICY, pseudonym=lambda org, person: f"ps-{person}", open_name=lambda token: token)
+
+
+def _steps(rng: random.Random, count: int) -> list[Step]:
+    """Facts of three chats and their persons, at moments around the chats' deadlines and in any order."""
+
+    def moment() -> datetime:
+        return T0 + timedelta(hours=rng.randint(0, 96))
+
+    steps: list[Step] = [
+        lambda f, seq: f.organisation_registered(organisation_aggregate_id(ORG), seq, ORG),
+        lambda f, seq: f.organisation_switched_on(organisation_aggregate_id(ORG), seq, T0),
+    ]
+    for person in PERSONS:
+        steps.append(lambda f, seq, p=person: f.person_registered(person_aggregate_id(ORG, f"ps-{p}"), seq, ORG,
+                                                                  f"ps-{p}", p))  # fmt: skip
+    events = ("e0", "e1", "e2")
+    for event_id in events:
+        staff = {p: "assigned" for p in rng.sample(PERSONS, 3)}
+        end, responsible = moment(), rng.choice(PERSONS)
+        steps.append(lambda f, seq, e=event_id, s=staff, end=end, r=responsible: f.chat_registered(
+            chat_aggregate_id(ORG, e), seq, ORG, e, T0, end, r, s))  # fmt: skip
+    for _ in range(count):
+        at, event_id, person = moment(), rng.choice(events), rng.choice(PERSONS)
+        chat = chat_aggregate_id(ORG, event_id)
+        kind = rng.random()
+        step: Step
+        if kind < 0.5:
+            status = rng.choice(["active", "restricted", "blocked"])
+            step = lambda f, seq, p=person, at=at, s=status: f.person_status_changed(  # noqa: E731
+                person_aggregate_id(ORG, f"ps-{p}"), seq, at, s)  # fmt: skip
+        elif kind < 0.75:
+            status = rng.choice(["assigned", "registered", "removed"])
+            step = lambda f, seq, c=chat, p=person, at=at, s=status: f.staffing_changed(c, seq, at, p, s)  # noqa: E731
+        elif kind < 0.85:
+            end, enabled = moment(), rng.random() < 0.8
+            step = lambda f, seq, c=chat, p=person, at=at, end=end, on=enabled: f.event_recorded(  # noqa: E731
+                c, seq, at, end, on, p, None)  # fmt: skip
+        elif kind < 0.9:
+            step = lambda f, seq, c=chat, at=at: f.cancelled(c, seq, at)  # noqa: E731
+        elif kind < 0.95:
+            step = lambda f, seq, c=chat, at=at: f.deleted(c, seq, at)  # noqa: E731
+        else:
+            on = rng.random() < 0.5
+            step = lambda f, seq, at=at, on=on: f.organisation_switched(  # noqa: E731
+                organisation_aggregate_id(ORG), seq, at, on)  # fmt: skip
+        steps.append(step)
+    return steps
+
+
+def _rows(steps: list[Step]) -> dict[Any, DesiredChat]:
+    fold = _fold()
+    for seq, step in enumerate(steps, start=1):
+        step(fold, seq)
+    return {key: fold.desired(key) for key in fold.chats}
+
+
+def test_a_chat_left_out_of_the_changes_keeps_the_row_a_fresh_fold_gives() -> None:
+    skipped = 0
+    for seed in range(150):
+        steps = _steps(random.Random(seed), 30)
+        fold, written = _fold(), {}
+        for seq, step in enumerate(steps, start=1):
+            step(fold, seq)
+            changed = fold.take_dirty().chats
+            truth = _rows(steps[:seq])
+            for key, row in truth.items():
+                if key in changed:
+                    written[key] = fold.desired(key)
+                else:
+                    skipped += 1
+                    assert written[key] == row, (seed, seq, key)
+                assert fold.desired(key) == row, (seed, seq, key)
+    assert skipped  # the streams did leave chats out
+
+
+def test_a_status_that_does_not_cross_the_membership_rule_writes_no_chat() -> None:
+    fold = _fold()
+    steps = _steps(random.Random(0), 0)
+    for seq, step in enumerate(steps, start=1):
+        step(fold, seq)
+    fold.take_dirty()
+    person = person_aggregate_id(ORG, "ps-a")
+    fold.person_status_changed(person, 100, T0 + timedelta(minutes=1), "active")
+    assert not fold.take_dirty().chats  # no status before: "active" excludes no one
+    fold.person_status_changed(person, 101, T0 + timedelta(minutes=2), "blocked")
+    counted = {key for key in fold.chats if "ps-a" in {*fold.walk(key).life.staff, fold.walk(key).life.responsible}}  # type: ignore[union-attr]
+    assert fold.take_dirty().chats <= counted
