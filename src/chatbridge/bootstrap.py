@@ -114,7 +114,7 @@ def open_store(
     """
     exists = store_exists(settings)
     if not exists and not create:
-        raise StoreError(f"{_where(settings)}: no chatbridge store there (`chatbridge ingest` or `run` makes one)")
+        raise StoreError(f"{where(settings)}: no chatbridge store there (`chatbridge ingest` or `run` makes one)")
     configured = keys is None
     if keys is None:
         try:
@@ -229,7 +229,8 @@ def _writers_wait_their_turn(datastore: SQLiteDatastore) -> None:
     datastore.transaction = transaction  # type: ignore[method-assign]
 
 
-def _where(settings: Settings) -> str:
+def where(settings: Settings) -> str:
+    """The store the settings name, as an error line says it (the setting and its value; never a password)."""
     if settings.store == "postgres":
         where = f"{settings.postgres_host}:{settings.postgres_port}"
         return f"CHATBRIDGE_POSTGRES_DBNAME {settings.postgres_dbname} at {where}"
@@ -245,21 +246,21 @@ def store_exists(settings: Settings) -> bool:
         return _postgres_schema_exists(settings)
     path = settings.database
     if path.is_dir():
-        raise StoreError(f"{_where(settings)}: is a directory; name the store's file in it")
+        raise StoreError(f"{where(settings)}: is a directory; name the store's file in it")
     if not path.exists():
         if path.parent.exists() and not os.access(path.parent, os.W_OK | os.X_OK):
-            raise StoreError(f"{_where(settings)}: cannot write in {path.parent}")
+            raise StoreError(f"{where(settings)}: cannot write in {path.parent}")
         return False
     try:
         with path.open("rb") as file:
             header = file.read(len(_SQLITE_HEADER))
     except OSError as error:
-        raise StoreError(f"{_where(settings)}: {error.strerror}") from None
+        raise StoreError(f"{where(settings)}: {error.strerror}") from None
     if header and header != _SQLITE_HEADER:
-        raise StoreError(f"{_where(settings)}: not an SQLite database, so not a chatbridge store")
+        raise StoreError(f"{where(settings)}: not an SQLite database, so not a chatbridge store")
     if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK | os.X_OK):
         # even `state` folds new events into the projection's tables, and SQLite writes its WAL beside the file
-        raise StoreError(f"{_where(settings)}: the store (or its directory) is read-only")
+        raise StoreError(f"{where(settings)}: the store (or its directory) is read-only")
     return bool(header)
 
 
@@ -321,7 +322,7 @@ def _postgres_connection(settings: Settings) -> Any:
         )
     except psycopg.OperationalError as error:  # its first line says why (refused, no such database, password)
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise StoreError(f"{_where(settings)}: {reason}") from None
+        raise StoreError(f"{where(settings)}: {reason}") from None
 
 
 def _postgres_schema_exists(settings: Settings) -> bool:

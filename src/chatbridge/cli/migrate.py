@@ -9,7 +9,6 @@ import typer
 from chatbridge import bootstrap
 from chatbridge.cli.common import err, fail, load_settings
 from chatbridge.journal import schema
-from chatbridge.settings import Settings
 
 
 def migrate(
@@ -21,12 +20,12 @@ def migrate(
     transaction (stop every replica first; start the new release once this is done)."""
     settings = load_settings()
     if not bootstrap.store_exists(settings):
-        raise fail(f"{_where(settings)}: no chatbridge store there, so nothing to migrate")
+        raise fail(f"{bootstrap.where(settings)}: no chatbridge store there, so nothing to migrate")
     placeholder = schema.placeholder_of(settings)
     with bootstrap.store_connection(settings) as connection:
         stored = schema.stored_version(connection, placeholder)
         if stored is None:
-            raise fail(f"{_where(settings)}: no chatbridge store there, so nothing to migrate")
+            raise fail(f"{bootstrap.where(settings)}: no chatbridge store there, so nothing to migrate")
         if stored > schema.CURRENT:
             raise schema.newer_store(stored)
         steps = schema.pending(stored)
@@ -41,9 +40,3 @@ def migrate(
             return
         schema.migrate(connection, placeholder)
     err.print(f"the store is at schema {schema.CURRENT}", highlight=False)
-
-
-def _where(settings: Settings) -> str:
-    if settings.store == "postgres":
-        return f"CHATBRIDGE_POSTGRES_DBNAME {settings.postgres_dbname} at {settings.postgres_host}"
-    return f"CHATBRIDGE_DATABASE {settings.database}"

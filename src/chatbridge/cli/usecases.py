@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from chatbridge import bootstrap
 from chatbridge.bootstrap import Store, compact_store, in_memory_app, open_store, store_exists, wipe_store
 from chatbridge.consumers.jsonl import ingest_lines, read_lines
 from chatbridge.consumers.kafka import IntakeCounts, KafkaIngestor
@@ -122,7 +123,7 @@ def backup_store(settings: Settings, out: Path) -> int:
     """A consistent copy of the store in `out` (mode 0600: it holds the persons' keys), taken while it runs; returns
     its size in bytes. SQLite: the online backup API, a database file. PostgreSQL: `pg_dump`'s custom format."""
     if not store_exists(settings):
-        raise BackupError(f"no chatbridge store at {_where(settings)}: nothing to back up")
+        raise BackupError(f"{bootstrap.where(settings)}: no chatbridge store there, so nothing to back up")
     out = out.absolute()
     if settings.store != "postgres" and out.resolve() == settings.database.resolve():
         raise BackupError(f"{out} is the store itself; name another file")
@@ -239,9 +240,3 @@ def _postgres_tool(settings: Settings, tool: str, *args: str, database: bool = T
     if done.returncode != 0:
         reason = next((line for line in done.stderr.splitlines() if line.strip()), f"exit code {done.returncode}")
         raise BackupError(f"{tool}: {reason.strip().removeprefix(f'{tool}: ').removeprefix('error: ')}")
-
-
-def _where(settings: Settings) -> str:
-    if settings.store == "postgres":
-        return f"{settings.postgres_host}:{settings.postgres_port}/{settings.postgres_dbname}"
-    return str(settings.database)
