@@ -56,6 +56,9 @@ PERSON = "p"  # in a walk only: (person,) a status message about a person the ch
 ERASURE = "e"  # in a walk only: (person,) the person was deleted: what named them until now is erased
 ChatFact = tuple[Any, ...]
 Switch = tuple[datetime, int, bool]  # an organisation's feature switched on (True) or off
+# What a written row says about the status facts that cannot change it (`DesiredStateFold.quiet`): a moment no
+# deadline of the chat precedes, and the persons whose status decides whether they are members.
+Quiet = tuple[datetime, frozenset[str]]
 
 
 def is_unreadable(name: str) -> bool:
@@ -275,8 +278,7 @@ class RowSource(Protocol):
     def persons_by_keys(self, keys: Iterable[PersonKey]) -> Iterator[tuple[PersonKey, PersonRecord]]: ...
     def persons_by_pseudonyms(self, pseudonyms: Iterable[str]) -> Iterator[tuple[PersonKey, PersonRecord]]: ...
     def organisations_by_ids(self, ids: Iterable[UUID]) -> Iterator[tuple[str, UUID, list[Switch]]]: ...
-    def index_of(self, person: PersonKey) -> set[str]: ...
-    def indexes_of(self, persons: Iterable[PersonKey]) -> dict[PersonKey, set[str]]: ...
+    def indexes_of(self, persons: Iterable[PersonKey]) -> dict[PersonKey, dict[str, Quiet | None]]: ...
 
 
 def _insert_once(facts: list[Any], fact: tuple[Any, ...]) -> bool:
@@ -350,6 +352,7 @@ class DesiredStateFold:
     _walks: dict[ChatKey, Walk] = field(default_factory=dict)  # until the chat changes again
     # chats whose row changes only if one of these persons counts in them (their status crossed the membership rule)
     _counted_if: dict[ChatKey, set[str]] = field(default_factory=dict)
+    _quiet: dict[ChatKey, Quiet | None] = field(default_factory=dict)  # of chats in the index, not loaded
     _absent: set[PersonKey] = field(default_factory=set)  # looked up, no row: new to the projection
     _absent_pseudonyms: set[str] = field(default_factory=set)
     _opened: dict[str, str] = field(default_factory=dict)  # token → name, while `keys_epoch` stays the same
@@ -397,7 +400,10 @@ class DesiredStateFold:
         self._absent_pseudonyms |= named - {pseudonym for _, pseudonym in self.persons}
 
     def prefetch_indexes(self, persons: Iterable[PersonKey]) -> None:
-        """What `_index` loads for each of these persons (their chats by the person index), in a few queries."""
+        """What `_index` loads for each of these persons (their chats by the person index), in a few queries.
+
+        The chats themselves are not loaded: what their rows say about status facts (`Quiet`) is enough to know
+        that most status facts leave them as they are; the chats that do change are loaded before the write."""
         if self.rows is None:
             return
         wanted = [person for person in set(persons) if person not in self._whole_index]
@@ -406,14 +412,24 @@ class DesiredStateFold:
         found = self.rows.indexes_of(wanted)
         for person in wanted:
             self.person_chats.setdefault(person, set()).update(found.get(person, ()))
-        for key, record in self.rows.chats_by_keys({(org, e) for (org, _), events in found.items() for e in events}):
-            self.load_chat(key, record)
+        for (org, _), events in found.items():
+            for event_id, quiet in events.items():
+                if (org, event_id) not in self.chats:
+                    self._quiet[(org, event_id)] = quiet
         self._whole_index.update(wanted)
+
+    def _load_changed(self) -> None:
+        """Load the chats a status fact changed while only their `Quiet` was known."""
+        missing = [key for key in (*self.dirty_chats, *self._counted_if) if key not in self.chats]
+        if self.rows is not None and missing:
+            for key, record in self.rows.chats_by_keys(missing):
+                self.load_chat(key, record)
 
     def load_named(self) -> None:
         """Load, in a few queries, the persons the changed chats name (their rows are about to be walked)."""
         if self.rows is None:
             return
+        self._load_changed()
         wanted = {
             (org, person)
             for org, event_id in self.dirty_chats | self._counted_if.keys()
@@ -435,6 +451,7 @@ class DesiredStateFold:
             mapping.clear()
         self._whole_organisations.clear()
         self._whole_index.clear()
+        self._quiet.clear()
         self._absent.clear()
         self._absent_pseudonyms.clear()
 
@@ -476,12 +493,8 @@ class DesiredStateFold:
         return self.chats_of_organisation.get(org, set())
 
     def _index(self, person: PersonKey) -> set[str]:
-        if self.rows is not None and person not in self._whole_index:
-            events = self.rows.index_of(person)
-            self.person_chats.setdefault(person, set()).update(events)
-            for key, record in self.rows.chats_by_keys((person[0], e) for e in events):
-                self.load_chat(key, record)
-            self._whole_index.add(person)
+        """The events whose chats ever named the person (the chats themselves may not be loaded)."""
+        self.prefetch_indexes([person])
         return self.person_chats.get(person, set())
 
     def _loaded_organisation(self, org: str) -> list[Switch] | None:
@@ -561,6 +574,7 @@ class DesiredStateFold:
     def _dirty(self, key: ChatKey) -> None:
         self.dirty_chats.add(key)
         self._walks.pop(key, None)
+        self._quiet.pop(key, None)
 
     def _add_fact(self, key: ChatKey, fact: ChatFact) -> None:
         """Insert a fact in its place and index the persons it names."""
@@ -653,10 +667,29 @@ class DesiredStateFold:
         membership rule or does not count in this chat (not a member or responsible at the end of its walk).
         """
         self._walks.pop(key, None)  # a walk is kept only while it holds every fact
-        if key in self.dirty_chats or at >= self._quiet_until(key):
+        if key in self.dirty_chats:
+            return
+        counted: frozenset[str] | None = None  # not known without a walk
+        if key in self.chats:
+            quiet_until = self._quiet_until(key)
+        else:
+            quiet = self._quiet.get(key)
+            if quiet is None:
+                self._dirty(key)  # loaded and walked before the write
+                return
+            quiet_until, counted = quiet
+        if at >= quiet_until:
             self._dirty(key)
-        elif may_exclude:  # whether the person counts is known after a walk: decided before the next write
+        elif not may_exclude:
+            return
+        elif counted is None:  # decided after a walk, before the next write
             self._counted_if.setdefault(key, set()).add(person)
+        elif person in counted:
+            self._dirty(key)
+
+    def quiet(self, key: ChatKey) -> Quiet:
+        """What the chat's row says about status facts that cannot change it (kept with the row)."""
+        return self._quiet_until(key), frozenset(_counted(self.walk(key).life))
 
     def _quiet_until(self, key: ChatKey) -> datetime:
         """A moment no deadline of the chat precedes, whatever order its facts are walked in: each deadline is an
@@ -777,6 +810,7 @@ class DesiredStateFold:
         epoch = None if self.keys_epoch is None else self.keys_epoch()
         if epoch is None or epoch != self._opened_epoch or len(self._opened) > 100_000:
             self._opened, self._opened_epoch = {}, epoch  # a key may have been destroyed since the last write
+        self._load_changed()
         for key, persons in self._counted_if.items():
             if key not in self.dirty_chats and persons & _counted(self.walk(key).life):
                 self._dirty(key)

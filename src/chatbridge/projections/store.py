@@ -7,7 +7,8 @@ and replaces every row; by construction it gives the rows the live projection ha
 
 Tables (the same on SQLite and PostgreSQL, in the event store's database):
     desired_state   one row per chat: generation, deadlines, next_due, members, moderators, the event's title and
-                    start, and the chat's facts
+                    start, the chat's facts, and what a person's status fact cannot change (`Quiet`: read with the
+                    person index, so such a fact need not load the chat)
     organisation_feature (feature switches), person_status (by pseudonym: status facts and erasures),
     person_chats (the person index, by pseudonym), desired_state_meta (policy and fold version in force)
 
@@ -47,6 +48,7 @@ from chatbridge.projections.desired_state import (
     FoldedChat,
     PersonKey,
     PersonRecord,
+    Quiet,
     RowSource,
     Switch,
     chat_aggregate_id,
@@ -57,7 +59,8 @@ from chatbridge.projections.desired_state import (
 )
 
 PROJECTION_NAME = "desired_state"
-FOLD_VERSION = "4"  # facts in event time, persons by pseudonym, rows looked up by aggregate id, title and start
+FOLD_VERSION = "5"  # facts in event time, persons by pseudonym, rows looked up by aggregate id, title and start,
+# what status facts cannot change (quiet_until, counted)
 Progress = Callable[[int, int], None]  # (notifications folded so far, notifications to fold in all)
 
 
@@ -137,7 +140,7 @@ def _upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
 
 _DESIRED_COLUMNS = (
     "org", "event_id", "aggregate_id", "generation", "deleted", "awaiting_organisation", "read_only_at", "delete_at",
-    "next_due", "members", "moderators", "title", "starts_at", "fold_state",
+    "next_due", "members", "moderators", "title", "starts_at", "fold_state", "quiet_until", "counted",
 )  # fmt: skip
 _WRITE_FEATURE = _upsert("organisation_feature", ("org", "aggregate_id", "fold_state"), ("org",))
 _WRITE_PERSON = _upsert(
@@ -174,7 +177,8 @@ class _DesiredStateTables(Placeholders):
         "org TEXT NOT NULL, event_id TEXT NOT NULL, aggregate_id TEXT NOT NULL, generation INTEGER NOT NULL, "
         "deleted INTEGER NOT NULL, awaiting_organisation INTEGER NOT NULL, read_only_at TEXT NOT NULL, "
         "delete_at TEXT NOT NULL, next_due TEXT, members TEXT NOT NULL, moderators TEXT NOT NULL, title TEXT, "
-        "starts_at TEXT, fold_state TEXT NOT NULL, PRIMARY KEY (org, event_id))",
+        "starts_at TEXT, fold_state TEXT NOT NULL, quiet_until TEXT NOT NULL, counted TEXT NOT NULL, "
+        "PRIMARY KEY (org, event_id))",
         "CREATE INDEX IF NOT EXISTS desired_state_next_due ON desired_state (next_due)",
         "CREATE INDEX IF NOT EXISTS desired_state_aggregate ON desired_state (aggregate_id)",
         "CREATE TABLE IF NOT EXISTS organisation_feature ("
@@ -280,28 +284,30 @@ class _DesiredStateTables(Placeholders):
                                 (str(i) for i in ids)):  # fmt: skip
             yield row["org"], UUID(row["aggregate_id"]), _switches_from_json(row["fold_state"])
 
-    def index_of(self, person: PersonKey) -> set[str]:
-        return set(self.chats_of_person(*person))
-
-    def indexes_of(self, persons: Iterable[PersonKey]) -> dict[PersonKey, set[str]]:
-        """The person index of many persons, an organisation at a time (the table's key starts with it)."""
+    def indexes_of(self, persons: Iterable[PersonKey]) -> dict[PersonKey, dict[str, Quiet | None]]:
+        """The person index of many persons, an organisation at a time (the table's key starts with it), with what
+        each chat's row says about status facts."""
         by_org: dict[str, list[str]] = {}
         for org, pseudonym in set(persons):
             by_org.setdefault(org, []).append(pseudonym)
-        found: dict[PersonKey, set[str]] = {}
+        found: dict[PersonKey, dict[str, Quiet | None]] = {}
         with self.datastore.transaction(commit=False) as c:
             for org, pseudonyms in sorted(by_org.items()):
                 for begin in range(0, len(pseudonyms), _CHUNK):
                     chunk = pseudonyms[begin : begin + _CHUNK]
                     c.execute(
                         self._sql(
-                            "SELECT person_id, event_id FROM person_chats WHERE org = ? "
-                            f"AND person_id IN ({', '.join('?' * len(chunk))})"
+                            "SELECT p.person_id, p.event_id, d.quiet_until, d.counted FROM person_chats p "
+                            "LEFT JOIN desired_state d ON d.org = p.org AND d.event_id = p.event_id WHERE p.org = ? "
+                            f"AND p.person_id IN ({', '.join('?' * len(chunk))})"
                         ),
                         [org, *chunk],
                     )
                     for row in c.fetchall():
-                        found.setdefault((org, row["person_id"]), set()).add(row["event_id"])
+                        quiet: Quiet | None = None
+                        if row["quiet_until"] is not None:  # a chat row written without its index entry: loaded
+                            quiet = datetime.fromisoformat(row["quiet_until"]), frozenset(json.loads(row["counted"]))
+                        found.setdefault((org, row["person_id"]), {})[row["event_id"]] = quiet
         return found
 
     # -- writing ---------------------------------------------------------------------------------------------
@@ -341,12 +347,14 @@ class _DesiredStateTables(Placeholders):
         chats = []
         for key in changes.chats:
             desired = fold.desired(key)
+            quiet_until, counted = fold.quiet(key)
             chats.append(
                 (
                     desired.org, desired.event_id, str(fold.chats[key].aggregate_id), desired.generation,
                     int(desired.deleted), int(desired.awaiting_organisation), _stamp(desired.read_only_at),
                     _stamp(desired.delete_at), _stamp(desired.next_due), json.dumps(desired.members),
                     json.dumps(desired.moderators), desired.title, _stamp(desired.start), _chat_json(fold.chats[key]),
+                    _stamp(quiet_until), json.dumps(sorted(counted)),
                 )
             )  # fmt: skip
         return [(_WRITE_FEATURE, features), (_WRITE_PERSON, persons), (_WRITE_CHAT, chats),
