@@ -27,6 +27,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from chatbridge.settings import Settings
 from tests.kafka_support import CHATBRIDGE, generate_stream, new_topic, publish, wait_until
 from tests.services import ROOT, postgres_environment, throwaway_postgres_database
 
@@ -292,8 +293,8 @@ def test_compose_is_valid_takes_the_audit_keys_from_a_secret_and_waits_for_the_w
     sources = {m.split(":")[0] if isinstance(m, str) else m["source"] for m in postgres}
     assert "postgres-data" in sources and "postgres-data" in resolved["volumes"], postgres
     assert bridge["environment"]["CHATBRIDGE_POSTGRES_PASSWORD"] == "from-the-operator"
-    # the worker joins its reconciler for up to 60 s after SIGTERM: the grace period must outlast that
-    assert _seconds(bridge["stop_grace_period"]) > 60
+    # the worker exits within its shutdown timeout after SIGTERM: the grace period must outlast that
+    assert _seconds(bridge["stop_grace_period"]) > Settings.model_fields["shutdown_timeout"].default
 
 
 def _seconds(duration: str | int | float) -> float:

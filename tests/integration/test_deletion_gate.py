@@ -181,6 +181,10 @@ def test_a_worker_catching_up_a_day_never_deletes_a_chat_the_complete_stream_kee
         # y1 and y2 go only once the store holds everything published before the worker started
         wait_until(lambda: all(gone(matrix, org, e) for e in ending), 180, "y1 and y2 deleted",
                    worker.output)  # fmt: skip
+        # and on record, as the backend confirmed them, before the worker is stopped (a stop cuts calls in flight:
+        # a deletion it cut is recorded by the next start, which finds the chat gone)
+        wait_until(lambda: all(chat_events(env, org, e)[-1] == "ChatDeleted" for e in ending), 60,
+                   "y1 and y2 deletions recorded", worker.output)  # fmt: skip
         # while their deletion waited x1 and x2 were locked (their deadline had passed as far as the store knew);
         # the complete stream keeps them: open again
         wait_until(open_again, 60, "x1 and x2 open", worker.output)
