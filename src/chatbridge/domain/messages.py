@@ -247,8 +247,9 @@ def parse_record(raw: bytes | str) -> Message | Rejection:
         return Rejection(f"not valid JSON ({error})"[:200])
     if not isinstance(document, dict):
         return Rejection(f"not a JSON object (got {_json_kind(document)})")
-    for field, problem in _unreadable_values(document, ""):
-        return Rejection(f"{field}: {problem}")  # the first one: a field that cannot be stored or compared
+    if _may_hold_unreadable(text, from_bytes=isinstance(raw, bytes)):
+        for field, problem in _unreadable_values(document, ""):
+            return Rejection(f"{field}: {problem}")  # the first one: a field that cannot be stored or compared
     kind = document.get("type")
     if not isinstance(kind, str):
         return Rejection("type: is required and must be a string" if kind is None else "type: must be a string")
@@ -263,6 +264,19 @@ def parse_record(raw: bytes | str) -> Message | Rejection:
 
 class _NonFinite(str):
     """`NaN`, `Infinity` or `-Infinity` where a JSON number stands: Python's reader takes them, JSON has none."""
+
+
+def _may_hold_unreadable(text: str, *, from_bytes: bool) -> bool:
+    """Whether `_unreadable_values` can find anything, from the text alone: a non-finite number is spelt `NaN` or
+    `Infinity`, and a lone surrogate is a `\\uD800`-`\\uDFFF` escape — or, in text not decoded from UTF-8 bytes
+    (which holds none), a character beyond ASCII."""
+    return (
+        "NaN" in text
+        or "Infinity" in text
+        or "\\ud" in text
+        or "\\uD" in text
+        or (not from_bytes and not text.isascii())
+    )
 
 
 def _unreadable_values(value: Any, path: str) -> Iterator[tuple[str, str]]:
