@@ -8,7 +8,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from chatbridge.application import IntakeApplication, Received
 from chatbridge.bootstrap import in_memory_app, open_store, store_env
 from chatbridge.consumers.kafka import KafkaIngestor
 from chatbridge.domain.messages import parse_record
+from chatbridge.journal import schema
 from chatbridge.projections.store import FOLD_VERSION
 from chatbridge.settings import Settings
 from chatbridge.worker import FOLD_INTERVAL
@@ -193,10 +194,10 @@ def history_store(sizes: Sizes) -> Path:
     per_event = max(1, sizes.history_events // sizes.history_chats)
     path = CACHE / f"history-v{HISTORY_VERSION}-{sizes.history_events}-{per_event}.db"
     if path.exists():
-        if _fold_version(path) != FOLD_VERSION:
-            # a store cached under an earlier fold: its projection is refolded here once, not inside a timed run
-            log(f"refolding the cached history store's projection (fold version {FOLD_VERSION})")
-            store = open_store(Settings(database=path))
+        if _fold_version(path) != FOLD_VERSION or _schema_version(path) != schema.CURRENT:
+            # a store cached by an earlier release: migrated and its projection refolded here once, not in a timed run
+            log(f"bringing the cached history store to schema {schema.CURRENT} and fold version {FOLD_VERSION}")
+            store = open_store(Settings(database=path, migrate_on_start=True))
             try:
                 store.projection.catch_up()
             finally:
@@ -225,6 +226,11 @@ def history_store(sizes: Sizes) -> Path:
     building.rename(path)
     _keys(building).rename(_keys(path))
     return path
+
+
+def _schema_version(database: Path) -> int | None:
+    with closing(sqlite3.connect(database)) as connection:
+        return schema.stored_version(connection, "?")
 
 
 def _fold_version(database: Path) -> str | None:

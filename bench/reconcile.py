@@ -423,7 +423,7 @@ def resync_noop(sizes: Sizes) -> Result:
     for rep in range(sizes.repetitions):
         counting = Counting()
         matrix = backend(counting)
-        store = open_store(Settings(database=path))
+        store = open_store(Settings(database=path, migrate_on_start=True))  # cached: maybe by an earlier release
         reconciler = Reconciler(store.app, matrix, ReconcilerSettings())  # fresh: every chat is read once
         try:
             rows = desired_rows(store)
