@@ -26,7 +26,7 @@ from chatbridge.consumers.jsonl import FileMarks
 from chatbridge.domain.lifecycle import Policy
 from chatbridge.journal import chain, schema
 from chatbridge.journal.chain import Sink
-from chatbridge.journal.checkpoints import CheckpointFile, KafkaCheckpoints, kafka_producer
+from chatbridge.journal.checkpoints import CheckpointFile, KafkaCheckpoints
 from chatbridge.journal.erasures import ErasureLog, ErasureSettings
 from chatbridge.journal.keys import (
     AuditKeyError,
@@ -37,6 +37,7 @@ from chatbridge.journal.keys import (
     load_keys,
 )
 from chatbridge.journal.sealing import KEY_TABLES
+from chatbridge.journal.topics import kafka_producer
 from chatbridge.observability import Check
 from chatbridge.projections.store import (
     DesiredStateProjection,

@@ -34,8 +34,8 @@ from chatbridge.consumers import dlq
 from chatbridge.consumers.batches import store_batch
 from chatbridge.domain.messages import Rejection, parse_record
 from chatbridge.journal.chain import ChainHalted
-from chatbridge.journal.checkpoints import kafka_producer
 from chatbridge.journal.intake import IntakeRecord, partition_source
+from chatbridge.journal.topics import kafka_producer
 from chatbridge.settings import Settings
 
 log = logging.getLogger(__name__)

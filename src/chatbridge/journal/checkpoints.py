@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from chatbridge.journal.chain import Checkpoint
+from chatbridge.journal.topics import read_key
 
 TOPIC = "chatbridge.audit-checkpoints.v1"
 
@@ -140,41 +141,8 @@ class KafkaCheckpoints:
                 self._producer = None
 
 
-def kafka_producer(bootstrap_servers: str) -> Any:
-    """A producer like the dead letters' (acks=all, bounded blocking), for a writer that is not the worker."""
-    from kafka import KafkaProducer
-
-    return KafkaProducer(
-        bootstrap_servers=bootstrap_servers.split(","), client_id="chatbridge", acks="all", linger_ms=5,
-        max_block_ms=10000, reconnect_backoff_max_ms=5000,
-    )  # fmt: skip
-
-
 def read_topic(bootstrap_servers: str, topic: str, signer_key_id: str, timeout: float = 30.0) -> list[Checkpoint]:
     """Every checkpoint on the topic signed by the key with id `signer_key_id`, from the beginning to the end
     offsets as they are now."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap_servers.split(","), group_id=None, enable_auto_commit=False,
-        client_id="chatbridge-audit-verify", consumer_timeout_ms=1000,
-    )  # fmt: skip
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            return []
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
-        found: list[Checkpoint] = []
-        wanted = signer_key_id.encode()
-        deadline = time.monotonic() + timeout
-        while any(consumer.position(tp) < end for tp, end in ends.items()):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the topic {topic} could not be read to its end in {timeout:.0f}s")
-            for records in consumer.poll(timeout_ms=500).values():
-                found.extend(Checkpoint.from_json(r.value.decode()) for r in records if r.key == wanted)
-        return found
-    finally:
-        consumer.close()
+    values = read_key(bootstrap_servers, topic, signer_key_id.encode(), "chatbridge-audit-verify", timeout)
+    return [Checkpoint.from_json(value.decode()) for value in values]

@@ -35,6 +35,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chatbridge.domain.moments import stamp
 from chatbridge.journal.keys import AuditSettings
+from chatbridge.journal.topics import kafka_producer, read_key
 
 TOPIC = "chatbridge.erasures.v1"
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ class KafkaErasures:
     def __init__(self, servers: str, topic: str = TOPIC, producer: Callable[[], Any] | None = None):
         self.servers = servers
         self.topic = topic
-        self._make_producer = producer or (lambda: _producer(servers))
+        self._make_producer = producer or (lambda: kafka_producer(servers, "chatbridge-erasures"))
         self._producer: Any = None
         self._failed_at: float | None = None
         self._lock = threading.Lock()
@@ -185,39 +186,11 @@ class KafkaErasures:
 
     def read(self, installation: str, timeout: float = 30.0) -> list[Erasure]:
         """This installation's erasures on the topic, from the beginning to the end offsets as they are now."""
-        from kafka import KafkaConsumer, TopicPartition
-
-        consumer = KafkaConsumer(
-            bootstrap_servers=self.servers.split(","), group_id=None, enable_auto_commit=False,
-            client_id="chatbridge-restore", consumer_timeout_ms=1000,
-        )  # fmt: skip
         try:
-            partitions = consumer.partitions_for_topic(self.topic)
-            if not partitions:
-                return []
-            tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-            consumer.assign(tps)
-            consumer.seek_to_beginning(*tps)
-            ends = consumer.end_offsets(tps)
-            wanted, found = installation.encode(), list[Erasure]()
-            deadline = time.monotonic() + timeout
-            while any(consumer.position(tp) < end for tp, end in ends.items()):
-                if time.monotonic() > deadline:
-                    raise ErasureLogError(f"the topic {self.topic} could not be read to its end in {timeout:.0f}s")
-                for records in consumer.poll(timeout_ms=500).values():
-                    found.extend(Erasure.from_json(r.value.decode()) for r in records if r.key == wanted)
-            return found
-        finally:
-            consumer.close()
-
-
-def _producer(servers: str) -> Any:
-    from kafka import KafkaProducer
-
-    return KafkaProducer(
-        bootstrap_servers=servers.split(","), client_id="chatbridge-erasures", acks="all", linger_ms=5,
-        max_block_ms=10000, reconnect_backoff_max_ms=5000,
-    )  # fmt: skip
+            values = read_key(self.servers, self.topic, installation.encode(), "chatbridge-restore", timeout)
+        except TimeoutError as error:
+            raise ErasureLogError(str(error)) from None
+        return [Erasure.from_json(value.decode()) for value in values]
 
 
 class ErasureLog:
