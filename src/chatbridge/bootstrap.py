@@ -1,9 +1,10 @@
 """The composition root: every part the commands and the worker run on is built here, from the settings.
 
-The store (event store, intake ledger, audit chain, person keys, desired-state projection) with its audit keys and
-the places its signed checkpoints are published; the chat backend and the worker's chat sync (backend, reconciler
-options, status publisher, health probe); the Kafka producers. Only the entry points (`cli`, and the worker's
-command) import this module: every layer below takes what it needs as arguments.
+The store (event store, intake ledger, audit chain, person keys, desired-state projection) with its audit keys, its
+schema check, the places its signed checkpoints and its erasures are published; the chat backend and the worker's
+reconciler parts (backend, reconciler options, status publisher, health probe); the Kafka producers; the locks that
+let several processes share one store. Only the entry points (`cli`) import this module: every layer below takes
+what it needs as arguments (`worker.run_worker` too).
 """
 
 from __future__ import annotations
