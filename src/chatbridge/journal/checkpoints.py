@@ -12,13 +12,12 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from chatbridge.journal.chain import Checkpoint
-from chatbridge.journal.topics import read_key
+from chatbridge.journal.topics import AcknowledgedTopic, read_key
 
 TOPIC = "chatbridge.audit-checkpoints.v1"
 
@@ -101,44 +100,28 @@ class KafkaCheckpoints:
     RETRY_AFTER = 30.0  # seconds a failed publication is not retried
 
     def __init__(self, producer: Callable[[], Any], topic: str = TOPIC):
-        self._make_producer = producer
-        self._producer: Any = None
+        self._topic = AcknowledgedTopic(producer, topic, self.RETRY_AFTER)
         self.topic = topic
         self._pending: list[Checkpoint] = []
-        self._failed_at: float | None = None
         self._lock = threading.RLock()
 
     def publish(self, checkpoints: Sequence[Checkpoint]) -> None:
         with self._lock:
             self._pending.extend(checkpoints)
-            if self._failed_at is not None and time.monotonic() - self._failed_at < self.RETRY_AFTER:
+            if self._topic.resting:
                 raise ConnectionError(f"{len(self._pending)} checkpoints wait for the topic {self.topic}")
-            try:
-                if self._producer is None:
-                    self._producer = self._make_producer()
-                futures = [
-                    self._producer.send(self.topic, key=c.key_id.encode(), value=c.to_json().encode())
-                    for c in self._pending
-                ]
-                self._producer.flush(timeout=10)
-                for future in futures:
-                    future.get(timeout=10)
-            except Exception:
-                self._failed_at = time.monotonic()
-                raise
-            self._pending, self._failed_at = [], None
+            self._topic.send([(c.key_id.encode(), c.to_json().encode()) for c in self._pending])
+            self._pending = []
 
     def last(self) -> Checkpoint | None:
         return None  # the writer does not read the topic back: other installations may share it
 
     def close(self) -> None:
         with self._lock:
-            if self._pending and self._producer is not None:
+            if self._pending and self._topic.producer is not None:
                 with contextlib.suppress(Exception):  # said when it failed; the file and the store hold them
                     self.publish([])
-            if self._producer is not None:
-                self._producer.close(timeout=10)
-                self._producer = None
+            self._topic.close()
 
 
 def read_topic(bootstrap_servers: str, topic: str, signer_key_id: str, timeout: float = 30.0) -> list[Checkpoint]:

@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,7 +34,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chatbridge.domain.moments import stamp
 from chatbridge.journal.keys import AuditSettings
-from chatbridge.journal.topics import kafka_producer, read_key
+from chatbridge.journal.topics import AcknowledgedTopic, kafka_producer, read_key
 
 TOPIC = "chatbridge.erasures.v1"
 log = logging.getLogger(__name__)
@@ -149,9 +148,9 @@ class KafkaErasures:
     def __init__(self, servers: str, topic: str = TOPIC, producer: Callable[[], Any] | None = None):
         self.servers = servers
         self.topic = topic
-        self._make_producer = producer or (lambda: kafka_producer(servers, "chatbridge-erasures"))
-        self._producer: Any = None
-        self._failed_at: float | None = None
+        make = producer or (lambda: kafka_producer(servers, "chatbridge-erasures"))
+        self._topic = AcknowledgedTopic(make, topic, self.RETRY_AFTER)
+        self._closed_at_exit = False  # the producer a send makes is closed when the process exits
         self._lock = threading.Lock()
 
     def __str__(self) -> str:
@@ -159,30 +158,16 @@ class KafkaErasures:
 
     def publish(self, erasures: Sequence[Erasure]) -> None:
         with self._lock:
-            if self._failed_at is not None and time.monotonic() - self._failed_at < self.RETRY_AFTER:
+            if self._topic.resting:
                 raise ConnectionError("the broker did not answer a moment ago")
-            try:
-                if self._producer is None:
-                    self._producer = self._make_producer()
-                    atexit.register(self.close)
-                futures = [
-                    self._producer.send(self.topic, key=e.installation.encode(), value=e.to_json().encode())
-                    for e in erasures
-                ]
-                self._producer.flush(timeout=10)
-                for future in futures:
-                    future.get(timeout=10)
-            except Exception:
-                self._failed_at = time.monotonic()
-                raise
-            self._failed_at = None
+            if not self._closed_at_exit:
+                atexit.register(self.close)
+                self._closed_at_exit = True
+            self._topic.send([(e.installation.encode(), e.to_json().encode()) for e in erasures])
 
     def close(self) -> None:
-        with self._lock:
-            if self._producer is not None:
-                with contextlib.suppress(Exception):
-                    self._producer.close(timeout=10)
-                self._producer = None
+        with self._lock, contextlib.suppress(Exception):
+            self._topic.close()
 
     def read(self, installation: str, timeout: float = 30.0) -> list[Erasure]:
         """This installation's erasures on the topic, from the beginning to the end offsets as they are now."""

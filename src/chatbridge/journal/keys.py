@@ -248,14 +248,6 @@ class StoreKeys(Placeholders):
                 f"(fingerprint), the configured one is {ours.pseudonym_fingerprint}; {_RESTORE}"
             )
 
-    def _table_exists(self, c: Any, table: str) -> bool:
-        # looked up rather than created each time: DDL on PostgreSQL locks against a running worker
-        if self.placeholder == "?":
-            c.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
-        else:
-            c.execute(self._sql("SELECT 1 WHERE to_regclass(?) IS NOT NULL"), (table,))
-        return c.fetchone() is not None
-
     def _recorded(self) -> tuple[str, str] | None:
         with self.datastore.transaction(commit=False) as c:
             if not self._table_exists(c, KEY_CHECK_TABLE):

@@ -31,7 +31,7 @@ from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 
 from chatbridge.domain.moments import stamp, stamp_now
-from chatbridge.journal.sql import add_missing_columns
+from chatbridge.journal.sql import add_missing_columns, table_exists
 from chatbridge.settings import Settings
 
 VERSION_TABLE = "chatbridge_schema_version"
@@ -65,32 +65,24 @@ class Migration:
     apply: Step
 
 
-def _table_exists(c: Any, placeholder: str, table: str) -> bool:
-    if placeholder == "?":
-        c.execute("SELECT 1 AS found FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
-        return c.fetchone() is not None
-    c.execute("SELECT to_regclass(%s) AS found", (table,))
-    return c.fetchone()["found"] is not None
-
-
 # A migration's SQL is written out here, not taken from the tables' current definitions: what it does to a store
 # must not change when a later release changes them.
 
 
 def _checkpoints_chain(c: Any, placeholder: str) -> None:
-    if _table_exists(c, placeholder, "audit_checkpoints"):
+    if table_exists(c, placeholder, "audit_checkpoints"):
         columns = (("audit_checkpoints", "records", "BIGINT"), ("audit_checkpoints", "previous", "TEXT"))
         add_missing_columns(c, placeholder, columns)
 
 
 def _erasure_horizons(c: Any, placeholder: str) -> None:
-    if _table_exists(c, placeholder, _KEYS):
+    if table_exists(c, placeholder, _KEYS):
         add_missing_columns(c, placeholder, ((_KEYS, "erased_until", "TEXT"), (_KEYS, "named_until", "TEXT")))
 
 
 def _key_versions(c: Any, placeholder: str) -> None:
     """One key per person, kept in the key table (a destroyed one a tombstone), becomes key version 1."""
-    if not _table_exists(c, placeholder, _KEYS):
+    if not table_exists(c, placeholder, _KEYS):
         return
     keys, versions = _KEYS, _KEY_VERSIONS
     c.execute(
@@ -163,12 +155,12 @@ def _transaction(source: Any, *, write: bool) -> Iterator[Any]:
 
 def _read_version(c: Any, placeholder: str) -> int | None:
     """The store's version; None: no chatbridge store there yet."""
-    if _table_exists(c, placeholder, VERSION_TABLE):
+    if table_exists(c, placeholder, VERSION_TABLE):
         c.execute(f"SELECT MAX(version) AS version FROM {VERSION_TABLE}")
         row = c.fetchone()
         if row is not None and row["version"] is not None:
             return int(row["version"])
-    if any(_table_exists(c, placeholder, table) for table in _UNVERSIONED_TABLES):
+    if any(table_exists(c, placeholder, table) for table in _UNVERSIONED_TABLES):
         return UNVERSIONED
     return None
 

@@ -54,6 +54,16 @@ def _pg_type(column: Sequence[Any]) -> str:
     return "bigint" if isinstance(value, int) and not isinstance(value, bool) else "text"
 
 
+def table_exists(c: Any, placeholder: str, table: str) -> bool:
+    """Whether the table is there, looked up rather than created each time: DDL on PostgreSQL locks the table
+    against a running worker even when it changes nothing."""
+    if placeholder == "?":
+        c.execute("SELECT 1 AS found FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
+    else:
+        c.execute("SELECT 1 AS found WHERE to_regclass(%s) IS NOT NULL", (table,))
+    return c.fetchone() is not None
+
+
 class Placeholders:
     """SQL written once for both stores, with `?` placeholders: `_sql` turns them into the driver's (psycopg: `%s`)."""
 
@@ -61,3 +71,6 @@ class Placeholders:
 
     def _sql(self, statement: str) -> str:
         return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)
+
+    def _table_exists(self, c: Any, table: str) -> bool:
+        return table_exists(c, self.placeholder, table)

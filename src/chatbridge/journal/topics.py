@@ -5,6 +5,7 @@ checkpoints, the erasure log)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -17,6 +18,42 @@ def kafka_producer(bootstrap_servers: str, client_id: str = "chatbridge") -> Any
         bootstrap_servers=bootstrap_servers.split(","), client_id=client_id, acks="all", linger_ms=5,
         max_block_ms=10000, reconnect_backoff_max_ms=5000,
     )  # fmt: skip
+
+
+class AcknowledgedTopic:
+    """Records to one topic, each acknowledged by the brokers before `send` returns. The producer is made on first
+    use. After a failed send, sends within `retry_after` seconds fail at once (`resting`) instead of blocking their
+    caller again: what was not sent stays the caller's, to go with the next. Callers hold their own lock."""
+
+    def __init__(self, make_producer: Callable[[], Any], topic: str, retry_after: float = 30.0):
+        self.make_producer = make_producer
+        self.topic = topic
+        self.retry_after = retry_after
+        self.producer: Any = None
+        self._failed_at: float | None = None
+
+    @property
+    def resting(self) -> bool:
+        return self._failed_at is not None and time.monotonic() - self._failed_at < self.retry_after
+
+    def send(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+        """Send (key, value) records and wait for every acknowledgement; raises what the producer raised."""
+        try:
+            if self.producer is None:
+                self.producer = self.make_producer()
+            futures = [self.producer.send(self.topic, key=key, value=value) for key, value in records]
+            self.producer.flush(timeout=10)
+            for future in futures:
+                future.get(timeout=10)
+        except Exception:
+            self._failed_at = time.monotonic()
+            raise
+        self._failed_at = None
+
+    def close(self) -> None:
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            producer.close(timeout=10)
 
 
 def read_key(bootstrap_servers: str, topic: str, key: bytes, client_id: str, timeout: float = 30.0) -> list[bytes]:

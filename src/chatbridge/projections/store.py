@@ -226,13 +226,6 @@ class _DesiredStateTables(Placeholders):
         row = c.fetchone()
         return None if row is None else str(row["value"])
 
-    def _table_exists(self, c: Any, table: str) -> bool:
-        if self.placeholder == "?":
-            c.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
-            return c.fetchone() is not None
-        c.execute("SELECT to_regclass(%s) AS name", (table,))
-        return c.fetchone()["name"] is not None
-
     def stored_policy(self) -> str | None:
         return self._meta("policy")
 
