@@ -20,7 +20,7 @@ from typing import Any, cast
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, ProcessingEvent
-from eventsourcing.domain import Aggregate
+from eventsourcing.domain import Aggregate, DomainEvent
 from eventsourcing.persistence import Mapper, Notification, ProcessRecorder, StoredEvent, Tracking
 from eventsourcing.popo import POPOFactory
 from eventsourcing.projection import EventSourcedProjection
@@ -223,6 +223,26 @@ class IntakeApplication(EventSourcedProjection[UUID]):
         if not self.env.get("PROCESS_RECORDER_TOPIC") and module in INTAKE_RECORDERS:
             self.env["PROCESS_RECORDER_TOPIC"] = INTAKE_RECORDERS[module]
         return self.factory.process_recorder()
+
+    def save(self, *objs: Any, **kwargs: Any) -> Any:
+        """The library's `save`, collecting events without its `isinstance` checks against runtime-checkable
+        Protocols (about a fifth of saving a batch of events in the raw-store profile): an `Aggregate` gives its new
+        events, a domain event is taken as it is, and anything else goes through the library's own collecting."""
+        processing_event: ProcessingEvent[UUID] = ProcessingEvent()
+        for obj in objs:
+            if isinstance(obj, Aggregate):
+                processing_event.events.extend(obj.collect_events())
+                processing_event.aggregates[obj.id] = obj
+            elif isinstance(obj, DomainEvent):
+                processing_event.events.append(obj)
+            elif obj is not None:
+                processing_event.collect_events(obj)
+        processing_event.saved_kwargs.update(kwargs)
+        recordings = self._record(processing_event)
+        self._take_snapshots(processing_event)
+        self._notify(recordings)
+        self.notify(processing_event.events)  # type: ignore[arg-type]  # the library's deprecated hook, as `save`
+        return recordings
 
     def _record(self, processing_event: ProcessingEvent[UUID]) -> Any:
         # the keys of every person the events name, in one transaction before they are sealed one by one

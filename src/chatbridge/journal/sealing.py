@@ -39,6 +39,7 @@ from uuid import UUID
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.persistence import Mapper, PersistenceError, StoredEvent
+from eventsourcing.utils import get_topic
 
 from chatbridge.domain.aggregates import EVENT_CLASSES
 from chatbridge.domain.moments import stamp, stamp_now
@@ -767,21 +768,41 @@ class PersonSealingMapper(Mapper[UUID]):
             self.persons.prepare(named, recheck=False)
 
     def to_stored_event(self, domain_event: Any) -> StoredEvent:
-        qualname = type(domain_event).__qualname__
+        event_class = type(domain_event)
         fields = person_fields(domain_event)
         if not fields:
             return super().to_stored_event(domain_event)
         state = dict(vars(domain_event))
-        org = self._org(qualname, domain_event.originator_id, state)
+        org = self._org(event_class.__qualname__, domain_event.originator_id, state)
         # the time of the fact: HiOrg-Server's `occurred_at`, or the reconciler's `at` (which starts no new person)
         at, renew = state.get("occurred_at"), True
         if at is None:
             at, renew = state.get("at") or state["timestamp"], False
+        seal = self.persons.seal
         for name in fields:
-            state[name] = self._convert(state[name], lambda person: self.persons.seal(org, person, at, renew))
-        sealed = object.__new__(type(domain_event))
-        object.__setattr__(sealed, "__dict__", state)
-        return super().to_stored_event(sealed)
+            value = state[name]
+            if isinstance(value, dict):  # staff: person → status
+                state[name] = {seal(org, person, at, renew): status for person, status in value.items()}
+            elif value is not None:
+                state[name] = seal(org, value, at, renew)
+        # What the library's `Mapper.to_stored_event` does, on the sealed copy made above (the same bytes): it would
+        # copy the state again from an event object made only to carry it.
+        originator_id = state.pop("originator_id")
+        originator_version = state.pop("originator_version")
+        class_version = getattr(event_class, "class_version", 1)
+        if class_version > 1:
+            state["class_version"] = class_version
+        stored_state = self.transcoder.encode(state)
+        if self.compressor:
+            stored_state = self.compressor.compress(stored_state)
+        if self.cipher:
+            stored_state = self.cipher.encrypt(stored_state)
+        return StoredEvent(
+            originator_id=originator_id,
+            originator_version=originator_version,
+            topic=get_topic(event_class),
+            state=stored_state,
+        )
 
     def to_domain_event(self, stored_event: StoredEvent) -> Any:
         domain_event = super().to_domain_event(stored_event)
