@@ -26,7 +26,7 @@ from chatbridge.domain.messages import parse_record
 from chatbridge.journal import schema
 from chatbridge.projections.store import FOLD_VERSION
 from chatbridge.settings import Settings
-from chatbridge.worker import FOLD_INTERVAL
+from chatbridge.worker import fold_beside_intake
 
 HISTORY_VERSION = 1  # bump when the generated history changes, so a cached store is rebuilt
 
@@ -158,25 +158,22 @@ class OneByOne(KafkaIngestor):
 
 def ingest(settings: Settings, ingestor_class: type[KafkaIngestor] = KafkaIngestor) -> tuple[float, int]:
     """Messages/s from the topic's start to its end into stored events and the folded projection, as the worker
-    does it (`worker.run_worker`: fold at most once per FOLD_INTERVAL while full batches stream, at once when a poll
-    took all there was, and at the end). Returns (rate, count)."""
+    does it: the worker's own fold (`worker.fold_beside_intake`: a process beside the intake, woken after every
+    poll that stored records) and its last fold before returning. Like opening the store, starting the fold process
+    is not timed. Returns (rate, count)."""
     store = open_store(settings)
     try:
         ends = end_offsets(KAFKA, settings.topic_list[0])
         total = sum(ends.values())
-        folded_at, unfolded = time.monotonic(), 0
-
-        def after_poll(handled: int) -> None:
-            nonlocal folded_at, unfolded
-            unfolded += handled
-            if unfolded and (handled < settings.batch_size or time.monotonic() - folded_at >= FOLD_INTERVAL):
-                store.projection.catch_up()
-                folded_at, unfolded = time.monotonic(), 0
-
-        started = time.perf_counter()
-        ingestor = ingestor_class.every_partition(store.app, settings, after_poll=after_poll)
-        counts = ingestor.drain(ends)
-        store.projection.catch_up()
+        folding = fold_beside_intake(store, settings)
+        try:
+            folding.finish()  # the fold process started and answering, as the store is opened: before the clock
+            started = time.perf_counter()
+            ingestor = ingestor_class.every_partition(store.app, settings, after_poll=folding.stored)
+            counts = ingestor.drain(ends)
+            folding.finish()
+        finally:
+            folding.close(timeout=settings.shutdown_timeout)
         seconds = time.perf_counter() - started
         if counts.total != total:
             raise RuntimeError(f"ingested {counts.total} of {total} records: {counts.outcomes}")

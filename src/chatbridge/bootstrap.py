@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -146,7 +147,18 @@ def open_store(
     projection = DesiredStateProjection(
         app, view, policy or settings.policy, exclusive=lambda: _exclusive(settings, _PROJECTION_LOCK)
     )
-    return Store(app=app, projection=projection, compact=lambda: compact_store(settings))
+    reopen = None
+    if configured and not _in_memory(settings):  # keys handed in are not read again in another process
+        reopen = functools.partial(
+            open_store, settings, policy, create=False, publish_to_input_broker=publish_to_input_broker
+        )
+    return Store(app=app, projection=projection, compact=lambda: compact_store(settings), reopen=reopen)
+
+
+def _in_memory(settings: Settings) -> bool:
+    """An SQLite database that lives in this process only: another process opening the name gets another one."""
+    name = str(settings.database)
+    return settings.store == "sqlite" and (name == ":memory:" or "mode=memory" in name)
 
 
 def erasure_log(settings: Settings, input_broker: str | None = None) -> ErasureLog:

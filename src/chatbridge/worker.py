@@ -10,14 +10,17 @@ backend any more and cuts those still in flight after half the timeout (`Reconci
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from multiprocessing.connection import Connection, wait
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from kafka.errors import KafkaError
 from prometheus_client import Gauge
@@ -25,6 +28,7 @@ from prometheus_client import Gauge
 from chatbridge.backends.port import ChatBackend
 from chatbridge.consumers.kafka import EndOffsetReader, IntakeCounts, KafkaIngestor
 from chatbridge.journal.chain import Guard
+from chatbridge.logs import configure as configure_logs
 from chatbridge.observability import Check, HealthServer, InstrumentedBackend, Metrics
 from chatbridge.projections.desired_state import DesiredChat
 from chatbridge.projections.store import Store
@@ -36,7 +40,8 @@ from chatbridge.settings import Settings
 
 log = logging.getLogger(__name__)
 
-FOLD_INTERVAL = 1.0  # seconds between projection folds while records stream in
+FOLD_INTERVAL = 1.0  # seconds between projection folds in the consumer's thread while records stream in
+FOLD_RESTARTS = 3  # fold processes that may die one after another, none folding, before /healthz fails
 STALE_POLL = 60.0  # seconds without a successful poll after which the broker counts as unreachable (/readyz)
 HUNG_LOOP = 300.0  # seconds without any poll after which the worker counts as hung (/healthz)
 
@@ -69,6 +74,310 @@ class ReconcilerParts:
             resource.close(timeout=timeout)
 
 
+class Folding(Protocol):
+    """How the worker keeps the desired-state projection folded behind its intake (`fold_beside_intake`)."""
+
+    def stored(self, handled: int) -> None:
+        """The consumer stored `handled` records of a poll (0: the poll was empty)."""
+
+    def request(self) -> None:
+        """Fold what is stored now, soon, without waiting for it (the deletion gate asks so)."""
+
+    def finish(self, timeout: float | None = None) -> None:
+        """The last fold: everything stored so far, waited for (up to `timeout` seconds)."""
+
+    def close(self, timeout: float) -> None:
+        """Stop folding, within `timeout` seconds."""
+
+    def healthy(self) -> bool:
+        """False once the fold cannot go on (for /healthz)."""
+
+
+def fold_beside_intake(
+    store: Store, settings: Settings, on_folded: Callable[[], None] | None = None
+) -> FoldInLine | FoldBeside:
+    """The fold the worker and the intake bench use: in a process of its own beside the intake when the store can
+    be opened again from another process (`Store.reopen`), else in the consumer's thread. `on_folded` runs after
+    each fold (in another thread of this process when the fold runs beside)."""
+    if store.reopen is None:
+        return FoldInLine(store, settings.batch_size, on_folded)
+    return FoldBeside(store, store.reopen, settings, on_folded)
+
+
+class FoldInLine:
+    """The fold in the consumer's thread, between polls: for stores that live in this process only (in memory).
+
+    At most once a second while full batches stream in, and at once when a poll took all there was (the topics are
+    quiet or trickle: a change is then folded and reconciled without waiting for an empty poll's timeout). Folding
+    after every batch of a backlog would cost more than the intake itself.
+    """
+
+    def __init__(self, store: Store, batch_size: int, on_folded: Callable[[], None] | None = None):
+        self.store, self.batch_size, self.on_folded = store, batch_size, on_folded
+        self.folded_at, self.unfolded = time.monotonic(), 0
+        self.wanted = threading.Event()
+
+    def stored(self, handled: int) -> None:
+        self.unfolded += handled
+        caught_up = handled < self.batch_size
+        if self.wanted.is_set() or (
+            self.unfolded and (caught_up or time.monotonic() - self.folded_at >= FOLD_INTERVAL)
+        ):
+            self.wanted.clear()
+            self.store.projection.catch_up()
+            self.folded_at, self.unfolded = time.monotonic(), 0
+            if self.on_folded is not None:
+                self.on_folded()
+
+    def request(self) -> None:
+        self.wanted.set()  # folded after the consumer's next poll
+
+    def finish(self, timeout: float | None = None) -> None:
+        self.store.projection.catch_up()
+
+    def close(self, timeout: float) -> None:
+        pass
+
+    def healthy(self) -> bool:
+        return True
+
+
+class FoldBeside:
+    """The fold in a process of its own, on another core than the intake: it folds whenever the intake stored more.
+
+    The child opens the same store (`Store.reopen`: the settings, keys from the key file or the environment as
+    here) and waits for a signal — no poll interval: a change to a quiet topic is folded as soon as it is stored.
+    While it folds, the signals coalesce, so a backlog is folded in pages as large as the fold's pace makes them.
+    Everything the in-line fold guaranteed holds: `catch_up` takes the same exclusive lock (replicas, `state`), the
+    position is read from the database, and a fold the deletion gate asks for starts after it asked. SQLite's two
+    writers (events here, rows there) take turns on the write lock within the store's busy timeout.
+
+    Signals are single bytes on a pipe (`_SIGNALS`), written without blocking: no lock or semaphore is shared with
+    a process that may be killed holding it. The child answers, after each fold, how many requests it had read
+    before the fold began. A child that dies is started again, and says so in one log line; after `FOLD_RESTARTS`
+    deaths in a row without a fold between them, /healthz fails and the last fold runs in this process.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        reopen: Callable[[], Store],
+        settings: Settings,
+        on_folded: Callable[[], None] | None = None,
+    ):
+        self.store, self.reopen, self.on_folded = store, reopen, on_folded
+        self.logging = (settings.log_format, settings.log_level)
+        self.batch_size = settings.batch_size
+        self._context = multiprocessing.get_context("spawn")
+        self._changed = threading.Condition()  # guards the child's generation and its counts
+        self._writing = threading.Lock()  # a signal is never written to a pipe closed meanwhile (its number reused)
+        self._backlog = False  # full batches signalled, and no "at once" since
+        self._generation = 0  # one per child started
+        self._asked = 0  # requests written to the current child
+        self._done = 0  # of those, how many a finished fold began after
+        self._deaths = 0
+        self._given_up = False
+        self._closing = False
+        self._begin()
+        self._watcher = threading.Thread(target=self._watch, name="fold-watcher", daemon=True)
+        self._watcher.start()
+
+    def _begin(self) -> None:
+        """Start a child; requests written from now on are counted for it (waiting callers ask it again)."""
+        process, signals, results = self._start()
+        with self._changed, self._writing:
+            self._process, self._signals, self._results = process, signals, results
+            self._generation += 1
+            self._asked = self._done = 0
+            self._changed.notify_all()
+
+    def _start(self) -> tuple[Any, Connection, Connection]:
+        signals_in, signals = self._context.Pipe(duplex=False)
+        results, results_out = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=fold_process, name="chatbridge-fold", daemon=True,
+            args=(self.reopen, self.logging, signals_in, results_out),
+        )  # fmt: skip
+        process.start()
+        signals_in.close()  # the child holds the reading end: this process's end closing tells it the worker is gone
+        results_out.close()  # and the writing end of the answers: its death shows as their end
+        os.set_blocking(signals.fileno(), False)
+        return process, signals, results
+
+    def _signal(self, byte: bytes) -> bool:
+        """Write one signal; False when it could not be (the child is gone, or has not read for very long)."""
+        with self._writing:
+            try:
+                return os.write(self._signals.fileno(), byte) == 1
+            except OSError:  # BlockingIOError: 64 KiB of signals unread, it is woken anyway; else it is gone
+                return False
+
+    def stored(self, handled: int) -> None:
+        """A full batch: more is coming (a backlog); fewer, or an empty poll after a backlog: the poll took all
+        there was, fold at once."""
+        if handled >= self.batch_size:
+            self._backlog = True
+            self._signal(_MORE)
+        elif handled or self._backlog:
+            self._backlog = False
+            self._signal(_NOW)
+
+    def _ask(self) -> tuple[int, int]:
+        """A request to the current child: (its generation, the request's number; one it cannot reach when the
+        request could not be written: the caller waits for the next child, or its timeout)."""
+        with self._changed:
+            if not self._signal(_ASK):
+                return self._generation, self._asked + 1
+            self._asked += 1
+            return self._generation, self._asked
+
+    def request(self) -> None:
+        self._ask()
+
+    def finish(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        generation, asked = self._ask()
+        with self._changed:
+            while not self._given_up:
+                if self._generation != generation:  # the child died and another started: ask that one
+                    generation, asked = self._ask()
+                    continue
+                if self._done >= asked:
+                    return
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    log.warning("the projection was not folded to the end within %.0f s; the next start folds the "
+                                "rest", timeout)  # fmt: skip
+                    return
+                self._changed.wait(left)
+        self.store.projection.catch_up()  # given up on the child: here, where a failure raises to the caller
+
+    def healthy(self) -> bool:
+        return not self._given_up
+
+    def close(self, timeout: float) -> None:
+        """The child stops after the page it folds (each page is its own transaction), else it is terminated."""
+        self._closing = True
+        self._signal(_STOP)
+        self._process.join(timeout)
+        if self._process.is_alive():
+            log.warning("the fold process did not stop within %.0f s; terminating it", timeout)
+            self._process.terminate()  # a transaction cut short rolls back; the lock goes with the process
+            self._process.join(1.0)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join(1.0)
+        self._watcher.join(1.0)
+        with self._writing:
+            self._signals.close()
+
+    def _watch(self) -> None:
+        """Hand each fold's answer to the waiting callers and `on_folded`; notice the child's death."""
+        while True:
+            process, results = self._process, self._results
+            ready = wait([results, process.sentinel])
+            answers, ended = [], False
+            try:
+                while results.poll():
+                    answers.append(results.recv())
+            except (EOFError, OSError):
+                ended = True  # the child is gone
+            if answers:
+                with self._changed:
+                    self._done = max(self._done, *answers)
+                    self._deaths = 0
+                    self._changed.notify_all()
+                if self.on_folded is not None:
+                    self.on_folded()
+            if not ended and process.sentinel not in ready:
+                continue
+            process.join()
+            results.close()
+            if self._closing:
+                return
+            with self._writing:
+                self._signals.close()
+            self._deaths += 1
+            if self._deaths > FOLD_RESTARTS:
+                log.error("the projection's fold process exited (code %s) %d times in a row without folding; "
+                          "/healthz fails", process.exitcode, self._deaths)  # fmt: skip
+                with self._changed:
+                    self._given_up = True
+                    self._changed.notify_all()
+                return
+            log.error("the projection's fold process exited (code %s); starting it again", process.exitcode)
+            self._begin()
+
+
+# The signals to the fold process, one byte each.
+_MORE = b"."  # the intake stored a full batch: more is coming
+_NOW = b"!"  # the intake stored all there was: fold at once
+_ASK = b"?"  # a caller asks for a fold that begins after it asked (counted)
+_STOP = b"x"  # the worker stops
+
+
+class _Stopping(Exception):
+    """The worker asked the fold process to stop, or is gone: it leaves after the page it wrote."""
+
+
+def fold_process(
+    reopen: Callable[[], Store], logging_options: tuple[Any, str], signals: Connection, results: Connection
+) -> None:
+    """The fold process: fold whenever signalled, answer how many requests it had read before each fold, until
+    asked to stop or its parent is gone (the signals' pipe ends). Ctrl-C reaches the whole process group; the
+    parent decides when this one ends."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    configure_logs(*logging_options)
+    source = signals.fileno()
+    os.set_blocking(source, False)
+    store = reopen()
+    asked, pending, urgent, folded_at = 0, True, True, 0.0  # a first fold at once: what was stored before it
+    stopping = False
+
+    def read(timeout: float | None) -> None:
+        nonlocal asked, pending, urgent, stopping
+        if not wait([source], timeout):
+            return
+        try:
+            received = os.read(source, 65536)
+        except BlockingIOError:
+            return
+        if not received or _STOP in received:
+            stopping = True  # asked to, or the worker is gone (its end of the pipe closed)
+        asked += received.count(_ASK)
+        pending = True
+        urgent = urgent or _NOW in received or _ASK in received
+
+    def between_pages(_done: int, _total: int) -> None:
+        read(0)
+        if stopping:
+            raise _Stopping
+
+    try:
+        while not stopping:
+            if not pending:
+                read(None)
+                continue
+            # full batches streaming in (a backlog): a bite at most once per FOLD_INTERVAL, as the in-line fold
+            # took them (each catch-up writes the rows it changed, so more bites cost more), unless the topics
+            # went quiet or a caller waits for the fold
+            while not urgent and not stopping and (pause := folded_at + FOLD_INTERVAL - time.monotonic()) > 0:
+                read(pause)
+            if stopping:
+                break
+            begun_after, pending, urgent, folded_at = asked, False, False, time.monotonic()
+            store.projection.catch_up(between_pages)
+            try:
+                results.send(begun_after)
+            except OSError:  # the worker is gone
+                break
+    except _Stopping:
+        pass
+    finally:
+        store.close()
+        results.close()
+
+
 def run_worker(
     store: Store,
     settings: Settings,
@@ -86,26 +395,17 @@ def run_worker(
     metrics = metrics or Metrics()
     ingestor: KafkaIngestor
     reconciler: ReconcilerWorker | None = None
-    folded_at, unfolded = time.monotonic(), 0
     polled_at = [time.monotonic()]
-    fold_wanted = threading.Event()  # the deletion gate asks for the rows to reflect the whole log (see knowledge)
+
+    def folded() -> None:
+        if reconciler is not None:
+            reconciler.nudge()
+        else:
+            metrics.observe_chats(store.projection.view.desired_chats(), utc_now(), None)
 
     def after_poll(handled: int) -> None:
-        # Fold at most once a second while full batches stream in, and at once when a poll took all there was
-        # (the topics are quiet or trickle: a change is then folded and reconciled without waiting for an empty
-        # poll's timeout). Folding after every batch of a backlog would cost more than the intake itself.
-        nonlocal folded_at, unfolded
         polled_at[0] = time.monotonic()
-        unfolded += handled
-        caught_up = handled < settings.batch_size
-        if fold_wanted.is_set() or (unfolded and (caught_up or time.monotonic() - folded_at >= FOLD_INTERVAL)):
-            fold_wanted.clear()
-            store.projection.catch_up()
-            folded_at, unfolded = time.monotonic(), 0
-            if reconciler is not None:
-                reconciler.nudge()
-            else:
-                metrics.observe_chats(store.projection.view.desired_chats(), utc_now(), None)
+        folding.stored(handled)
         metrics.observe_intake(ingestor.counts.by_topic)
         metrics.observe_lag(ingestor.lag())
         if on_batch and handled:
@@ -145,7 +445,7 @@ def run_worker(
             owned_rows,
             chat_sync.options,
             on_change=chat_sync.status,  # type: ignore[arg-type]
-            gate=deletion_gate(store, end_offsets, fold=fold_wanted.set),
+            gate=deletion_gate(store, end_offsets, fold=lambda: folding.request()),  # the rows to reflect the whole log
             version=store.projection.position,  # the rows are read again when the fold (any replica's) moved
             observe=lambda rows, now: observe_reconciler(reconciler, rows, now),  # type: ignore[arg-type]
         )
@@ -154,26 +454,33 @@ def run_worker(
 
     def alive() -> bool:
         reconciling = thread is None or thread.is_alive() or stop.is_set()
-        return reconciling and time.monotonic() - polled_at[0] < HUNG_LOOP
+        return reconciling and folding.healthy() and time.monotonic() - polled_at[0] < HUNG_LOOP
 
     server = None
-    if http is not None:
-        server = HealthServer(metrics, *http, alive=alive, checks=_readiness(store, ingestor, polled_at, chat_sync,
-                                                                             backend, audit),
-                              notes={"deletions": _deletions_note(reconciler)} if reconciler else None)  # fmt: skip
-        server.start()
-    if thread is not None:
-        thread.start()
+    folding = fold_beside_intake(store, settings, folded)
+    ends_by = None
     try:
+        if http is not None:
+            server = HealthServer(metrics, *http, alive=alive, checks=_readiness(store, ingestor, polled_at,
+                                                                                 chat_sync, backend, audit),
+                                  notes={"deletions": _deletions_note(reconciler)} if reconciler else None)  # fmt: skip
+            server.start()
+        if thread is not None:
+            thread.start()
         counts = ingestor.run(stop, idle_stop=idle_stop)
-        store.projection.catch_up()
+        # idle (--exit-when-idle): everything stored is folded before the worker returns; stopped by a signal:
+        # as much as half the shutdown timeout allows (the next start folds the rest)
+        ends_by = time.monotonic() + settings.shutdown_timeout
+        folding.finish(timeout=settings.shutdown_timeout / 2 if stop.is_set() else None)
     finally:
         stop.set()
-        if reconciler is not None and thread is not None:
+        ends_by = ends_by or time.monotonic() + settings.shutdown_timeout
+        if reconciler is not None and thread is not None and thread.ident is not None:
             reconciler.nudge()
             thread.join(timeout=settings.shutdown_timeout)  # it ends half of it after `stop` at the latest
             if thread.is_alive():
                 log.warning("the reconciler did not stop within %.0f s", settings.shutdown_timeout)
+        folding.close(timeout=max(1.0, ends_by - time.monotonic()))
         if end_offsets is not None:
             end_offsets.close()
         if server is not None:

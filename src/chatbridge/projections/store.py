@@ -537,6 +537,9 @@ class Store:
     projection: DesiredStateProjection
     # rewrites the database so that deleted and overwritten rows leave no bytes behind (after an erasure)
     compact: Callable[[], None] = lambda: None
+    # opens the same store again in another process (a picklable callable; None when it lives only in this one):
+    # the worker folds the projection there, beside its intake
+    reopen: Callable[[], Store] | None = None
 
     def close(self) -> None:
         self.app.close()
