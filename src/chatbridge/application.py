@@ -161,6 +161,7 @@ class _Batch:
     outcomes: list[IntakeRecord] = field(default_factory=list)
     forgotten: list[tuple[str, str]] = field(default_factory=list)  # (org, person_id): erasures, done once stored
     aggregates: dict[UUID, Any] = field(default_factory=dict)  # as saved, for the cache once committed
+    named: dict[str, datetime] = field(default_factory=dict)  # pseudonym → the latest chat fact naming them
 
 
 class IntakeApplication(EventSourcedProjection[UUID]):
@@ -278,7 +279,8 @@ class IntakeApplication(EventSourcedProjection[UUID]):
             raise
         for org, person_id in processing.forgotten:  # deleted persons: their keys go once their facts are stored
             self.persons.erase_planned(org, person_id)
-        self.persons.note_named(_times_named(batch, processing.outcomes))
+        if processing.named and not getattr(self.recorder, "records_named", False):  # in memory: after storing
+            self.persons.table.note_named(processing.named)
         self._cache_saved(processing.aggregates)
         return processing.outcomes
 
@@ -313,7 +315,9 @@ class IntakeApplication(EventSourcedProjection[UUID]):
             outcome = _HANDLERS[type(message)](message, unit)
             outcomes.append(IntakeRecord(batch.source, record.position, outcome, message.id))
             unit.collect()
-        unit.collect(intake=outcomes)
+        # when each person was last named in a chat fact, stored with the facts (`journal.intake`)
+        batch.named = self.persons.named_pseudonyms(_times_named(batch.records, outcomes))
+        unit.collect(intake=outcomes, named=batch.named)
         batch.aggregates = processing_event.aggregates
 
 

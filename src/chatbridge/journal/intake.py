@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -21,9 +22,9 @@ from eventsourcing.persistence import IntegrityError, StoredEvent
 from eventsourcing.popo import POPOProcessRecorder
 from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
 from eventsourcing.sqlite import SQLiteCursor, SQLiteProcessRecorder
-from psycopg.sql import SQL, Composed
+from psycopg.sql import SQL, Composed, Identifier
 
-from chatbridge.journal import chain
+from chatbridge.journal import chain, sealing
 from chatbridge.journal.sql import Placeholders, insert_rows
 
 APPLIED, IGNORED, DUPLICATE, REJECTED = "applied", "ignored", "duplicate", "rejected"
@@ -76,6 +77,7 @@ class _IntakeTable(Placeholders):
     """The ledger's SQL, written once for SQLite and PostgreSQL (`?` placeholders; psycopg takes `%s`)."""
 
     placeholder = "?"
+    records_named = True  # writes `named=` (pseudonym → when last named) with the events: `_write_named`
     CREATE_STATEMENTS = (
         "CREATE TABLE IF NOT EXISTS chatbridge_intake ("
         "source TEXT NOT NULL, position BIGINT NOT NULL, outcome TEXT NOT NULL, "
@@ -119,6 +121,12 @@ class _IntakeTable(Placeholders):
                 [(r.source, r.position, r.outcome, r.message_id, r.reason) for r in intake],
                 self.placeholder,
             )
+
+    def _write_named(self, c: Any, named: dict[str, datetime] | None) -> None:
+        # when the persons were last named in a chat fact, in the transaction storing those facts (it was a
+        # transaction of its own after it: on SQLite a second commit, and a second fsync, per batch)
+        if named:
+            sealing.write_named(c, self.placeholder, named)
 
     def known_message_ids(self, message_ids: Iterable[str]) -> set[str]:
         ids = list(message_ids)
@@ -201,6 +209,7 @@ class SQLiteIntakeRecorder(_IntakeTable, SQLiteProcessRecorder):
     ) -> Sequence[int] | None:
         returning = super()._insert_events(c, stored_events, **kwargs)
         self._write_intake(c, kwargs.get("intake", ()))
+        self._write_named(c, kwargs.get("named"))
         if returning:  # the audit's hash chain, in the same transaction as the events (holding the write lock)
             guard = self.chain_guard
             guard.extend(c, self._sql, guard.check(c, self._sql), zip(returning, stored_events, strict=True))
@@ -216,6 +225,17 @@ class PostgresIntakeRecorder(_IntakeTable, PostgresProcessRecorder):
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any):
         super().__init__(datastore, **kwargs)
         self.sql_create_statements.extend(Composed([SQL(statement)]) for statement in self.CREATE_STATEMENTS)
+        # the library's insert passes the events as one array of a composite type, in text: psycopg escapes every
+        # topic and state with a regular expression (a quarter of a batch's time); here the columns go as binary
+        # arrays, the same rows in the same order
+        self._insert_columns = SQL(
+            "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
+            "SELECT * FROM unnest(%b::{id_type}[], %b::bigint[], %b::text[], %b::bytea[]) RETURNING notification_id"
+        ).format(
+            schema=Identifier(datastore.schema),
+            table=Identifier(self.events_table_name),
+            id_type=Identifier(datastore.originator_id_type),
+        )
 
     @staticmethod
     def _originator_param(originator_id: UUID) -> Any:
@@ -230,12 +250,28 @@ class PostgresIntakeRecorder(_IntakeTable, PostgresProcessRecorder):
             self._lock_table(curs)
             self._head = self.chain_guard.check(curs, self._sql)
 
+    def _insert_stored_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
+        # the table is locked already (`_insert_events`, for the chain's head); subscribers are told as the library
+        # tells them
+        self._notify_channel(curs)
+        curs.execute(
+            self._insert_columns,
+            (
+                [e.originator_id for e in stored_events],
+                [e.originator_version for e in stored_events],
+                [e.topic for e in stored_events],
+                [e.state for e in stored_events],
+            ),
+        )
+
     def _fetch_ids_after_insert_events(
         self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         notification_ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
         if notification_ids:  # the audit's hash chain, in the same transaction (and table lock) as the events
             self.chain_guard.extend(curs, self._sql, self._head, zip(notification_ids, stored_events, strict=True))
+        # the key rows only under the table lock: writers that take row locks before it could deadlock
+        self._write_named(curs, kwargs.get("named"))
         return notification_ids
 
 

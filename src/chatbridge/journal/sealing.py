@@ -376,23 +376,8 @@ class SQLKeyTable(Placeholders):
         return destroyed
 
     def note_named(self, named: dict[str, datetime]) -> None:
-        rows = sorted((pseudonym, _format(at)) for pseudonym, at in named.items())  # one order: no deadlock
         with self.datastore.transaction(commit=True) as c:
-            if self.placeholder != "?":  # one statement, not a round trip per person
-                c.execute(
-                    f"UPDATE {KEY_TABLE} AS k SET named_until = CASE WHEN k.named_until IS NULL "
-                    "OR k.named_until < u.at THEN u.at ELSE k.named_until END "
-                    "FROM unnest(%b::text[], %b::text[]) AS u(pseudonym, at) WHERE k.pseudonym = u.pseudonym",
-                    [[p for p, _ in rows], [at for _, at in rows]],
-                )
-                return
-            c.executemany(
-                self._sql(
-                    f"UPDATE {KEY_TABLE} SET named_until = CASE WHEN named_until IS NULL OR named_until < ? THEN ? "
-                    "ELSE named_until END WHERE pseudonym = ?"
-                ),
-                [(at, at, pseudonym) for pseudonym, at in rows],
-            )
+            write_named(c, self.placeholder, named)
 
     def erasures(self) -> object:
         with self.datastore.transaction(commit=False) as c:
@@ -401,6 +386,27 @@ class SQLKeyTable(Placeholders):
             )
             row = c.fetchone()
             return (int(row["n"]), row["last"])
+
+
+def write_named(c: Any, placeholder: str, named: dict[str, datetime]) -> None:
+    """Move each pseudonym's `named_until` on to the given time (never back), in the transaction of `c`: the storing
+    transaction of the facts that named them (`journal.intake`), or one of its own."""
+    rows = sorted((pseudonym, _format(at)) for pseudonym, at in named.items())  # one order: no deadlock
+    if not rows:
+        return
+    if placeholder != "?":  # one statement, not a round trip per person
+        c.execute(
+            f"UPDATE {KEY_TABLE} AS k SET named_until = CASE WHEN k.named_until IS NULL "
+            "OR k.named_until < u.at THEN u.at ELSE k.named_until END "
+            "FROM unnest(%b::text[], %b::text[]) AS u(pseudonym, at) WHERE k.pseudonym = u.pseudonym",
+            [[p for p, _ in rows], [at for _, at in rows]],
+        )
+        return
+    c.executemany(
+        f"UPDATE {KEY_TABLE} SET named_until = CASE WHEN named_until IS NULL OR named_until < ? THEN ? "
+        "ELSE named_until END WHERE pseudonym = ?",
+        [(at, at, pseudonym) for pseudonym, at in rows],
+    )
 
 
 class _Erasure(NamedTuple):
@@ -622,13 +628,18 @@ class PersonKeys:
 
     def note_named(self, named: dict[tuple[str, str], datetime]) -> None:
         """Remember, once a batch is stored, the latest time each person was named in a chat fact."""
+        pseudonyms = self.named_pseudonyms(named)
+        if pseudonyms:
+            self.table.note_named(pseudonyms)
+
+    def named_pseudonyms(self, named: dict[tuple[str, str], datetime]) -> dict[str, datetime]:
+        """(org, person_id) → time, as the key table keeps it: pseudonym → time (`write_named`)."""
         pseudonyms: dict[str, datetime] = {}
         for (org, person_id), at in named.items():
             pseudonym = self.pseudonym(org, person_id)
             if pseudonym is not person_id:
                 pseudonyms[pseudonym] = max(pseudonyms.get(pseudonym, at), _utc(at))
-        if pseudonyms:
-            self.table.note_named(pseudonyms)
+        return pseudonyms
 
     def named_after(self, org: str, person_id: str, until: datetime) -> datetime | None:
         """The latest time a stored fact named the person, if it is after `until` (their deletion): such a fact,
