@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from chatbridge.domain.messages import EventUpserted, Rejection, message_json_schema, parse_record
+from chatbridge.domain.messages import EventUpserted, Rejection, _parse_in_steps, message_json_schema, parse_record
 from tests.support import ALICE, BOB, ORG, Stream, at
 
 
@@ -238,3 +238,20 @@ def test_no_line_stops_the_lines_after_it(bad: list[bytes]):
     document = stream.simulate(at(22, month=11))
     assert all(r["reason"] for r in document["rejected"])
     assert {(c["org"], c["event_id"], c["phase"]) for c in document["chats"]} >= {("sentinel-org", "9999", "active")}
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    _BAD_LINES
+    | st.sampled_from(_VALID).map(lambda document: json.dumps(document).encode())
+    | st.builds(lambda raw, cut: raw[:cut], st.sampled_from(_VALID).map(lambda d: json.dumps(d).encode()),
+                st.integers(0, 400))
+    | st.builds(lambda raw: raw.decode(), st.sampled_from(_VALID).map(lambda d: json.dumps(d).encode()))
+)  # fmt: skip
+def test_the_one_pass_parse_gives_what_the_checks_in_turn_give(raw: bytes | str):
+    """A record is first handed to pydantic's own JSON reader whole; what it accepts must be exactly what the checks
+    in turn accept, and what it refuses is described by them."""
+    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+    if isinstance(raw, bytes) and text.encode() != raw:
+        return  # not UTF-8: refused before either
+    assert parse_record(raw) == _parse_in_steps(text, from_bytes=isinstance(raw, bytes))
