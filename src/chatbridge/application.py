@@ -25,7 +25,7 @@ from eventsourcing.persistence import Mapper, Notification, ProcessRecorder, Sto
 from eventsourcing.popo import POPOFactory
 from eventsourcing.projection import EventSourcedProjection
 
-from chatbridge.domain.aggregates import ChatGroup, Organisation, Person
+from chatbridge.domain.aggregates import ChatGroup, Organisation, Person, event_class
 from chatbridge.domain.messages import (
     EventCancelled,
     EventDeleted,
@@ -246,8 +246,10 @@ class IntakeApplication(EventSourcedProjection[UUID]):
         return recordings
 
     def _record(self, processing_event: ProcessingEvent[UUID]) -> Any:
-        # the keys of every person the events name, in one transaction before they are sealed one by one
-        cast(PersonSealingMapper, self.mapper).prepare(processing_event.events)
+        # the keys of every person the events name, in one transaction before they are sealed one by one; a batch of
+        # the intake (`intake=`) had them prepared from its messages already (`ingest`)
+        if "intake" not in processing_event.saved_kwargs:
+            cast(PersonSealingMapper, self.mapper).prepare(processing_event.events)
         return super()._record(processing_event)
 
     @property
@@ -323,6 +325,14 @@ class IntakeApplication(EventSourcedProjection[UUID]):
 
 # One handler per message type: decide applied or ignored, and record the facts. ---------------------------------
 
+# The facts most messages become, recorded with the aggregate's `trigger_event` and exactly the event's fields: the
+# same event object the decorated command (`ChatGroup.change_staffing`, …) makes and applies, without the decorator's
+# matching of arguments to parameters, which was ~40 % of a command's time (commands ~15 % of the intake's).
+_STAFFING_CHANGED = event_class(ChatGroup, "StaffingChanged")
+_EVENT_RECORDED = event_class(ChatGroup, "EventRecorded")
+_CANCELLED = event_class(ChatGroup, "Cancelled")
+_STATUS_CHANGED = event_class(Person, "StatusChanged")
+
 # uuid5 of the same few keys, message after message: remembered
 _chat_group_id = lru_cache(maxsize=65536)(ChatGroup.create_id)
 _organisation_id = lru_cache(maxsize=4096)(Organisation.create_id)
@@ -367,7 +377,8 @@ def _person_status_changed(message: PersonStatusChanged, unit: _UnitOfWork) -> s
         named = Pseudonym(pseudonym) if deleted else person_id
         person = Person(message.org, pseudonym, named, message.id, message.occurred_at)
         unit.add(person)
-    person.change_status(message.id, message.occurred_at, message.data.status)
+    person.trigger_event(_STATUS_CHANGED, message_id=message.id, occurred_at=message.occurred_at,
+                         status=message.data.status)  # fmt: skip
     if deleted:  # crypto-shredding: this batch is sealed knowing it, the keys go once it is stored
         named_again = persons.named_after(message.org, person_id, message.occurred_at)
         key_version = persons.plan_erasure(message.org, person_id, message.occurred_at)
@@ -412,14 +423,19 @@ def _event_upserted(message: EventUpserted, unit: _UnitOfWork) -> str:
     chat = _live_chat(message.org, data.event_id, unit)
     if chat is None:
         return IGNORED
-    chat.record_event(
-        message.id, message.occurred_at, data.title, data.start, data.end, data.responsible, data.chat_enabled, staff
-    )
+    chat.trigger_event(
+        _EVENT_RECORDED, message_id=message.id, occurred_at=message.occurred_at, title=data.title, start=data.start,
+        end=data.end, responsible=data.responsible, chat_enabled=data.chat_enabled, staff=staff,
+    )  # fmt: skip
     return APPLIED
 
 
 def _event_cancelled(message: EventCancelled, unit: _UnitOfWork) -> str:
-    return _on_live_chat(message, unit, lambda chat: chat.cancel(message.id, message.occurred_at))
+    return _on_live_chat(
+        message,
+        unit,
+        lambda chat: chat.trigger_event(_CANCELLED, message_id=message.id, occurred_at=message.occurred_at),
+    )
 
 
 def _event_deleted(message: EventDeleted, unit: _UnitOfWork) -> str:
@@ -429,7 +445,15 @@ def _event_deleted(message: EventDeleted, unit: _UnitOfWork) -> str:
 def _staffing_changed(message: StaffingChanged, unit: _UnitOfWork) -> str:
     data = message.data
     return _on_live_chat(
-        message, unit, lambda chat: chat.change_staffing(message.id, message.occurred_at, data.person_id, data.status)
+        message,
+        unit,
+        lambda chat: chat.trigger_event(
+            _STAFFING_CHANGED,
+            message_id=message.id,
+            occurred_at=message.occurred_at,
+            person_id=data.person_id,
+            status=data.status,
+        ),
     )
 
 
