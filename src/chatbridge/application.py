@@ -104,8 +104,9 @@ class _UnitOfWork:
         self._stored: dict[UUID, int] | None = None
         self._prefetched: set[UUID] = set()
 
-    def prefetch(self, aggregate_ids: set[UUID]) -> None:
-        self._stored = self._app.ledger.stored_versions(aggregate_ids)
+    def prefetch(self, aggregate_ids: set[UUID], stored: dict[UUID, int]) -> None:
+        """`stored`: the stored version of each of `aggregate_ids` that has events (`IntakeLedger.look_up`)."""
+        self._stored = stored
         self._prefetched = aggregate_ids
 
     def get(self, aggregate_id: UUID) -> Any:
@@ -300,8 +301,9 @@ class IntakeApplication(EventSourcedProjection[UUID]):
         batch = cast(_Batch, domain_event)
         unit = _UnitOfWork(self, processing_event)
         valid = [r.parsed for r in batch.records if not isinstance(r.parsed, Rejection)]
-        seen = self.ledger.known_message_ids(m.id for m in valid)
-        unit.prefetch({_aggregate_id(m, self.persons.pseudonym) for m in valid})
+        aggregate_ids = {_aggregate_id(m, self.persons.pseudonym) for m in valid}
+        seen, stored = self.ledger.look_up((m.id for m in valid), aggregate_ids)
+        unit.prefetch(aggregate_ids, stored)
         outcomes = batch.outcomes
         for record in batch.records:
             message = record.parsed

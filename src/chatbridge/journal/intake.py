@@ -62,9 +62,13 @@ class IntakeSummary:
     rejected: list[IntakeRecord]
 
 
+_Known = tuple[set[str], dict[UUID, int]]  # message ids stored already, and aggregates' stored versions
+
+
 class IntakeLedger(Protocol):
     def known_message_ids(self, message_ids: Iterable[str]) -> set[str]: ...
     def stored_versions(self, originator_ids: Iterable[UUID]) -> dict[UUID, int]: ...
+    def look_up(self, message_ids: Iterable[str], originator_ids: Iterable[UUID]) -> _Known: ...
     def intake_summary(self) -> IntakeSummary: ...
     def is_empty(self) -> bool: ...
 
@@ -129,18 +133,26 @@ class _IntakeTable(Placeholders):
             sealing.write_named(c, self.placeholder, named)
 
     def known_message_ids(self, message_ids: Iterable[str]) -> set[str]:
-        ids = list(message_ids)
-        known: set[str] = set()
         with self.datastore.transaction(commit=False) as c:
-            for match, params in self._in(ids):
-                c.execute(
-                    self._sql(
-                        "SELECT message_id FROM chatbridge_intake WHERE outcome IN ('applied', 'ignored') "
-                        f"AND message_id {match}"
-                    ),
-                    params,
-                )
-                known.update(row["message_id"] for row in c.fetchall())
+            return self._known_message_ids(c, list(message_ids))
+
+    def look_up(self, message_ids: Iterable[str], originator_ids: Iterable[UUID]) -> _Known:
+        """`known_message_ids` and `stored_versions` together, for a batch: one transaction (on PostgreSQL each
+        transaction costs round trips of its own to begin and end)."""
+        with self.datastore.transaction(commit=False) as c:
+            return self._known_message_ids(c, list(message_ids)), self._stored_versions(c, list(originator_ids))
+
+    def _known_message_ids(self, c: Any, ids: list[str]) -> set[str]:
+        known: set[str] = set()
+        for match, params in self._in(ids):
+            c.execute(
+                self._sql(
+                    "SELECT message_id FROM chatbridge_intake WHERE outcome IN ('applied', 'ignored') "
+                    f"AND message_id {match}"
+                ),
+                params,
+            )
+            known.update(row["message_id"] for row in c.fetchall())
         return known
 
     def _in(self, values: list[Any]) -> Iterator[tuple[str, list[Any]]]:
@@ -157,20 +169,22 @@ class _IntakeTable(Placeholders):
     def stored_versions(self, originator_ids: Iterable[UUID]) -> dict[UUID, int]:
         """The latest stored version of each aggregate that has events (one query for a whole batch, where
         `repository.get` would ask once per aggregate)."""
-        ids = list(originator_ids)
-        versions: dict[UUID, int] = {}
         with self.datastore.transaction(commit=False) as c:
-            for match, params in self._in([self._originator_param(i) for i in ids]):
-                c.execute(
-                    self._sql(
-                        f"SELECT originator_id, MAX(originator_version) AS version FROM {self.events_table_name} "
-                        f"WHERE originator_id {match} GROUP BY originator_id"
-                    ),
-                    params,
-                )
-                for row in c.fetchall():
-                    originator = row["originator_id"]
-                    versions[originator if isinstance(originator, UUID) else UUID(originator)] = row["version"]
+            return self._stored_versions(c, list(originator_ids))
+
+    def _stored_versions(self, c: Any, ids: list[UUID]) -> dict[UUID, int]:
+        versions: dict[UUID, int] = {}
+        for match, params in self._in([self._originator_param(i) for i in ids]):
+            c.execute(
+                self._sql(
+                    f"SELECT originator_id, MAX(originator_version) AS version FROM {self.events_table_name} "
+                    f"WHERE originator_id {match} GROUP BY originator_id"
+                ),
+                params,
+            )
+            for row in c.fetchall():
+                originator = row["originator_id"]
+                versions[originator if isinstance(originator, UUID) else UUID(originator)] = row["version"]
         return versions
 
     @staticmethod
@@ -317,6 +331,9 @@ class POPOIntakeRecorder(POPOProcessRecorder):
                 if index:
                     versions[originator_id] = max(index)
             return versions
+
+    def look_up(self, message_ids: Iterable[str], originator_ids: Iterable[UUID]) -> _Known:
+        return self.known_message_ids(message_ids), self.stored_versions(originator_ids)
 
     def intake_summary(self) -> IntakeSummary:
         with self._database_lock:
