@@ -353,6 +353,9 @@ class DesiredStateFold:
     # chats whose row changes only if one of these persons counts in them (their status crossed the membership rule)
     _counted_if: dict[ChatKey, set[str]] = field(default_factory=dict)
     _quiet: dict[ChatKey, Quiet | None] = field(default_factory=dict)  # of chats in the index, not loaded
+    # of loaded chats: who counted at the end of their last walk (a status fact that leaves the chat clean cannot
+    # change it, so it outlives the walk such a fact drops)
+    _counted_at_walk: dict[ChatKey, frozenset[str]] = field(default_factory=dict)
     _absent: set[PersonKey] = field(default_factory=set)  # looked up, no row: new to the projection
     _absent_pseudonyms: set[str] = field(default_factory=set)
     _opened: dict[str, str] = field(default_factory=dict)  # token → name, while `keys_epoch` stays the same
@@ -447,7 +450,8 @@ class DesiredStateFold:
             "write before forgetting"
         )
         for mapping in (self.organisations, self.chats, self.persons, self.person_chats, self.chat_keys,
-                        self.person_keys, self.organisation_keys, self.chats_of_organisation, self._walks):  # fmt: skip
+                        self.person_keys, self.organisation_keys, self.chats_of_organisation, self._walks,
+                        self._counted_at_walk):  # fmt: skip
             mapping.clear()
         self._whole_organisations.clear()
         self._whole_index.clear()
@@ -575,6 +579,7 @@ class DesiredStateFold:
         self.dirty_chats.add(key)
         self._walks.pop(key, None)
         self._quiet.pop(key, None)
+        self._counted_at_walk.pop(key, None)
 
     def _add_fact(self, key: ChatKey, fact: ChatFact) -> None:
         """Insert a fact in its place and index the persons it names."""
@@ -672,6 +677,7 @@ class DesiredStateFold:
         counted: frozenset[str] | None = None  # not known without a walk
         if key in self.chats:
             quiet_until = self._quiet_until(key)
+            counted = self._counted_at_walk.get(key)
         else:
             quiet = self._quiet.get(key)
             if quiet is None:
@@ -743,6 +749,7 @@ class DesiredStateFold:
                     persons[person] = record
             switches = self._loaded_organisation(org) or []
             result = self._walks[key] = walk(facts, switches, persons, self.policy)
+            self._counted_at_walk[key] = frozenset(_counted(result.life))
         return result
 
     def desired(self, key: ChatKey) -> DesiredChat:
