@@ -3,7 +3,7 @@
 # usage: all.sh start|stop|status
 set -euo pipefail
 DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-SERVICES=(postgres kafka synapse)
+SERVICES=(postgres kafka synapse)  # Synapse keeps its data in PostgreSQL: started after it, stopped before it
 
 case "${1:-}" in
     start)

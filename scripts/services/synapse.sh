@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Matrix Synapse homeserver (server name "localhost", SQLite) on http://127.0.0.1:8008, client + admin API.
+# Matrix Synapse homeserver (server name "localhost") on http://127.0.0.1:8008, client + admin API, its database
+# in the local PostgreSQL (scripts/services/postgres.sh, started first by all.sh; database "synapse", C collation).
 # Synapse is AGPL-3.0: it lives in its own venv under $CHATBRIDGE_SERVICES_DIR/synapse, never in the
 # project's venv. On start it ensures the admin bridge user @chatbridge-bot:localhost and writes its
 # access token to <cache>/synapse/bot_token (mode 600).
+# CHATBRIDGE_SYNAPSE_PORT and CHATBRIDGE_SYNAPSE_PG_DATABASE run a second one beside it (with its own
+# CHATBRIDGE_SERVICES_DIR); CHATBRIDGE_SYNAPSE_DATABASE=sqlite keeps Synapse's own SQLite file instead.
 # usage: synapse.sh start|stop|status
 set -euo pipefail
 _svc_name=synapse
@@ -18,9 +21,19 @@ TOKEN_FILE="$S/bot_token"
 PIDFILE="$S/synapse.pid"
 OUTFILE="$S/synapse.out"          # stdout/stderr of the process
 HSLOG="$DATA/homeserver.log"       # Synapse's own log
-PORT=8008
+PORT="${CHATBRIDGE_SYNAPSE_PORT:-8008}"
 BASE_URL="http://127.0.0.1:$PORT"
 SYNAPSE_VERSION="${CHATBRIDGE_SYNAPSE_VERSION:-1.163.2}"
+PSYCOPG2_VERSION=2.9.13  # the binary wheel: no compiler or libpq headers needed
+DATABASE="${CHATBRIDGE_SYNAPSE_DATABASE:-postgres}"
+# read by synapse_helper.py
+export SYNAPSE_PORT="$PORT" SYNAPSE_DATABASE="$DATABASE" SYNAPSE_LOG_LEVEL="${CHATBRIDGE_SYNAPSE_LOG_LEVEL:-WARNING}"
+export SYNAPSE_PG_HOST="${CHATBRIDGE_SYNAPSE_PG_HOST:-127.0.0.1}" SYNAPSE_PG_PORT="${CHATBRIDGE_SYNAPSE_PG_PORT:-5432}"
+export SYNAPSE_PG_USER="${CHATBRIDGE_SYNAPSE_PG_USER:-chatbridge}"
+export SYNAPSE_PG_PASSWORD="${CHATBRIDGE_SYNAPSE_PG_PASSWORD:-chatbridge}"
+export SYNAPSE_PG_DATABASE="${CHATBRIDGE_SYNAPSE_PG_DATABASE:-synapse}"
+[[ "$DATABASE" == postgres || "$DATABASE" == sqlite ]] \
+    || die "CHATBRIDGE_SYNAPSE_DATABASE must be postgres or sqlite, not '$DATABASE'"
 START_TIMEOUT="${CHATBRIDGE_SYNAPSE_START_TIMEOUT:-120}"
 MARKER="synapse.app.homeserver"
 
@@ -35,24 +48,42 @@ PY
 }
 
 ensure_venv() {
-    local stamp="$VENV/.chatbridge-synapse-version"
-    if [[ -x "$VENV/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$SYNAPSE_VERSION" ]]; then
+    local stamp="$VENV/.chatbridge-synapse-version" want="$SYNAPSE_VERSION psycopg2-binary==$PSYCOPG2_VERSION"
+    if [[ -x "$VENV/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
         return 0
     fi
-    log "installing matrix-synapse==$SYNAPSE_VERSION into $VENV (own venv, AGPL; first run only) ..."
+    log "installing matrix-synapse==$SYNAPSE_VERSION and psycopg2-binary into $VENV (own venv, AGPL; first run only) ..."
     if [[ ! -x "$VENV/bin/python" ]]; then
         python3 -m venv "$VENV" >"$S/pip.log" 2>&1 \
             || { cat "$S/pip.log" >&2; die "python3 -m venv failed (Debian: apt-get install -y python3-venv)"; }
     fi
     if ! "$VENV/bin/pip" install -q --disable-pip-version-check "matrix-synapse==$SYNAPSE_VERSION" \
-            >>"$S/pip.log" 2>&1; then
+            "psycopg2-binary==$PSYCOPG2_VERSION" >>"$S/pip.log" 2>&1; then
         tail -n 30 "$S/pip.log" >&2
         die "pip install matrix-synapse failed (see $S/pip.log)"
     fi
-    echo "$SYNAPSE_VERSION" >"$stamp"
+    echo "$want" >"$stamp"
+}
+
+# ensure_database FRESH: Synapse's PostgreSQL database (FRESH=1: a new data dir gets a new, empty database).
+ensure_database() {
+    [[ "$DATABASE" == postgres ]] || return 0
+    if [[ "$SYNAPSE_PG_HOST" == 127.0.0.1 ]] && ! port_open "$SYNAPSE_PG_PORT"; then
+        # Synapse started alone (a test needing only it): the local PostgreSQL it keeps its data in comes first
+        [[ "$SYNAPSE_PG_PORT" == 5432 ]] || die "no PostgreSQL on 127.0.0.1:$SYNAPSE_PG_PORT for Synapse's database"
+        log "PostgreSQL is not running: starting it first (scripts/services/postgres.sh)"
+        "$SCRIPT_DIR/postgres.sh" start || die "PostgreSQL, which holds Synapse's database, did not start"
+    fi
+    "$VENV/bin/python" "$SCRIPT_DIR/synapse_helper.py" ensure-database "$1" \
+        || die "could not make Synapse's PostgreSQL database $SYNAPSE_PG_DATABASE"
+    if [[ -f "$DATA/homeserver.db" ]]; then
+        log "$DATA/homeserver.db (SQLite, $(du -sh "$DATA/homeserver.db" | cut -f1)) is no longer used; delete it to free the space"
+    fi
 }
 
 ensure_config() {
+    local fresh=0
+    [[ -f "$CONFIG" ]] || fresh=1
     if [[ ! -s "$SECRET_FILE" ]]; then
         (umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(32))' >"$SECRET_FILE")
         log "created registration shared secret file $SECRET_FILE"
@@ -68,6 +99,7 @@ ensure_config() {
             die "synapse --generate-config failed"
         fi
     fi
+    ensure_database "$fresh"
     # Re-applied at every start (idempotent), so edits to synapse_helper.py take effect.
     "$VENV/bin/python" "$SCRIPT_DIR/synapse_helper.py" configure "$CONFIG" "$SECRET_FILE"
 }
