@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Matrix Synapse homeserver (server name "localhost") on http://127.0.0.1:8008, client + admin API, its database
-# in the local PostgreSQL (scripts/services/postgres.sh, started first by all.sh; database "synapse", C collation).
+# Matrix Synapse homeserver (server name "localhost", SQLite) on http://127.0.0.1:8008, client + admin API.
 # Synapse is AGPL-3.0: it lives in its own venv under $CHATBRIDGE_SERVICES_DIR/synapse, never in the
 # project's venv. On start it ensures the admin bridge user @chatbridge-bot:localhost and writes its
 # access token to <cache>/synapse/bot_token (mode 600).
-# CHATBRIDGE_SYNAPSE_PORT and CHATBRIDGE_SYNAPSE_PG_DATABASE run a second one beside it (with its own
-# CHATBRIDGE_SERVICES_DIR); CHATBRIDGE_SYNAPSE_DATABASE=sqlite keeps Synapse's own SQLite file instead.
+# CHATBRIDGE_SYNAPSE_PORT runs a second one beside it (with its own CHATBRIDGE_SERVICES_DIR);
+# CHATBRIDGE_SYNAPSE_DATABASE=postgres keeps its data in the local PostgreSQL instead (database
+# CHATBRIDGE_SYNAPSE_PG_DATABASE, default "synapse", C collation) -- measured slower here, see README.md.
 # usage: synapse.sh start|stop|status
 set -euo pipefail
 _svc_name=synapse
@@ -25,7 +25,7 @@ PORT="${CHATBRIDGE_SYNAPSE_PORT:-8008}"
 BASE_URL="http://127.0.0.1:$PORT"
 SYNAPSE_VERSION="${CHATBRIDGE_SYNAPSE_VERSION:-1.163.2}"
 PSYCOPG2_VERSION=2.9.13  # the binary wheel: no compiler or libpq headers needed
-DATABASE="${CHATBRIDGE_SYNAPSE_DATABASE:-postgres}"
+DATABASE="${CHATBRIDGE_SYNAPSE_DATABASE:-sqlite}"
 # read by synapse_helper.py
 export SYNAPSE_PORT="$PORT" SYNAPSE_DATABASE="$DATABASE" SYNAPSE_LOG_LEVEL="${CHATBRIDGE_SYNAPSE_LOG_LEVEL:-WARNING}"
 export SYNAPSE_PG_HOST="${CHATBRIDGE_SYNAPSE_PG_HOST:-127.0.0.1}" SYNAPSE_PG_PORT="${CHATBRIDGE_SYNAPSE_PG_PORT:-5432}"

@@ -4,9 +4,10 @@
   ensure-database FRESH             the PostgreSQL database Synapse needs (C collation); FRESH=1: made anew
   bootstrap-bot BASE_URL STATE_DIR  ensure admin user chatbridge-bot, its token file, no rate limits
 
-The environment chooses the port (SYNAPSE_PORT, default 8008) and the database: SYNAPSE_DATABASE=postgres with
-SYNAPSE_PG_HOST, _PORT, _USER, _PASSWORD, _DATABASE (synapse.sh sets them), or the generated config's SQLite when
-unset (the container setup in docker/compose.yaml). Never prints secrets or tokens.
+The environment chooses the port (SYNAPSE_PORT, default 8008) and the database: SYNAPSE_DATABASE=sqlite (the data
+dir's homeserver.db) or postgres with SYNAPSE_PG_HOST, _PORT, _USER, _PASSWORD, _DATABASE (synapse.sh sets them);
+unset, the generated config's database stays (the container setup in docker/compose.yaml).
+Never prints secrets or tokens.
 """
 
 from __future__ import annotations
@@ -66,8 +67,7 @@ def configure(config_path: str, secret_file: str) -> None:
     cfg.pop("registration_shared_secret", None)
     cfg["registration_shared_secret_path"] = secret_file
     if os.environ.get("SYNAPSE_DATABASE") == "postgres":
-        # Synapse's documentation calls SQLite fit for testing only: every write locks the whole file, so a room's
-        # joins and another room's reads wait for each other.
+        # Synapse's choice for production; on these 2-core test machines it was slower than SQLite (README.md)
         cfg["database"] = {"name": "psycopg2", "args": {**_pg(), "cp_min": 5, "cp_max": 10}}
     elif os.environ.get("SYNAPSE_DATABASE") == "sqlite":
         cfg["database"] = {
