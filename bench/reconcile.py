@@ -193,8 +193,10 @@ def raw_moves(
 
 
 def reconcile_steps(sizes: Sizes) -> tuple[Result, list[float]]:
-    """Chats move between staff A (5 persons) and staff B (20): 25 membership steps per chat and move. The
-    reconciler moves them A→B, then the plain client moves them back B→A, in every repetition."""
+    """Chats move between staff A (5 persons) and staff B (20): 25 membership steps per chat and move, A→B in even
+    repetitions and back in odd ones. The reconciler moves its chats, then the plain client moves rooms of its own
+    the same way: the same calls (20 look-ups and joins, 5 kicks a chat, or the reverse) into rooms of the same
+    size, so that the two are compared on the same work."""
     org = f"bs{uuid.uuid4().hex[:8]}"
     chats_count = max(1, sizes.reconcile_steps // 25)
     staff_a = [person(n, org + "a") for n in range(5)]
@@ -217,11 +219,14 @@ def reconcile_steps(sizes: Sizes) -> tuple[Result, list[float]]:
                 setup.close()
             if report.failed:
                 raise RuntimeError(f"setting up the chats failed: {report.failed[0].error}")
-            chats = {e: matrix.get_chat(org, e, 1).chat_id for e in events}  # type: ignore[union-attr]
-            apply(store, [messages.event(e, staff_b) for e in events])  # desired from now on: staff B
-            users_a = [matrix.user_id(org, p) for p in staff_a]
-            users_b = [matrix.user_id(org, p) for p in staff_b]
+            users = {"a": [matrix.user_id(org, p) for p in staff_a], "b": [matrix.user_id(org, p) for p in staff_b]}
+            tenant = matrix.ensure_tenant(org, {"name": org}).tenant_id
+            rooms = {f"raw{n}": matrix.create_chat(org, f"raw{n}", 1, tenant).chat_id for n in range(chats_count)}
+            raw_moves(rooms, dict.fromkeys(rooms, users["a"]), dict.fromkeys(rooms, []), [])  # as the chats: staff A
             for rep in range(sizes.repetitions):
+                here, there = ("a", "b") if rep % 2 == 0 else ("b", "a")
+                staff = staff_b if there == "b" else staff_a
+                apply(store, [messages.event(e, staff) for e in events])  # desired from now on
                 reconciler = Reconciler(store.app, matrix, settings)  # fresh: it reads every chat, as after a start
                 try:
                     started = time.perf_counter()
@@ -232,16 +237,16 @@ def reconcile_steps(sizes: Sizes) -> tuple[Result, list[float]]:
                 if report.failed or report.steps != 25 * chats_count:
                     raise RuntimeError(f"reconcile pass: {report.summary()}")
                 steps.append(report.steps / seconds)
-                raw.append(
-                    raw_moves(chats, dict.fromkeys(events, users_a), dict.fromkeys(events, users_b), raw_latencies)
-                )
+                joins, kicks = dict.fromkeys(rooms, users[there]), dict.fromkeys(rooms, users[here])
+                raw.append(raw_moves(rooms, joins, kicks, raw_latencies))
                 log(f"reconcile rep {rep}: {steps[-1]:.1f} steps/s, raw backend {raw[-1]:.1f} steps/s")
         finally:
             store.close()
             matrix.close()
     note = (
-        f"{25 * chats_count:,} joins and kicks per repetition over {chats_count} chats; reconciler concurrency "
-        f"{settings.concurrency} (chats and a chat's steps), raw client at {RAW_CONCURRENCY} threads"
+        f"{25 * chats_count:,} joins and kicks per repetition over {chats_count} chats (the plain client: the same "
+        f"moves in {chats_count} rooms of its own); reconciler concurrency {settings.concurrency} (chats and a "
+        f"chat's steps), raw client at {RAW_CONCURRENCY} threads"
     )
     return result("reconcile_steps", steps, "steps/s", "raw_backend", raw, note=note), raw_latencies
 
