@@ -15,10 +15,12 @@ Records that break the contract go to the dead-letter topic before their positio
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +115,20 @@ class EndOffsetReader:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             consumer.close(autocommit=False)
+
+
+@contextmanager
+def fewer_collections(young: int = 50_000) -> Iterator[None]:
+    """Let Python's cycle collector run less often while the intake consumes: every stored batch allocates tens of
+    thousands of short-lived objects (events, their states, rows), and with the default threshold (700) the collector
+    ran every few messages, now and then walking every object the process keeps (the aggregate and key caches):
+    ~15 % of the intake's CPU time. Cyclic garbage is still collected, in larger and rarer rounds."""
+    before = gc.get_threshold()
+    gc.set_threshold(max(before[0], young), *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
 
 
 @dataclass
@@ -224,11 +240,12 @@ class KafkaIngestor:
     def drain(self, ends: dict[TopicPartition, int], progress: Callable[[int], None] | None = None) -> IntakeCounts:
         """Apply every record before `ends` (the topics' ends when the drain began), then stop."""
         try:
-            while True:
-                self.poll_once(progress=progress)
-                # the consumer's position, not the last stored offset: transaction markers may end a partition
-                if all(self._consumer.position(tp) >= end for tp, end in ends.items()):
-                    return self.counts
+            with fewer_collections():
+                while True:
+                    self.poll_once(progress=progress)
+                    # the consumer's position, not the last stored offset: transaction markers may end a partition
+                    if all(self._consumer.position(tp) >= end for tp, end in ends.items()):
+                        return self.counts
         finally:
             self.close()
 
@@ -254,25 +271,26 @@ class KafkaIngestor:
         idle_since = time.monotonic()
         failures = 0
         try:
-            while not stop.is_set():
-                try:
-                    stored = self.poll_once()
-                    failures = 0
-                except ChainHalted:  # the audit's writer said why, once; not ready until an operator steps in
-                    self._rewind()
-                    stop.wait(5.0)
-                    continue
-                except (KafkaError, OperationalError, InterfaceError, OSError) as error:
-                    failures += 1
-                    delay = min(0.5 * 2**failures, 30.0)
-                    log.warning("intake paused %.1fs after %s: %s", delay, type(error).__name__, error)
-                    self._rewind()
-                    stop.wait(delay)
-                    continue
-                if stored:
-                    idle_since = time.monotonic()
-                elif idle_stop is not None and time.monotonic() - idle_since >= idle_stop:
-                    break
+            with fewer_collections():
+                while not stop.is_set():
+                    try:
+                        stored = self.poll_once()
+                        failures = 0
+                    except ChainHalted:  # the audit's writer said why, once; not ready until an operator steps in
+                        self._rewind()
+                        stop.wait(5.0)
+                        continue
+                    except (KafkaError, OperationalError, InterfaceError, OSError) as error:
+                        failures += 1
+                        delay = min(0.5 * 2**failures, 30.0)
+                        log.warning("intake paused %.1fs after %s: %s", delay, type(error).__name__, error)
+                        self._rewind()
+                        stop.wait(delay)
+                        continue
+                    if stored:
+                        idle_since = time.monotonic()
+                    elif idle_stop is not None and time.monotonic() - idle_since >= idle_stop:
+                        break
         finally:
             self.close()
         return self.counts
