@@ -29,7 +29,8 @@ __all__ = ["synapse", "matrix", "org"]  # the fixtures, for `from … import *` 
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "services" / "synapse.sh"
-BASE_URL = "http://127.0.0.1:8008"
+# the port synapse.sh starts it on (CHATBRIDGE_SYNAPSE_PORT: a second Synapse beside the shared one)
+BASE_URL = f"http://127.0.0.1:{os.environ.get('CHATBRIDGE_SYNAPSE_PORT', '8008')}"
 SERVER = "localhost"
 
 
