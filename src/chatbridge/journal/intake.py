@@ -66,8 +66,6 @@ _Known = tuple[set[str], dict[UUID, int]]  # message ids stored already, and agg
 
 
 class IntakeLedger(Protocol):
-    def known_message_ids(self, message_ids: Iterable[str]) -> set[str]: ...
-    def stored_versions(self, originator_ids: Iterable[UUID]) -> dict[UUID, int]: ...
     def look_up(self, message_ids: Iterable[str], originator_ids: Iterable[UUID]) -> _Known: ...
     def intake_summary(self) -> IntakeSummary: ...
     def is_empty(self) -> bool: ...
@@ -132,12 +130,9 @@ class _IntakeTable(Placeholders):
         if named:
             sealing.write_named(c, self.placeholder, named)
 
-    def known_message_ids(self, message_ids: Iterable[str]) -> set[str]:
-        with self.datastore.transaction(commit=False) as c:
-            return self._known_message_ids(c, list(message_ids))
-
     def look_up(self, message_ids: Iterable[str], originator_ids: Iterable[UUID]) -> _Known:
-        """`known_message_ids` and `stored_versions` together, for a batch: one transaction (on PostgreSQL each
+        """The batch's message ids stored already, and the latest stored version of each of its aggregates that has
+        events (where `repository.get` would ask once per aggregate): one transaction (on PostgreSQL each
         transaction costs round trips of its own to begin and end)."""
         with self.datastore.transaction(commit=False) as c:
             return self._known_message_ids(c, list(message_ids)), self._stored_versions(c, list(originator_ids))
@@ -165,12 +160,6 @@ class _IntakeTable(Placeholders):
         for start in range(0, len(values), 500):
             chunk = values[start : start + 500]
             yield f"IN ({','.join('?' * len(chunk))})", chunk
-
-    def stored_versions(self, originator_ids: Iterable[UUID]) -> dict[UUID, int]:
-        """The latest stored version of each aggregate that has events (one query for a whole batch, where
-        `repository.get` would ask once per aggregate)."""
-        with self.datastore.transaction(commit=False) as c:
-            return self._stored_versions(c, list(originator_ids))
 
     def _stored_versions(self, c: Any, ids: list[UUID]) -> dict[UUID, int]:
         versions: dict[UUID, int] = {}
@@ -319,21 +308,14 @@ class POPOIntakeRecorder(POPOProcessRecorder):
                 self._remembered_ids.add(record.message_id)
         return notification_ids
 
-    def known_message_ids(self, message_ids: Iterable[str]) -> set[str]:
-        with self._database_lock:
-            return self._remembered_ids.intersection(message_ids)
-
-    def stored_versions(self, originator_ids: Iterable[UUID]) -> dict[UUID, int]:
+    def look_up(self, message_ids: Iterable[str], originator_ids: Iterable[UUID]) -> _Known:
         with self._database_lock:
             versions = {}
             for originator_id in originator_ids:
                 index = self._stored_events_index.get(str(originator_id))
                 if index:
                     versions[originator_id] = max(index)
-            return versions
-
-    def look_up(self, message_ids: Iterable[str], originator_ids: Iterable[UUID]) -> _Known:
-        return self.known_message_ids(message_ids), self.stored_versions(originator_ids)
+            return self._remembered_ids.intersection(message_ids), versions
 
     def intake_summary(self) -> IntakeSummary:
         with self._database_lock:

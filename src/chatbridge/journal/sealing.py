@@ -626,12 +626,6 @@ class PersonKeys:
         state = self._state(self.pseudonym(org, person_id), None, reload=True)
         return 0 if state is None else state.latest
 
-    def note_named(self, named: dict[tuple[str, str], datetime]) -> None:
-        """Remember, once a batch is stored, the latest time each person was named in a chat fact."""
-        pseudonyms = self.named_pseudonyms(named)
-        if pseudonyms:
-            self.table.note_named(pseudonyms)
-
     def named_pseudonyms(self, named: dict[tuple[str, str], datetime]) -> dict[str, datetime]:
         """(org, person_id) → time, as the key table keeps it: pseudonym → time (`write_named`)."""
         pseudonyms: dict[str, datetime] = {}
