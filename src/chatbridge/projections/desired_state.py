@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -140,8 +140,27 @@ class Walk:
     as_of: datetime | None  # the latest fact or switch: deadlines after it are due next
 
 
+def deadline_floor(facts: Iterable[ChatFact], switches: Iterable[Switch], policy: Policy) -> datetime:
+    """A moment no deadline of the chat precedes, whatever order its facts are walked in: each deadline is an end
+    (+ FULL_USE, + VIEW), a cancellation + FULL_USE, or a moment of its own facts or of its organisation's switches
+    off. Before it, a touch settles nothing."""
+    moments: list[datetime] = []
+    for fact in facts:
+        kind = fact[2]
+        if kind == UPSERT:
+            moments.append(fact[3] + policy.full_use)
+            if not fact[4]:
+                moments.append(fact[0])
+        elif kind == CANCEL:
+            moments.append(fact[0] + policy.full_use)
+        elif kind in (DELETE, BACKEND_DELETED):
+            moments.append(fact[0])
+    moments.extend(at for at, _seq, on in switches if not on)
+    return min(moments, default=datetime.max.replace(tzinfo=UTC))
+
+
 def walk(
-    facts: Iterable[ChatFact], switches: Iterable[Switch], persons: dict[str, PersonRecord], policy: Policy
+    facts: Sequence[ChatFact], switches: Sequence[Switch], persons: dict[str, PersonRecord], policy: Policy
 ) -> Walk:
     """Step through one chat's facts merged with its organisation's switches and the status facts and erasures of
     the persons it ever named, in (occurred_at, stored) order.
@@ -155,6 +174,7 @@ def walk(
         touches.extend((at, seq, PERSON, person) for at, seq, status in record.statuses if status != "deleted")
         touches.extend((at, seq, ERASURE, person) for at, seq in record.erasures)
     touches.sort()
+    floor = deadline_floor(facts, switches, policy)  # `settle` before it would find nothing due
     organisation = OrganisationFeature()
     life: ChatLife | None = None
     generations: list[Generation] = []
@@ -166,7 +186,7 @@ def walk(
         kind = item[2]
         if kind is True or kind is False:  # an organisation switch
             as_of = at
-            if life is not None:
+            if life is not None and at >= floor:
                 lifecycle.settle(life, organisation, policy, at)
             lifecycle.switch_organisation(organisation, kind, at)
             continue
@@ -175,7 +195,8 @@ def walk(
             if life is None or (person not in life.staff and person != life.responsible):
                 continue
             as_of = at
-            lifecycle.settle(life, organisation, policy, at)
+            if at >= floor:
+                lifecycle.settle(life, organisation, policy, at)
             if kind == ERASURE:
                 life.staff.pop(person, None)
                 if life.responsible == person:
@@ -194,7 +215,8 @@ def walk(
             continue
         if life.deleted_at is not None:
             continue  # after event.deleted nothing changes the chat
-        lifecycle.settle(life, organisation, policy, at)
+        if at >= floor:
+            lifecycle.settle(life, organisation, policy, at)
         if kind == UPSERT:
             before = life.generation
             lifecycle.switch_chat(life, item[4], at, organisation)
@@ -698,23 +720,7 @@ class DesiredStateFold:
         return self._quiet_until(key), frozenset(_counted(self.walk(key).life))
 
     def _quiet_until(self, key: ChatKey) -> datetime:
-        """A moment no deadline of the chat precedes, whatever order its facts are walked in: each deadline is an
-        end (+ FULL_USE, + VIEW), a cancellation + FULL_USE, or a moment of its own facts or of its organisation's
-        switches off."""
-        policy = self.policy
-        moments: list[datetime] = []
-        for fact in self.chats[key].facts:
-            kind = fact[2]
-            if kind == UPSERT:
-                moments.append(fact[3] + policy.full_use)
-                if not fact[4]:
-                    moments.append(fact[0])
-            elif kind == CANCEL:
-                moments.append(fact[0] + policy.full_use)
-            elif kind in (DELETE, BACKEND_DELETED):
-                moments.append(fact[0])
-        moments.extend(at for at, _seq, on in self._loaded_organisation(key[0]) or () if not on)
-        return min(moments, default=datetime.max.replace(tzinfo=UTC))
+        return deadline_floor(self.chats[key].facts, self._loaded_organisation(key[0]) or (), self.policy)
 
     def person_named_again(self, aggregate_id: UUID, seq: int, person: str) -> None:
         # a name under a fresh key for a new person whose earlier facts went unreadable with the deletion
