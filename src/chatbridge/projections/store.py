@@ -428,8 +428,9 @@ DesiredStateView = SQLiteDesiredStateView | PostgresDesiredStateView
 class DesiredStateProjection:
     """Follows the application's notification log into its view (`SQLiteDesiredStateView` or the PostgreSQL one).
 
-    Catching up folds a page of the log at a time with a fold that loads just the rows the page touches and
-    writes the changed rows with the new position in one transaction. The rows loaded stay for the next page and
+    Catching up folds a page of the log at a time with a fold that loads just the rows the page touches, and
+    writes the changed rows with the new position in one transaction at the end (sooner when the rows held pass
+    `keep_rows`), so a chat touched on many pages is written once. The rows loaded stay for the next page and
     the next catch-up (a live stream touches the same chats again), up to `keep_rows`, then are forgotten: memory
     is bounded whatever the size of the store. When another process moved the projection on, what this one holds
     is dropped. A rebuild folds the whole log in memory and writes every row at the end.
@@ -496,10 +497,13 @@ class DesiredStateProjection:
         fold = self._kept if self._kept is not None and self._kept_at == start else self._fold(self.view)
         self._kept = None
         for position in fold_pages(self.app, fold, start, last, self.page_size):
-            self._preload_keys(fold)
-            self.view.write(fold, Tracking(PROJECTION_NAME, position))
-            if len(fold.chats) + len(fold.persons) > self.keep_rows:
-                fold.forget_loaded()
+            # written at the end, or sooner when the rows held pass `keep_rows`: a chat touched on several pages
+            # is walked and written once (a stop before the write loses no fact: the pages are folded again)
+            if position >= last or len(fold.chats) + len(fold.persons) > self.keep_rows:
+                self._preload_keys(fold)
+                self.view.write(fold, Tracking(PROJECTION_NAME, position))
+                if len(fold.chats) + len(fold.persons) > self.keep_rows:
+                    fold.forget_loaded()
             if progress:
                 progress(position - start, last - start)
         self._kept, self._kept_at = fold, position
