@@ -256,18 +256,22 @@ class FoldBeside:
         return not self._given_up
 
     def close(self, timeout: float) -> None:
-        """The child stops after the page it folds (each page is its own transaction), else it is terminated."""
+        """The child stops between pages (what it folded since its last write is folded again at the next start),
+        else it is terminated.
+
+        Only the watcher thread reaps the child: two threads waiting for one process race, and the loser sees a
+        reaped child as alive (its `waitpid` fails) — a false "did not stop" and a signal to a pid that may be
+        reused by then. So this waits for the watcher, which ends once the child is gone."""
         self._closing = True
         self._signal(_STOP)
-        self._process.join(timeout)
-        if self._process.is_alive():
+        self._watcher.join(timeout)
+        if self._watcher.is_alive():
             log.warning("the fold process did not stop within %.0f s; terminating it", timeout)
             self._process.terminate()  # a transaction cut short rolls back; the lock goes with the process
-            self._process.join(1.0)
-            if self._process.is_alive():
+            self._watcher.join(1.0)
+            if self._watcher.is_alive():
                 self._process.kill()
-                self._process.join(1.0)
-        self._watcher.join(1.0)
+                self._watcher.join(1.0)
         with self._writing:
             self._signals.close()
 

@@ -209,3 +209,25 @@ def test_a_fold_process_that_keeps_dying_fails_healthz_and_the_last_fold_runs_he
             folding.close(timeout=5)
     finally:
         store.close()
+
+
+def test_a_fold_process_asked_to_stop_stops_without_being_terminated(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The child leaves as soon as it reads the stop; closing waits for that and says nothing (no false "did not
+    stop", no signal sent to a process already gone). Several times: the watcher thread and `close` meet in a
+    race when both wait for the child."""
+    settings = Settings(database=tmp_path / "chatbridge.db")
+    store = open_store(settings)
+    assert store.reopen is not None
+    caplog.set_level(logging.WARNING, logger="chatbridge.worker")
+    try:
+        for _ in range(4):
+            folding = FoldBeside(store, store.reopen, settings)
+            folding.finish()
+            closing = time.monotonic()
+            folding.close(timeout=15)
+            assert time.monotonic() - closing < 5
+        assert not [r.getMessage() for r in caplog.records if r.name == "chatbridge.worker"]
+    finally:
+        store.close()
