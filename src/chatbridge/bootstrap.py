@@ -14,7 +14,7 @@ import fcntl
 import functools
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -136,8 +136,9 @@ def open_store(
             checkpoint_sinks=checkpoint_sinks(keys, servers),
             erasure_log=erasure_log(settings, servers),
         )
+        leave_checkpoints = _no_checkpoints_of_its_own
         if isinstance(app.factory.datastore, SQLiteDatastore):  # type: ignore[attr-defined]
-            _writers_wait_their_turn(app.factory.datastore)  # type: ignore[attr-defined]
+            leave_checkpoints = _writers_wait_their_turn(app.factory.datastore)  # type: ignore[attr-defined]
         view_class = PostgresDesiredStateView if settings.store == "postgres" else SQLiteDesiredStateView
         if configured:
             _keys_fit(app, keys, made=not exists)
@@ -152,7 +153,10 @@ def open_store(
         reopen = functools.partial(
             open_store, settings, policy, create=False, publish_to_input_broker=publish_to_input_broker
         )
-    return Store(app=app, projection=projection, compact=lambda: compact_store(settings), reopen=reopen)
+    return Store(
+        app=app, projection=projection, compact=lambda: compact_store(settings), reopen=reopen,
+        leave_checkpoints=leave_checkpoints,
+    )  # fmt: skip
 
 
 def _in_memory(settings: Settings) -> bool:
@@ -220,12 +224,29 @@ class _ImmediateTransaction(SQLiteTransaction):
         return cursor
 
 
-def _writers_wait_their_turn(datastore: SQLiteDatastore) -> None:
+# WAL pages a commit lets build up before it copies them into the database file (SQLite's default), and the bound
+# for a process that leaves that to another writer of the same file (`Store.leave_checkpoints`; ~80 MB): kept in
+# case the other one stops writing
+CHECKPOINT_PAGES = 1000
+CHECKPOINT_PAGES_LEFT = 20_000
+
+
+def _no_checkpoints_of_its_own() -> None:
+    """A store with no checkpoints of its own to leave (PostgreSQL, memory)."""
+
+
+def _writers_wait_their_turn(datastore: SQLiteDatastore) -> Callable[[], None]:
     """Several processes may write one SQLite file (`ingest`s, `state`, a worker). The library begins every
     transaction deferred: one that reads before it writes (the person keys', the projection's) then fails at once
     with "database is locked" when another process wrote since its read — no busy timeout can help it. Write
-    transactions here begin immediate, so a writer waits for the lock before it reads; reads stay deferred."""
+    transactions here begin immediate, so a writer waits for the lock before it reads; reads stay deferred.
+
+    Returns what makes this process's commits leave the WAL's checkpoints to another writer (up to
+    `CHECKPOINT_PAGES_LEFT`): the worker's intake, whose fold process writes the same file on the other core. A
+    checkpoint copies pages into the database file, more of them the larger the store; the intake's commits took
+    twice as long in a store of a million events, and the intake is what a backlog waits for."""
     reads = datastore.transaction
+    checkpoint_pages = [CHECKPOINT_PAGES]
 
     @contextmanager
     def transaction(*, commit: bool) -> Iterator[SQLiteCursor]:
@@ -233,14 +254,16 @@ def _writers_wait_their_turn(datastore: SQLiteDatastore) -> None:
             with reads(commit=False) as cursor:
                 yield cursor
             return
-        with (
-            datastore.get_connection(commit=True) as connection,
-            _ImmediateTransaction(connection, commit=True) as cursor,
-            cursor,
-        ):
-            yield cursor
+        with datastore.get_connection(commit=True) as connection:
+            connection.cursor().execute(f"PRAGMA wal_autocheckpoint = {checkpoint_pages[0]}")  # per connection
+            with _ImmediateTransaction(connection, commit=True) as cursor, cursor:
+                yield cursor
+
+    def leave_checkpoints() -> None:
+        checkpoint_pages[0] = CHECKPOINT_PAGES_LEFT
 
     datastore.transaction = transaction  # type: ignore[method-assign]
+    return leave_checkpoints
 
 
 def where(settings: Settings) -> str:

@@ -179,6 +179,7 @@ class FoldBeside:
         self._given_up = False
         self._closing = False
         self._begin()
+        store.leave_checkpoints()  # the child's commits copy the WAL into the database file, on the other core
         self._watcher = threading.Thread(target=self._watch, name="fold-watcher", daemon=True)
         self._watcher.start()
 

@@ -544,6 +544,9 @@ class Store:
     # opens the same store again in another process (a picklable callable; None when it lives only in this one):
     # the worker folds the projection there, beside its intake
     reopen: Callable[[], Store] | None = None
+    # this process's commits leave the database's checkpoints to another process writing it (the fold process,
+    # which commits often): on SQLite, where a checkpoint is part of the commit that passes the WAL's bound
+    leave_checkpoints: Callable[[], None] = lambda: None
 
     def close(self) -> None:
         self.app.close()
