@@ -322,7 +322,8 @@ _STOP = b"x"  # the worker stops
 
 
 class _Stopping(Exception):
-    """The worker asked the fold process to stop, or is gone: it leaves after the page it wrote."""
+    """The worker asked the fold process to stop, or is gone: it leaves between two pages; the rows of the
+    catch-up it leaves unwritten are folded again at the next start."""
 
 
 def fold_process(
