@@ -138,6 +138,7 @@ class Walk:
     fact_generation: dict[int, int]  # notification id → the generation the fact belongs to
     started_generation: set[int]  # notification ids of facts that started a new generation
     as_of: datetime | None  # the latest fact or switch: deadlines after it are due next
+    floor: datetime  # `deadline_floor` of the facts and switches walked: no deadline precedes it
 
 
 def deadline_floor(facts: Iterable[ChatFact], switches: Iterable[Switch], policy: Policy) -> datetime:
@@ -236,7 +237,7 @@ def walk(
             lifecycle.confirm_deleted(life, organisation, policy, item[3], at)
         fact_generation[seq] = life.generation.number
     views = [_generation_view(g, life, organisation, policy) for g in generations]
-    return Walk(life, organisation, views, fact_generation, started, as_of)
+    return Walk(life, organisation, views, fact_generation, started, as_of, floor)
 
 
 def _generation_view(
@@ -717,7 +718,8 @@ class DesiredStateFold:
 
     def quiet(self, key: ChatKey) -> Quiet:
         """What the chat's row says about status facts that cannot change it (kept with the row)."""
-        return self._quiet_until(key), frozenset(_counted(self.walk(key).life))
+        result = self.walk(key)  # kept only while it holds every fact and switch: its floor is the chat's
+        return result.floor, frozenset(_counted(result.life))
 
     def _quiet_until(self, key: ChatKey) -> datetime:
         return deadline_floor(self.chats[key].facts, self._loaded_organisation(key[0]) or (), self.policy)
