@@ -219,14 +219,14 @@ def reconcile_steps(sizes: Sizes) -> tuple[Result, list[float]]:
                 setup.close()
             if report.failed:
                 raise RuntimeError(f"setting up the chats failed: {report.failed[0].error}")
-            users = {"a": [matrix.user_id(org, p) for p in staff_a], "b": [matrix.user_id(org, p) for p in staff_b]}
+            staffs = {"a": staff_a, "b": staff_b}
+            users = {side: [matrix.user_id(org, p) for p in staff] for side, staff in staffs.items()}
             tenant = matrix.ensure_tenant(org, {"name": org}).tenant_id
             rooms = {f"raw{n}": matrix.create_chat(org, f"raw{n}", 1, tenant).chat_id for n in range(chats_count)}
             raw_moves(rooms, dict.fromkeys(rooms, users["a"]), dict.fromkeys(rooms, []), [])  # as the chats: staff A
             for rep in range(sizes.repetitions):
                 here, there = ("a", "b") if rep % 2 == 0 else ("b", "a")
-                staff = staff_b if there == "b" else staff_a
-                apply(store, [messages.event(e, staff) for e in events])  # desired from now on
+                apply(store, [messages.event(e, staffs[there]) for e in events])  # desired from now on
                 reconciler = Reconciler(store.app, matrix, settings)  # fresh: it reads every chat, as after a start
                 try:
                     started = time.perf_counter()
