@@ -24,7 +24,7 @@ from chatbridge.journal.keys import AuditSettings, load_keys
 from chatbridge.settings import Settings
 from tests.services import throwaway_postgres_database
 from tests.strategies import NOWS, streams_and_interleavings
-from tests.support import ALICE, Stream, at
+from tests.support import ALICE, BOB, CAROL, Stream, at
 
 pytestmark = pytest.mark.integration
 
@@ -152,3 +152,36 @@ def test_two_processes_folding_at_once_fold_each_fact_once(
         late.projection.catch_up()
         assert order_free(usecases.state(late, now)) == order_free(simulate(lines, now))
         assert order_free(usecases.state(early, now)) == order_free(simulate(lines, now))
+
+
+def test_a_member_blocked_after_their_chats_were_written_leaves_each_of_them_and_comes_back(
+    fresh_store: StoreFactory,
+):
+    """A status fact before every deadline of chats folded earlier writes only their members and moderators again
+    (two columns of each row): each chat naming the person loses them, and gets them back when unblocked."""
+    stream = Stream()
+    stream.org_on(at(1, month=11))
+    stream.event("4711", at(1), start=at(10), end=at(10, 8), responsible=ALICE, staff={BOB: "assigned"})
+    stream.event("4712", at(1, 1), start=at(11), end=at(11, 8), staff={ALICE: "assigned", CAROL: "assigned"})
+    stream.event("4713", at(1, 2), start=at(12), end=at(12, 8), staff={BOB: "assigned", CAROL: "assigned"})
+    written = len(stream.lines)
+    stream.person(ALICE, "blocked", at(2))
+    blocked = len(stream.lines)
+    stream.person(ALICE, "active", at(3))
+    now = at(4)
+    numbered = stream.numbered()
+
+    def members(document: dict[str, Any]) -> dict[str, tuple[list[str], list[str]]]:
+        return {chat["event_id"]: (chat["members"], chat["moderators"]) for chat in document["chats"]}
+
+    with fresh_store() as open_:
+        store = open_()
+        for part in (numbered[:written], numbered[written:blocked], numbered[blocked:]):
+            ingest_lines(store.app, "kafka", part, 1)
+            seen = usecases.state(store, now)
+            assert order_free(seen) == order_free(simulate([line for _, line in numbered[: part[-1][0]]], now))
+            if part[-1][0] == blocked:
+                assert members(seen) == {"4711": ([BOB], []), "4712": ([CAROL], []),
+                                         "4713": ([BOB, CAROL], [])}  # fmt: skip
+        assert members(seen) == {"4711": (sorted([ALICE, BOB]), [ALICE]), "4712": (sorted([ALICE, CAROL]), []),
+                                 "4713": ([BOB, CAROL], [])}  # fmt: skip

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 from chatbridge.domain.lifecycle import Policy
 from chatbridge.projections.desired_state import (
+    Changes,
     ChatKey,
     DesiredChat,
     DesiredStateFold,
@@ -48,19 +50,22 @@ class Rows:
         self.organisations: dict[str, list[Switch]] = {}
         self.index: set[tuple[str, str, str]] = set()
 
-    def write(self, fold: DesiredStateFold) -> set[ChatKey]:
+    def write(self, fold: DesiredStateFold) -> Changes:
         fold.load_named()
         changes = fold.take_dirty()
         for key in changes.chats:
             self.chats[key] = FoldedChat(fold.chats[key].aggregate_id, list(fold.chats[key].facts)), fold.quiet(key)
             self.desired[key] = fold.desired(key)
+        for key, counted in changes.members.items():  # the store's UPDATE of two columns
+            members, moderators = fold.membership(key[0], counted)
+            self.desired[key] = replace(self.desired[key], members=members, moderators=moderators)
         for person in changes.persons:
             record = fold.persons[person]
             self.persons[person] = PersonRecord(list(record.statuses), list(record.erasures), record.name)
         for org in changes.organisations:
             self.organisations[org] = list(fold.organisations[org])
         self.index |= changes.index_entries
-        return changes.chats
+        return changes
 
     def _chat(self, key: ChatKey) -> tuple[ChatKey, FoldedChat]:
         record = self.chats[key][0]
@@ -166,7 +171,11 @@ def test_a_chat_left_out_of_the_changes_keeps_the_row_a_fresh_fold_gives() -> No
         fold, written = _fold(), {}
         for seq, step in enumerate(steps, start=1):
             step(fold, seq)
-            changed = fold.take_dirty().chats
+            changes = fold.take_dirty()
+            for key, counted in changes.members.items():  # only the members and moderators are written again
+                members, moderators = fold.membership(key[0], counted)
+                written[key] = replace(written[key], members=members, moderators=moderators)
+            changed = changes.chats
             truth = _rows(steps[:seq])
             for key, row in truth.items():
                 if key in changed:
@@ -202,7 +211,32 @@ def test_a_status_that_does_not_cross_the_membership_rule_writes_no_chat() -> No
     fold.take_dirty()
     person = person_aggregate_id(ORG, "ps-a")
     fold.person_status_changed(person, 100, T0 + timedelta(minutes=1), "active")
-    assert not fold.take_dirty().chats  # no status before: "active" excludes no one
+    changes = fold.take_dirty()
+    assert not changes.chats and not changes.members  # no status before: "active" excludes no one
     fold.person_status_changed(person, 101, T0 + timedelta(minutes=2), "blocked")
     counted = {key for key in fold.chats if "ps-a" in {*fold.walk(key).life.staff, fold.walk(key).life.responsible}}  # type: ignore[union-attr]
-    assert fold.take_dirty().chats <= counted
+    changes = fold.take_dirty()
+    assert changes.chats | changes.members.keys() <= counted
+
+
+def test_a_member_blocked_before_the_deadlines_rewrites_only_the_members_of_the_chats_counting_them() -> None:
+    """Their chats are neither loaded nor walked: whom each row counted is enough, and the row ends as a fresh fold
+    of the same facts gives it."""
+    rows = Rows()
+    fold = _fold(rows)
+    steps = _steps(random.Random(3), 0)
+    for seq, step in enumerate(steps, start=1):
+        step(fold, seq)
+    rows.write(fold)
+    fold.forget_loaded()
+    counting_a = {key for key, (_, (_, counted)) in rows.chats.items() if "ps-a" in counted.persons}
+    assert counting_a and counting_a != rows.chats.keys()  # the seed names "a" in some chats, not all
+
+    steps.append(lambda f, seq: f.person_status_changed(person_aggregate_id(ORG, "ps-a"), seq,
+                                                        T0 + timedelta(minutes=1), "blocked"))  # fmt: skip
+    steps[-1](fold, len(steps))
+    changes = rows.write(fold)
+    assert not changes.chats and changes.members.keys() == counting_a
+    assert not fold.chats  # no chat was loaded
+    assert rows.desired == _rows(steps)
+    assert all("a" not in row.members for key, row in rows.desired.items() if key in counting_a)

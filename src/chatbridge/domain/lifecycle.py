@@ -19,6 +19,7 @@ later generation, so an auditor never sees a deleted chat with a `delete_at` aft
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -257,16 +258,26 @@ def desired_members(chat: ChatLife, person_statuses: dict[str, str]) -> tuple[li
     The responsible person (also moderator) and every person whose staffing status is `assigned`, minus persons
     `blocked` or `deleted` in the organisation.
     """
+    return members_among(counted_persons(chat), chat.responsible, person_statuses)
 
-    def allowed(person_id: str) -> bool:
-        return person_statuses.get(person_id) not in EXCLUDED_PERSON_STATUSES
 
-    members = {p for p, status in chat.staff.items() if status in MEMBER_STAFFING and allowed(p)}
-    moderators = set()
-    if chat.responsible is not None and allowed(chat.responsible):
-        members.add(chat.responsible)
-        moderators.add(chat.responsible)
-    return sorted(members), sorted(moderators)
+def counted_persons(chat: ChatLife) -> set[str]:
+    """The persons the membership rule takes before persons' statuses are looked at: the `assigned` staff and the
+    responsible person. Only their statuses can change the chat's members."""
+    counted = {p for p, status in chat.staff.items() if status in MEMBER_STAFFING}
+    if chat.responsible is not None:
+        counted.add(chat.responsible)
+    return counted
+
+
+def members_among(
+    counted: Iterable[str], responsible: str | None, person_statuses: dict[str, str]
+) -> tuple[list[str], list[str]]:
+    """The membership rule's second half: of the counted persons (`counted_persons`), those not `blocked` or
+    `deleted` are members; the responsible person among them moderates."""
+    members = sorted(p for p in counted if person_statuses.get(p) not in EXCLUDED_PERSON_STATUSES)
+    moderators = [responsible] if responsible is not None and responsible in members else []
+    return members, moderators
 
 
 def next_due(deadlines: list[datetime], after: datetime) -> datetime | None:

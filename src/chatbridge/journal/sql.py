@@ -49,6 +49,27 @@ def insert_rows(c: Any, statement: str, rows: Iterable[Sequence[Any]], placehold
     c.execute(f"{statement[: match.start()]}SELECT * FROM unnest({arrays}){statement[match.end() :]}", columns)
 
 
+def update_rows(
+    c: Any, table: str, columns: Sequence[str], key: Sequence[str], rows: Iterable[Sequence[Any]], placeholder: str
+) -> None:
+    """`UPDATE {table} SET {columns} WHERE {key}` for many rows, each row the new values then the key's. As
+    `insert_rows`: SQLite runs one prepared statement over all rows, PostgreSQL one statement joining the rows
+    passed as binary arrays."""
+    rows = list(rows)
+    if not rows:
+        return
+    if placeholder == "?":
+        sets = ", ".join(f"{column} = ?" for column in columns)
+        c.executemany(f"UPDATE {table} SET {sets} WHERE {' AND '.join(f'{k} = ?' for k in key)}", rows)
+        return
+    values = [list(column) for column in zip(*rows, strict=True)]
+    names = [*(f"new_{column}" for column in columns), *(f"key_{k}" for k in key)]
+    arrays = ", ".join(f"%b::{_pg_type(column)}[]" for column in values)
+    sets = ", ".join(f"{column} = u.new_{column}" for column in columns)
+    matches = " AND ".join(f"t.{k} = u.key_{k}" for k in key)
+    c.execute(f"UPDATE {table} AS t SET {sets} FROM unnest({arrays}) AS u({', '.join(names)}) WHERE {matches}", values)
+
+
 def _pg_type(column: Sequence[Any]) -> str:
     value = next((v for v in column if v is not None), None)
     return "bigint" if isinstance(value, int) and not isinstance(value, bool) else "text"

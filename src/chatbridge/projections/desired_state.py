@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from uuid import UUID
 
 from chatbridge.domain import lifecycle
@@ -56,9 +56,20 @@ PERSON = "p"  # in a walk only: (person,) a status message about a person the ch
 ERASURE = "e"  # in a walk only: (person,) the person was deleted: what named them until now is erased
 ChatFact = tuple[Any, ...]
 Switch = tuple[datetime, int, bool]  # an organisation's feature switched on (True) or off
+
+
+class Counted(NamedTuple):
+    """Whom a chat's members depend on at the end of its walk: the persons the membership rule takes before their
+    statuses are looked at (`lifecycle.counted_persons`), and the responsible one among them (the moderator).
+    Together with the persons' records, this is all a status fact can change in the chat's row."""
+
+    persons: frozenset[str]
+    responsible: str | None
+
+
 # What a written row says about the status facts that cannot change it (`DesiredStateFold.quiet`): a moment no
-# deadline of the chat precedes, and the persons whose status decides whether they are members.
-Quiet = tuple[datetime, frozenset[str]]
+# deadline of the chat precedes, and whom its members depend on.
+Quiet = tuple[datetime, Counted]
 
 
 def is_unreadable(name: str) -> bool:
@@ -286,6 +297,9 @@ class Changes:
     """The rows a store must write: chats, organisations, persons, new person-index entries."""
 
     chats: set[ChatKey]
+    # chats whose rows change in their members and moderators only (`DesiredStateFold.membership`): a status fact
+    # before every deadline of the chat leaves the rest of the row as it is
+    members: dict[ChatKey, Counted]
     organisations: set[str]
     persons: set[PersonKey]
     index_entries: set[tuple[str, str, str]]  # (org, pseudonym, event_id)
@@ -330,10 +344,10 @@ def _excluded(status: str | None) -> bool:
     return status in lifecycle.EXCLUDED_PERSON_STATUSES
 
 
-def _counted(life: ChatLife | None) -> set[str]:
-    """The persons whose status decides whether they are members of the chat: the staff the membership rule
-    takes, and the responsible person."""
-    return set() if life is None else set(lifecycle.desired_members(life, {})[0])
+def _counted(life: ChatLife | None) -> Counted:
+    if life is None:
+        return Counted(frozenset(), None)
+    return Counted(frozenset(lifecycle.counted_persons(life)), life.responsible)
 
 
 def _named(fact: ChatFact) -> Iterator[str]:
@@ -375,10 +389,12 @@ class DesiredStateFold:
     _walks: dict[ChatKey, Walk] = field(default_factory=dict)  # until the chat changes again
     # chats whose row changes only if one of these persons counts in them (their status crossed the membership rule)
     _counted_if: dict[ChatKey, set[str]] = field(default_factory=dict)
+    # chats not dirty whose members a status fact changed (`Changes.members`)
+    _members_changed: dict[ChatKey, Counted] = field(default_factory=dict)
     _quiet: dict[ChatKey, Quiet | None] = field(default_factory=dict)  # of chats in the index, not loaded
     # of loaded chats: who counted at the end of their last walk (a status fact that leaves the chat clean cannot
     # change it, so it outlives the walk such a fact drops)
-    _counted_at_walk: dict[ChatKey, frozenset[str]] = field(default_factory=dict)
+    _counted_at_walk: dict[ChatKey, Counted] = field(default_factory=dict)
     _absent: set[PersonKey] = field(default_factory=set)  # looked up, no row: new to the projection
     _absent_pseudonyms: set[str] = field(default_factory=set)
     _opened: dict[str, str] = field(default_factory=dict)  # token → name, while `keys_epoch` stays the same
@@ -463,15 +479,20 @@ class DesiredStateFold:
             for person in _named(fact)
             if (org, person) not in self.persons
         }
+        wanted.update(
+            (org, person)
+            for (org, _), counted in self._members_changed.items()
+            for person in counted.persons
+            if (org, person) not in self.persons
+        )
         for person, record in self.rows.persons_by_keys(wanted):
             self.load_person(person, record)
         self._absent |= wanted - self.persons.keys()
 
     def forget_loaded(self) -> None:
         """Drop everything loaded (after a write): the next page loads what it touches."""
-        assert not (self.dirty_chats or self.dirty_organisations or self.dirty_persons or self._counted_if), (
-            "write before forgetting"
-        )
+        assert not (self.dirty_chats or self.dirty_organisations or self.dirty_persons or self._counted_if
+                    or self._members_changed), "write before forgetting"  # fmt: skip
         for mapping in (self.organisations, self.chats, self.persons, self.person_chats, self.chat_keys,
                         self.person_keys, self.organisation_keys, self.chats_of_organisation, self._walks,
                         self._counted_at_walk):  # fmt: skip
@@ -688,16 +709,18 @@ class DesiredStateFold:
 
     def _touch(self, key: ChatKey, person: str, at: datetime, may_exclude: bool) -> None:
         """A status fact of `person` at `at`, about a chat that named them: the chat is walked and written again
-        unless its row cannot change.
+        unless its row cannot change, or can change only in its members.
 
-        It cannot when the fact comes before every deadline the chat could have had (`_quiet_until`: its touch
-        settles nothing and moves no next deadline) and the person's status either stays on the same side of the
-        membership rule or does not count in this chat (not a member or responsible at the end of its walk).
+        A fact before every deadline the chat could have had (`_quiet_until`) settles nothing and moves no next
+        deadline: the walk ends as it did. Then the row cannot change when the person's status stays on the same
+        side of the membership rule or the person does not count in this chat (not a member or responsible at the
+        end of its walk); when it does count, only the members and moderators change, and they are computed from
+        whom the walk counted (`membership`) without loading or walking the chat.
         """
         self._walks.pop(key, None)  # a walk is kept only while it holds every fact
         if key in self.dirty_chats:
             return
-        counted: frozenset[str] | None = None  # not known without a walk
+        counted: Counted | None = None  # not known without a walk
         if key in self.chats:
             quiet_until = self._quiet_until(key)
             counted = self._counted_at_walk.get(key)
@@ -713,13 +736,13 @@ class DesiredStateFold:
             return
         elif counted is None:  # decided after a walk, before the next write
             self._counted_if.setdefault(key, set()).add(person)
-        elif person in counted:
-            self._dirty(key)
+        elif person in counted.persons:
+            self._members_changed[key] = counted
 
     def quiet(self, key: ChatKey) -> Quiet:
         """What the chat's row says about status facts that cannot change it (kept with the row)."""
         result = self.walk(key)  # kept only while it holds every fact and switch: its floor is the chat's
-        return result.floor, frozenset(_counted(result.life))
+        return result.floor, self._counted_at_walk[key]
 
     def _quiet_until(self, key: ChatKey) -> datetime:
         return deadline_floor(self.chats[key].facts, self._loaded_organisation(key[0]) or (), self.policy)
@@ -757,7 +780,7 @@ class DesiredStateFold:
                     persons[person] = record
             switches = self._loaded_organisation(org) or []
             result = self._walks[key] = walk(facts, switches, persons, self.policy)
-            self._counted_at_walk[key] = frozenset(_counted(result.life))
+            self._counted_at_walk[key] = _counted(result.life)
         return result
 
     def desired(self, key: ChatKey) -> DesiredChat:
@@ -765,20 +788,7 @@ class DesiredStateFold:
         life = result.life
         assert life is not None, f"chat {key} has no record enabling it"
         org = key[0]
-        statuses: dict[str, str] = {}
-        named = {*life.staff, *([life.responsible] if life.responsible else [])}
-        names: dict[str, str] = {}
-        for pseudonym in named:
-            record = self._loaded_person((org, pseudonym))
-            name = self._open(record.name) if record is not None and record.name else Pseudonym(pseudonym)
-            if is_unreadable(name):
-                statuses[pseudonym] = "deleted"  # the key is gone: no one can be a member under that name
-                continue
-            names[pseudonym] = name
-            status = record.status() if record is not None else None
-            if status is not None:
-                statuses[pseudonym] = status
-        members, moderators = lifecycle.desired_members(life, statuses)
+        members, moderators = self.membership(org, self._counted_at_walk[key])
         current = result.generations[-1]
         title, start = _event_of(self.chats[key].facts)
         return DesiredChat(
@@ -792,11 +802,29 @@ class DesiredStateFold:
             next_due=None
             if current.deleted or result.as_of is None
             else lifecycle.next_due([current.read_only_at, current.delete_at], result.as_of),
-            members=sorted(names[p] for p in members),
-            moderators=sorted(names[p] for p in moderators),
+            members=members,
+            moderators=moderators,
             title=title,
             start=start,
         )
+
+    def membership(self, org: str, counted: Counted) -> tuple[list[str], list[str]]:
+        """A chat's (members, moderators) by name, from whom its walk counted and the persons' records as they are
+        now: the membership rule (`lifecycle.members_among`), a person whose key is gone never a member."""
+        statuses: dict[str, str] = {}
+        names: dict[str, str] = {}
+        for pseudonym in counted.persons:
+            record = self._loaded_person((org, pseudonym))
+            name = self._open(record.name) if record is not None and record.name else Pseudonym(pseudonym)
+            if is_unreadable(name):
+                statuses[pseudonym] = "deleted"  # the key is gone: no one can be a member under that name
+                continue
+            names[pseudonym] = name
+            status = record.status() if record is not None else None
+            if status is not None:
+                statuses[pseudonym] = status
+        members, moderators = lifecycle.members_among(counted.persons, counted.responsible, statuses)
+        return sorted(names[p] for p in members), sorted(names[p] for p in moderators)
 
     def _open(self, token: str) -> str:
         """A person's name, opened once per token (a person in many chats has one latest token)."""
@@ -827,10 +855,13 @@ class DesiredStateFold:
             self._opened, self._opened_epoch = {}, epoch  # a key may have been destroyed since the last write
         self._load_changed()
         for key, persons in self._counted_if.items():
-            if key not in self.dirty_chats and persons & _counted(self.walk(key).life):
+            if key not in self.dirty_chats and persons & _counted(self.walk(key).life).persons:
                 self._dirty(key)
         self._counted_if = {}
-        changes = Changes(self.dirty_chats, self.dirty_organisations, self.dirty_persons, self.new_index_entries)
+        members = {key: counted for key, counted in self._members_changed.items() if key not in self.dirty_chats}
+        self._members_changed = {}
+        changes = Changes(self.dirty_chats, members, self.dirty_organisations, self.dirty_persons,
+                          self.new_index_entries)  # fmt: skip
         self.dirty_chats, self.dirty_organisations, self.dirty_persons = set(), set(), set()
         self.new_index_entries = set()
         return changes
@@ -839,7 +870,7 @@ class DesiredStateFold:
         """All of the fold as changes (a rebuild writes it whole)."""
         self.take_dirty()
         index = {(org, person, event) for (org, person), events in self.person_chats.items() for event in events}
-        return Changes(set(self.chats), set(self.organisations), set(self.persons), index)
+        return Changes(set(self.chats), {}, set(self.organisations), set(self.persons), index)
 
 
 person_aggregate_id = lru_cache(maxsize=65536)(Person.create_id)

@@ -7,8 +7,9 @@ and replaces every row; by construction it gives the rows the live projection ha
 
 Tables (the same on SQLite and PostgreSQL, in the event store's database):
     desired_state   one row per chat: generation, deadlines, next_due, members, moderators, the event's title and
-                    start, the chat's facts, and what a person's status fact cannot change (`Quiet`: read with the
-                    person index, so such a fact need not load the chat)
+                    start, the chat's facts, and what a person's status fact can change (`Quiet`: the moment before
+                    which it settles nothing, and whom the members depend on; read with the person index, so such
+                    a fact need not load the chat, and at most writes its members again)
     organisation_feature (feature switches), person_status (by pseudonym: status facts and erasures),
     person_chats (the person index, by pseudonym), desired_state_meta (policy and fold version in force)
 
@@ -35,7 +36,7 @@ from psycopg.sql import SQL, Composed
 from chatbridge.application import IntakeApplication
 from chatbridge.domain.lifecycle import Policy
 from chatbridge.domain.moments import stamp
-from chatbridge.journal.sql import Placeholders, insert_rows
+from chatbridge.journal.sql import Placeholders, insert_rows, update_rows
 from chatbridge.projections.desired_state import (
     FOLDED_BY_NAME,
     NOT_FOLDED_NAMES,
@@ -43,6 +44,7 @@ from chatbridge.projections.desired_state import (
     Changes,
     ChatFact,
     ChatKey,
+    Counted,
     DesiredChat,
     DesiredStateFold,
     FoldedChat,
@@ -59,8 +61,8 @@ from chatbridge.projections.desired_state import (
 )
 
 PROJECTION_NAME = "desired_state"
-FOLD_VERSION = "5"  # facts in event time, persons by pseudonym, rows looked up by aggregate id, title and start,
-# what status facts cannot change (quiet_until, counted)
+FOLD_VERSION = "6"  # facts in event time, persons by pseudonym, rows looked up by aggregate id, title and start,
+# what status facts cannot change (quiet_until, counted, responsible)
 Progress = Callable[[int, int], None]  # (notifications folded so far, notifications to fold in all)
 
 
@@ -140,7 +142,7 @@ def _upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
 
 _DESIRED_COLUMNS = (
     "org", "event_id", "aggregate_id", "generation", "deleted", "awaiting_organisation", "read_only_at", "delete_at",
-    "next_due", "members", "moderators", "title", "starts_at", "fold_state", "quiet_until", "counted",
+    "next_due", "members", "moderators", "title", "starts_at", "fold_state", "quiet_until", "counted", "responsible",
 )  # fmt: skip
 _WRITE_FEATURE = _upsert("organisation_feature", ("org", "aggregate_id", "fold_state"), ("org",))
 _WRITE_PERSON = _upsert(
@@ -178,7 +180,7 @@ class _DesiredStateTables(Placeholders):
         "deleted INTEGER NOT NULL, awaiting_organisation INTEGER NOT NULL, read_only_at TEXT NOT NULL, "
         "delete_at TEXT NOT NULL, next_due TEXT, members TEXT NOT NULL, moderators TEXT NOT NULL, title TEXT, "
         "starts_at TEXT, fold_state TEXT NOT NULL, quiet_until TEXT NOT NULL, counted TEXT NOT NULL, "
-        "PRIMARY KEY (org, event_id))",
+        "responsible TEXT, PRIMARY KEY (org, event_id))",
         "CREATE INDEX IF NOT EXISTS desired_state_next_due ON desired_state (next_due)",
         "CREATE INDEX IF NOT EXISTS desired_state_aggregate ON desired_state (aggregate_id)",
         "CREATE TABLE IF NOT EXISTS organisation_feature ("
@@ -290,8 +292,9 @@ class _DesiredStateTables(Placeholders):
                     chunk = pseudonyms[begin : begin + _CHUNK]
                     c.execute(
                         self._sql(
-                            "SELECT p.person_id, p.event_id, d.quiet_until, d.counted FROM person_chats p "
-                            "LEFT JOIN desired_state d ON d.org = p.org AND d.event_id = p.event_id WHERE p.org = ? "
+                            "SELECT p.person_id, p.event_id, d.quiet_until, d.counted, d.responsible "
+                            "FROM person_chats p LEFT JOIN desired_state d "
+                            "ON d.org = p.org AND d.event_id = p.event_id WHERE p.org = ? "
                             f"AND p.person_id IN ({', '.join('?' * len(chunk))})"
                         ),
                         [org, *chunk],
@@ -299,7 +302,8 @@ class _DesiredStateTables(Placeholders):
                     for row in c.fetchall():
                         quiet: Quiet | None = None
                         if row["quiet_until"] is not None:  # a chat row written without its index entry: loaded
-                            quiet = datetime.fromisoformat(row["quiet_until"]), frozenset(json.loads(row["counted"]))
+                            counted = Counted(frozenset(json.loads(row["counted"])), row["responsible"])
+                            quiet = datetime.fromisoformat(row["quiet_until"]), counted
                         found.setdefault((org, row["person_id"]), {})[row["event_id"]] = quiet
         return found
 
@@ -313,6 +317,7 @@ class _DesiredStateTables(Placeholders):
         """
         changes = fold.everything() if replace_all else fold.take_dirty()
         rows = self._rows(fold, changes)  # computed before the transaction: it may read rows the fold lacks
+        members = self._members(fold, changes)
         with self.datastore.transaction(commit=True) as c:
             if replace_all:
                 for table in PROJECTION_TABLES:  # rows of another fold version may have another shape
@@ -326,6 +331,7 @@ class _DesiredStateTables(Placeholders):
                 self._insert_tracking(c, tracking)
             for statement, table_rows in rows:
                 insert_rows(c, statement, table_rows, self.placeholder)
+            update_rows(c, "desired_state", ("members", "moderators"), ("org", "event_id"), members, self.placeholder)
             c.execute(self._sql(_WRITE_META), ("policy", _policy_text(fold.policy)))
 
     def _rows(self, fold: DesiredStateFold, changes: Changes) -> list[tuple[str, list[Any]]]:
@@ -347,11 +353,21 @@ class _DesiredStateTables(Placeholders):
                     int(desired.deleted), int(desired.awaiting_organisation), _stamp(desired.read_only_at),
                     _stamp(desired.delete_at), _stamp(desired.next_due), json.dumps(desired.members),
                     json.dumps(desired.moderators), desired.title, _stamp(desired.start), _chat_json(fold.chats[key]),
-                    _stamp(quiet_until), json.dumps(sorted(counted)),
+                    _stamp(quiet_until), json.dumps(sorted(counted.persons)), counted.responsible,
                 )
             )  # fmt: skip
         return [(_WRITE_FEATURE, features), (_WRITE_PERSON, persons), (_WRITE_CHAT, chats),
                 (_WRITE_INDEX, list(changes.index_entries))]  # fmt: skip
+
+    @staticmethod
+    def _members(fold: DesiredStateFold, changes: Changes) -> list[tuple[str, str, str, str]]:
+        """(members, moderators, org, event_id) of the rows that change in their members only: the rest of each
+        row stays as written."""
+        rows = []
+        for (org, event_id), counted in changes.members.items():
+            members, moderators = fold.membership(org, counted)
+            rows.append((json.dumps(members), json.dumps(moderators), org, event_id))
+        return rows
 
     def desired_chats(self) -> list[DesiredChat]:
         """Every chat's row. Read a chunk at a time, with one object for each person id and each deadline however
