@@ -240,3 +240,25 @@ def test_a_member_blocked_before_the_deadlines_rewrites_only_the_members_of_the_
     assert not fold.chats  # no chat was loaded
     assert rows.desired == _rows(steps)
     assert all("a" not in row.members for key, row in rows.desired.items() if key in counting_a)
+
+
+def test_a_member_blocked_in_a_chat_loaded_but_not_walked_rewrites_only_its_members() -> None:
+    """A page may load a chat without changing it (the reconciler's events about it are not folded): whom its
+    walk counts is then known only after a walk, before the write — and the decision is the same."""
+    rows = Rows()
+    fold = _fold(rows)
+    steps = _steps(random.Random(3), 0)
+    for seq, step in enumerate(steps, start=1):
+        step(fold, seq)
+    rows.write(fold)
+    fold.forget_loaded()
+    counting_a = {key for key, (_, (_, counted)) in rows.chats.items() if "ps-a" in counted.persons}
+    fold.prefetch([chat_aggregate_id(*key) for key in counting_a])
+    assert counting_a <= fold.chats.keys()
+
+    steps.append(lambda f, seq: f.person_status_changed(person_aggregate_id(ORG, "ps-a"), seq,
+                                                        T0 + timedelta(minutes=1), "blocked"))  # fmt: skip
+    steps[-1](fold, len(steps))
+    changes = rows.write(fold)
+    assert not changes.chats and changes.members.keys() == counting_a
+    assert rows.desired == _rows(steps)

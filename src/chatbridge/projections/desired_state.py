@@ -67,8 +67,8 @@ class Counted(NamedTuple):
     responsible: str | None
 
 
-# What a written row says about the status facts that cannot change it (`DesiredStateFold.quiet`): a moment no
-# deadline of the chat precedes, and whom its members depend on.
+# What a written row says about what a status fact can change in it (`DesiredStateFold.quiet`): a moment no
+# deadline of the chat precedes (before it, nothing but the members), and whom its members depend on.
 Quiet = tuple[datetime, Counted]
 
 
@@ -387,7 +387,8 @@ class DesiredStateFold:
     dirty_persons: set[PersonKey] = field(default_factory=set)
     new_index_entries: set[tuple[str, str, str]] = field(default_factory=set)
     _walks: dict[ChatKey, Walk] = field(default_factory=dict)  # until the chat changes again
-    # chats whose row changes only if one of these persons counts in them (their status crossed the membership rule)
+    # chats whose members change only if one of these persons counts in them (their status crossed the membership
+    # rule before the chat's deadline floor)
     _counted_if: dict[ChatKey, set[str]] = field(default_factory=dict)
     # chats not dirty whose members a status fact changed (`Changes.members`)
     _members_changed: dict[ChatKey, Counted] = field(default_factory=dict)
@@ -740,7 +741,7 @@ class DesiredStateFold:
             self._members_changed[key] = counted
 
     def quiet(self, key: ChatKey) -> Quiet:
-        """What the chat's row says about status facts that cannot change it (kept with the row)."""
+        """What the chat's row says about what a status fact can change in it (kept with the row)."""
         result = self.walk(key)  # kept only while it holds every fact and switch: its floor is the chat's
         return result.floor, self._counted_at_walk[key]
 
@@ -854,9 +855,12 @@ class DesiredStateFold:
         if epoch is None or epoch != self._opened_epoch or len(self._opened) > 100_000:
             self._opened, self._opened_epoch = {}, epoch  # a key may have been destroyed since the last write
         self._load_changed()
-        for key, persons in self._counted_if.items():
-            if key not in self.dirty_chats and persons & _counted(self.walk(key).life).persons:
-                self._dirty(key)
+        for key, persons in self._counted_if.items():  # as `_touch` decides once whom the walk counted is known
+            if key not in self.dirty_chats:
+                self.walk(key)
+                counted = self._counted_at_walk[key]
+                if persons & counted.persons:
+                    self._members_changed[key] = counted
         self._counted_if = {}
         members = {key: counted for key, counted in self._members_changed.items() if key not in self.dirty_chats}
         self._members_changed = {}

@@ -62,7 +62,7 @@ from chatbridge.projections.desired_state import (
 
 PROJECTION_NAME = "desired_state"
 FOLD_VERSION = "6"  # facts in event time, persons by pseudonym, rows looked up by aggregate id, title and start,
-# what status facts cannot change (quiet_until, counted, responsible)
+# what a status fact can change (quiet_until, counted, responsible)
 Progress = Callable[[int, int], None]  # (notifications folded so far, notifications to fold in all)
 
 
