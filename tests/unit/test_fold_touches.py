@@ -219,9 +219,8 @@ def test_a_status_that_does_not_cross_the_membership_rule_writes_no_chat() -> No
     assert changes.chats | changes.members.keys() <= counted
 
 
-def test_a_member_blocked_before_the_deadlines_rewrites_only_the_members_of_the_chats_counting_them() -> None:
-    """Their chats are neither loaded nor walked: whom each row counted is enough, and the row ends as a fresh fold
-    of the same facts gives it."""
+def _chats_written_then_forgotten() -> tuple[Rows, DesiredStateFold, list[Step], set[ChatKey]]:
+    """Three chats written and everything loaded forgotten, and the chats that count person "a"."""
     rows = Rows()
     fold = _fold(rows)
     steps = _steps(random.Random(3), 0)
@@ -231,10 +230,20 @@ def test_a_member_blocked_before_the_deadlines_rewrites_only_the_members_of_the_
     fold.forget_loaded()
     counting_a = {key for key, (_, (_, counted)) in rows.chats.items() if "ps-a" in counted.persons}
     assert counting_a and counting_a != rows.chats.keys()  # the seed names "a" in some chats, not all
+    return rows, fold, steps, counting_a
 
+
+def _a_blocked_before_the_deadlines(fold: DesiredStateFold, steps: list[Step]) -> None:
     steps.append(lambda f, seq: f.person_status_changed(person_aggregate_id(ORG, "ps-a"), seq,
                                                         T0 + timedelta(minutes=1), "blocked"))  # fmt: skip
     steps[-1](fold, len(steps))
+
+
+def test_a_member_blocked_before_the_deadlines_rewrites_only_the_members_of_the_chats_counting_them() -> None:
+    """Their chats are neither loaded nor walked: whom each row counted is enough, and the row ends as a fresh fold
+    of the same facts gives it."""
+    rows, fold, steps, counting_a = _chats_written_then_forgotten()
+    _a_blocked_before_the_deadlines(fold, steps)
     changes = rows.write(fold)
     assert not changes.chats and changes.members.keys() == counting_a
     assert not fold.chats  # no chat was loaded
@@ -245,20 +254,10 @@ def test_a_member_blocked_before_the_deadlines_rewrites_only_the_members_of_the_
 def test_a_member_blocked_in_a_chat_loaded_but_not_walked_rewrites_only_its_members() -> None:
     """A page may load a chat without changing it (the reconciler's events about it are not folded): whom its
     walk counts is then known only after a walk, before the write — and the decision is the same."""
-    rows = Rows()
-    fold = _fold(rows)
-    steps = _steps(random.Random(3), 0)
-    for seq, step in enumerate(steps, start=1):
-        step(fold, seq)
-    rows.write(fold)
-    fold.forget_loaded()
-    counting_a = {key for key, (_, (_, counted)) in rows.chats.items() if "ps-a" in counted.persons}
+    rows, fold, steps, counting_a = _chats_written_then_forgotten()
     fold.prefetch([chat_aggregate_id(*key) for key in counting_a])
     assert counting_a <= fold.chats.keys()
-
-    steps.append(lambda f, seq: f.person_status_changed(person_aggregate_id(ORG, "ps-a"), seq,
-                                                        T0 + timedelta(minutes=1), "blocked"))  # fmt: skip
-    steps[-1](fold, len(steps))
+    _a_blocked_before_the_deadlines(fold, steps)
     changes = rows.write(fold)
     assert not changes.chats and changes.members.keys() == counting_a
     assert rows.desired == _rows(steps)
